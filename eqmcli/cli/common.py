@@ -1,0 +1,38 @@
+"""Shared CLI plumbing: consoles and the user-error -> exit 2 wrapper."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from eqmcli.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one error sentence to stderr and return the exit-2 exception to raise."""
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def user_errors(func: F) -> F:
+    """Decorator: a `UserError` (or missing file) becomes one sentence and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            raise fail(str(exc)) from None
+        except FileNotFoundError as exc:
+            raise fail(f"file not found: {exc.filename or exc}") from None
+
+    return wrapper  # type: ignore[return-value]

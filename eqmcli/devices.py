@@ -1,0 +1,64 @@
+"""Device and precision choices: `--device auto|cpu|cuda|cuda:N`, autocast dtype."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+import torch
+
+from eqmcli.errors import UserError
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def validate_device_string(text: str) -> str:
+    """Check the spelling of a device option (availability is checked at resolve time)."""
+    if not _DEVICE_PATTERN.match(text):
+        raise UserError(f"device {text!r} is not one of auto, cpu, cuda, cuda:N")
+    return text
+
+
+def resolve_device(text: str = "auto") -> torch.device:
+    """`auto` -> the current CUDA device when present, else the CPU."""
+    validate_device_string(text)
+    if text == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(text)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {text!r} was asked for but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device {text!r} does not exist: {torch.cuda.device_count()} CUDA GPU(s) present"
+            )
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision option (None = plain float32).
+
+    `auto` is bf16 on CUDA and float32 on CPU; `fp16` is only meaningful on CUDA.
+    """
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UserError("precision 'fp16' needs a CUDA device; use fp32 or bf16 on the CPU")
+        return torch.float16
+    raise UserError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Autocast to `dtype` on `device`, or a no-op when dtype is None."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
