@@ -8,3 +8,7 @@ else is a bug and keeps its traceback. It subclasses `ValueError` so library cal
 
 class UserError(ValueError):
     """Bad input from the user: the message names the file, key or value at fault."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. a NaN/Inf loss); the last good checkpoint is intact."""

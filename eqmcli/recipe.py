@@ -42,6 +42,9 @@ class SyntheticSource(Section):
     verification_pairs_per_fold: int = Field(
         300, ge=1, description="matched pairs per fold (as many mismatched)"
     )
+    difficulty: float = Field(
+        1.0, ge=0.0, le=3.0, description="nuisance strength; 0 = clean renders, 1 = default"
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> SyntheticSource:
@@ -99,7 +102,8 @@ class ModelSection(Section):
         from eqmcli.backbones import BACKBONE_NAMES
 
         if value not in BACKBONE_NAMES:
-            raise ValueError(f"unknown backbone {value!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+            choices = ", ".join(BACKBONE_NAMES)
+            raise ValueError(f"unknown backbone {value!r}; choose one of {choices}")
         return value
 
 
@@ -233,7 +237,8 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The field names allowed at `loc` (for 'did you mean' hints)."""
     current: Any = model
     for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+        is_model = isinstance(current, type) and issubclass(current, BaseModel)
+        if isinstance(part, int) or not is_model:
             continue
         field = current.model_fields.get(str(part))
         if field is None:
@@ -291,7 +296,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise UserError(f"{path}: a recipe must be a mapping of sections, got {kind}")
     data.setdefault("name", path.stem)
     apply_overrides(data, overrides or [])
     return recipe_from_mapping(data, source=str(path))

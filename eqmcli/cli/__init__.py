@@ -15,9 +15,20 @@ app = typer.Typer(
 
 def _register() -> None:
     """Attach the command modules (imported lazily so `eqm --help` stays fast)."""
-    from eqmcli.cli import heads
+    from eqmcli.cli import data, train
 
-    app.add_typer(heads.app, name="heads")
+    app.command("train")(train.train_command)
+    app.add_typer(data.app, name="data")
+    from eqmcli.cli import bench
+
+    app.add_typer(bench.app, name="bench")
+    from eqmcli.cli import eval as eval_cmd
+
+    app.command("eval")(eval_cmd.eval_command)
+    from eqmcli.cli import analyze, plot
+
+    app.command("analyze")(analyze.analyze_command)
+    app.command("plot")(plot.plot_command)
 
 
 _register()

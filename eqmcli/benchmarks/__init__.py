@@ -1,0 +1,1 @@
+"""Micro-benchmarks behind `eqm bench ...` (each module exposes one core function)."""

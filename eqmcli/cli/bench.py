@@ -1,0 +1,128 @@
+"""`eqm bench ...`: micro-benchmarks (loss heads; more subcommands join this sub-app)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from eqmcli.cli.common import console, user_errors
+
+app = typer.Typer(help="Micro-benchmarks: time the building blocks.", no_args_is_help=True)
+
+
+@app.command("heads")
+@user_errors
+def heads_command(
+    classes: int = typer.Option(10575, "--classes", min=2, help="number of classes C"),
+    dim: int = typer.Option(512, "--dim", min=1, help="embedding dimension d"),
+    batch: int = typer.Option(256, "--batch", min=1, help="batch size B"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto"),
+    repeats: int = typer.Option(10, "--repeats", min=1, help="timed rounds (median is kept)"),
+    head: list[str] | None = typer.Option(
+        None, "--head", help="a loss to time (repeatable; default: all)"
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"
+    ),
+    clock: str = typer.Option(
+        "wall", "--clock", help="wall, or cpu (this process's CPU time: steadier on a busy host)"
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
+) -> None:
+    """Forward+backward time of each loss head relative to NormFace, same inputs."""
+    from rich.table import Table
+
+    from eqmcli.benchmarks.heads import benchmark_heads
+
+    started = time.perf_counter()
+    rows = benchmark_heads(
+        head,
+        num_classes=classes,
+        embedding_dim=dim,
+        batch_size=batch,
+        device=device,
+        repeats=repeats,
+        threads=threads,
+        clock=clock,
+    )
+    elapsed = time.perf_counter() - started
+    table = Table(
+        title=f"Loss heads, fwd+bwd: C={classes}, d={dim}, B={batch}, {device}, "
+        f"{clock} clock, median of {repeats} interleaved rounds"
+    )
+    table.add_column("head")
+    table.add_column("ms / step", justify="right")
+    table.add_column("vs normface", justify="right")
+    for row in rows:
+        table.add_row(row.name, f"{row.ms:.1f}", f"{row.ratio:.2f}x")
+    console.print(table)
+    console.print(f"benchmark took {elapsed:.1f} s")
+    if json_path is not None:
+        payload = {
+            "classes": classes,
+            "dim": dim,
+            "batch": batch,
+            "device": device,
+            "repeats": repeats,
+            "threads": threads,
+            "clock": clock,
+            "seconds": elapsed,
+            "rows": [row.to_dict() for row in rows],
+        }
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
+
+
+@app.command("pipeline")
+@user_errors
+def pipeline_command(
+    workers: str | None = typer.Option(
+        None, "--workers", help="comma-separated worker counts (default: 0..the default count)"
+    ),
+    images: int = typer.Option(2000, "--images", min=16, help="JPEGs to generate"),
+    batch: int = typer.Option(128, "--batch", min=1, help="batch size B"),
+    size: int = typer.Option(112, "--size", min=16, help="image side, pixels"),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="timed epochs after one warm-up"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="keep/reuse the generated data here (default: a temp folder)"
+    ),
+    clock: str = typer.Option(
+        "wall", "--clock", help="wall, or cpu (this process's CPU time: steadier on a busy host)"
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
+) -> None:
+    """Input-pipeline images/s from a .rec and an image folder of JPEGs, per worker count."""
+    from rich.table import Table
+
+    from eqmcli.benchmarks.pipeline import pipeline_benchmark, results_to_dict
+    from eqmcli.errors import UserError
+
+    try:
+        counts = [int(w) for w in workers.split(",")] if workers else None
+    except ValueError:
+        raise UserError(f"--workers {workers!r} is not a comma-separated list of ints") from None
+    if counts is not None and min(counts) < 0:
+        raise UserError(f"--workers {workers!r}: worker counts must be >= 0")
+    results = pipeline_benchmark(
+        counts, num_images=images, batch_size=batch, image_size=size, epochs=epochs, root=data_dir
+    )
+    summary = results_to_dict(results)
+    table = Table(
+        title=f"Input pipeline: {images} JPEGs of {size}x{size}, batch {batch}, "
+        f"{summary['cpus']} CPUs (default workers: {summary['default_num_workers']})"
+    )
+    table.add_column("source")
+    table.add_column("workers", justify="right")
+    table.add_column("images/s", justify="right")
+    for r in results:
+        mark = " (default)" if r.is_default else ""
+        table.add_row(r.source, f"{r.num_workers}{mark}", f"{r.images_per_s:,.0f}")
+    console.print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+        console.print(f"wrote {json_path}")

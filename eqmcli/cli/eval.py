@@ -1,0 +1,135 @@
+"""`eqm eval`: 10-fold face verification of a trained run on benchmarks or the user's pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from eqmcli.cli.common import console, err_console, user_errors
+
+NOT_REPORTED = "—"
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return NOT_REPORTED if value is None else f"{100.0 * value:.{digits}f}"
+
+
+def render_table(results: list[dict[str, Any]]) -> Any:
+    """A rich table of results: accuracies/TAR/EER as percentages, thresholds in cosine units."""
+    from rich import box
+    from rich.table import Table
+
+    flip = any(r.get("flip") for r in results)
+    title = "10-fold verification" + (", flip-test" if flip else "")
+    title += " (%; threshold in cosine units)"
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 0),
+    )
+    table.add_column("benchmark", style="bold", no_wrap=True)
+    table.add_column("pairs", justify="right", no_wrap=True)
+    table.add_column("acc ± std", justify="right", no_wrap=True)
+    if flip:
+        table.add_column("noflip", justify="right", no_wrap=True)
+    table.add_column("cos thr", justify="right", no_wrap=True)
+    table.add_column("TAR@1e-3", justify="right", no_wrap=True)
+    table.add_column("TAR@1e-4", justify="right", no_wrap=True)
+    table.add_column("AUC", justify="right", no_wrap=True)
+    table.add_column("EER", justify="right", no_wrap=True)
+    for r in results:
+        tar = r.get("tar_at_far") or {}
+        row = [
+            r["benchmark"],
+            f"{r['pairs']:,}",
+            f"{_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}",
+        ]
+        if flip:
+            row.append(_pct(r.get("accuracy_noflip")))
+        row += [
+            f"{r['threshold']:.4f}",
+            _pct(tar.get("1e-03")),
+            _pct(tar.get("1e-04")),
+            NOT_REPORTED if r.get("auc") is None else f"{r['auc']:.4f}",
+            _pct(r.get("eer")),
+        ]
+        table.add_row(*row)
+    return table
+
+
+@user_errors
+def eval_command(
+    target: Annotated[
+        Path, typer.Argument(help="Run directory (uses checkpoints/last.pt) or a checkpoint file.")
+    ],
+    lfw: Annotated[bool, typer.Option("--lfw", help="LFW (lfw.bin, or lfw/ + pairs.txt).")] = False,
+    cfp_fp: Annotated[bool, typer.Option("--cfp-fp", help="CFP-FP (cfp_fp.bin).")] = False,
+    agedb_30: Annotated[bool, typer.Option("--agedb-30", help="AgeDB-30 (agedb_30.bin).")] = False,
+    calfw: Annotated[bool, typer.Option("--calfw", help="CALFW (calfw.bin).")] = False,
+    cplfw: Annotated[bool, typer.Option("--cplfw", help="CPLFW (cplfw.bin).")] = False,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            "--pairs", help="Your own pairs: 'path_a path_b label' lines or LFW pairs.txt."
+        ),
+    ] = None,
+    images_root: Annotated[
+        Path | None, typer.Option("--images-root", help="Folder the --pairs paths are relative to.")
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            help="Folder with <name>.bin / lfw/ "
+            "(default: recipe eval.data_root, then $EQM_DATA_ROOT).",
+        ),
+    ] = None,
+    no_flip: Annotated[
+        bool, typer.Option("--no-flip", help="Embed f(x) only (no flip-test).")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Images per batch.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the results as JSON on stdout (nothing else).")
+    ] = False,
+) -> None:
+    """Evaluate a trained model with the 10-fold verification protocol.
+
+    Accuracy is the mean ± population std over 10 contiguous folds; thresholds are cosine
+    similarities. Without a benchmark flag the recipe's own eval sets are used.
+    Results go to RUN/eval/<benchmark>.json.
+    """
+    from eqmcli.evaluate import run_evaluation
+
+    flags = {"lfw": lfw, "cfp_fp": cfp_fp, "agedb_30": agedb_30, "calfw": calfw, "cplfw": cplfw}
+    report = run_evaluation(
+        target,
+        benchmarks=[name for name, on in flags.items() if on],
+        pairs_file=pairs,
+        images_root=images_root,
+        data_root=data_root,
+        flip=not no_flip,
+        batch_size=batch_size,
+        device=device,
+        progress=err_console.is_terminal,
+    )
+    if report.resized_from and report.input_size:
+        (h, w), (mh, mw) = report.resized_from, report.input_size
+        err_console.print(
+            f"[yellow]Note:[/] test images ({h}×{w}) were resized to the model's "
+            f"input size ({mh}×{mw})."
+        )
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    console.print(render_table(report.results))
+    for path in report.written:
+        console.print(f"wrote {path}", highlight=False)

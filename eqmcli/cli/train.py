@@ -1,0 +1,105 @@
+"""`eqm train RECIPE`: parse options, call `eqmcli.train.train`, render the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from eqmcli.cli.common import console, err_console, user_errors
+from eqmcli.errors import TrainingStopped
+from eqmcli.recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    from eqmcli.train import TrainSummary
+
+
+def _describe_model(recipe: Recipe) -> Table:
+    from eqmcli.backbones import build_backbone, default_input_size
+
+    data_size = recipe.data.train.image_size
+    input_size = tuple(
+        recipe.model.input_size
+        or ((data_size, data_size) if data_size else default_input_size(recipe.model.backbone))
+    )
+    backbone = build_backbone(
+        recipe.model.backbone, embedding_dim=recipe.model.embedding_dim, input_size=input_size
+    )
+    parameters = sum(p.numel() for p in backbone.parameters())
+    table = Table(title=f"recipe '{recipe.name}' is valid", show_header=False)
+    table.add_row("backbone", f"{recipe.model.backbone} ({parameters / 1e6:.2f} M parameters)")
+    table.add_row("input", f"{input_size[0]}x{input_size[1]} px -> {recipe.model.embedding_dim}-d")
+    loss = ", ".join(f"{k}={v:g}" for k, v in recipe.loss.hyperparameters().items())
+    table.add_row("loss", f"{recipe.loss.name} ({loss})")
+    table.add_row("data", recipe.data.train.kind)
+    table.add_row("schedule", f"{recipe.train.epochs} epochs, batch {recipe.train.batch_size}, "
+                  f"{recipe.optim.name} lr {recipe.optim.lr:g} ({recipe.optim.schedule})")
+    return table
+
+
+def _render_summary(summary: TrainSummary) -> None:
+    table = Table(title=f"run {summary.run_dir}")
+    table.add_column("benchmark")
+    table.add_column("accuracy (10-fold)", justify="right")
+    table.add_column("threshold (cos)", justify="right")
+    last_epoch = summary.evaluations[-1]["epoch"] if summary.evaluations else None
+    for record in summary.evaluations:
+        if record["epoch"] == last_epoch:
+            table.add_row(
+                record["benchmark"],
+                f"{100 * record['accuracy']:.2f}% ± {100 * record['accuracy_std']:.2f}",
+                f"{record['threshold']:.3f}",
+            )
+    if summary.evaluations:
+        console.print(table)
+    minutes, seconds = divmod(summary.seconds, 60)
+    console.print(
+        f"{summary.steps} steps in {int(minutes)} min {seconds:.0f} s, "
+        f"{summary.images_per_second:,.0f} img/s (training steps); checkpoints in "
+        f"{summary.run_dir / 'checkpoints'}"
+    )
+
+
+@user_errors
+def train_command(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe file."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a recipe key, e.g. --set train.epochs=3 (repeatable)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run directory [default: runs/<name>]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    force: bool = typer.Option(False, "--force", help="Delete the run in --out and start over."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate the recipe, show the model and exit without training."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train a face-embedding network from a YAML recipe."""
+    if device is not None:
+        overrides = [*overrides, f"train.device={device}"]
+    recipe = load_recipe(recipe_path, overrides)
+    if dry_run:
+        console.print(_describe_model(recipe))
+        console.print(recipe.to_yaml(), highlight=False)
+        return
+    from eqmcli.train import train
+
+    out_dir = out or Path("runs") / recipe.name
+    try:
+        summary = train(recipe, out_dir, resume=resume, force=force, progress=progress,
+                        console=console)
+    except TrainingStopped as exc:
+        err_console.print(f"[bold red]Training stopped:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if summary.interrupted:
+        err_console.print(
+            f"Interrupted at step {summary.steps}; checkpoint saved. Resume with:\n"
+            f"  eqm train {recipe_path} --out {out_dir} --resume",
+            highlight=False,
+        )
+        raise typer.Exit(130)
+    _render_summary(summary)
+

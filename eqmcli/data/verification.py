@@ -1,0 +1,322 @@
+"""Verification sets: pairs of face images labelled same / different identity.
+
+This module holds the `VerificationSet` container every verification source produces
+(the synthetic held-out identities, InsightFace `.bin` files, the LFW folder + pairs.txt,
+a user's pairs file). Readers for the file formats live below the dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Dataset
+
+
+# ------------------------------------------------------------------ the container
+@dataclass
+class VerificationSet:
+    """Image pairs for the 10-fold verification protocol (DESIGN §5).
+
+    `images` is a Dataset of `(uint8 (3, H, W) tensor, label)` items (the label is
+    ignored); `pairs` an int64 array `(P, 2)` of indices into `images`; `issame` a bool
+    array `(P,)`, True for a matched (same-identity) pair. Folds are `folds` contiguous
+    blocks of pairs, in order (no shuffling), as in the LFW protocol.
+    """
+
+    name: str
+    images: Dataset
+    pairs: np.ndarray
+    issame: np.ndarray
+    folds: int = 10
+
+    def __post_init__(self) -> None:
+        self.pairs = np.asarray(self.pairs, dtype=np.int64)
+        self.issame = np.asarray(self.issame, dtype=bool)
+        if self.pairs.ndim != 2 or self.pairs.shape[1] != 2:
+            raise ValueError(f"{self.name}: pairs must have shape (P, 2), got {self.pairs.shape}")
+        if self.issame.shape != (len(self.pairs),):
+            raise ValueError(
+                f"{self.name}: issame has shape {self.issame.shape}, expected ({len(self.pairs)},)"
+            )
+        if self.folds < 1:
+            raise ValueError(f"{self.name}: folds must be >= 1, got {self.folds}")
+
+    @property
+    def num_pairs(self) -> int:
+        """Number of pairs P."""
+        return int(len(self.pairs))
+
+
+# ---------------------------------------------------------------------------------------
+# Readers: InsightFace .bin (restricted unpickler), LFW folder + pairs.txt, pairs files.
+# ---------------------------------------------------------------------------------------
+import pickle as _pickle  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+from typing import BinaryIO  # noqa: E402
+
+import torch  # noqa: E402
+
+from eqmcli.errors import UserError  # noqa: E402
+
+
+class _RefusedGlobal(_pickle.UnpicklingError):
+    """A pickle referenced a global outside the allow-list (never imported, never called)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"{module}.{name}")
+        self.qualified = f"{module}.{name}"
+
+
+def _latin1_encode(text: object, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles of bytes use it: str -> latin-1 bytes only."""
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise _pickle.UnpicklingError("unexpected _codecs.encode call in a .bin file")
+    return text.encode("latin-1")
+
+
+def _safe_bytes(*args: object) -> bytes:
+    """`bytes(...)` limited to what pickles of byte strings use: (), (bytes,) or (str, latin1)."""
+    if not args:
+        return b""
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytes(args[0])
+    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        return _latin1_encode(args[0], args[1])
+    raise _pickle.UnpicklingError("unexpected bytes(...) call in a .bin file")
+
+
+def _safe_bytearray(*args: object) -> bytearray:
+    return bytearray(_safe_bytes(*args))
+
+
+def _allowed_globals() -> dict[tuple[str, str], object]:
+    """The only globals a verification .bin may reference, mapped to harmless callables.
+
+    Byte strings pickled by Python 3 with protocol 2 use `_codecs.encode` / `bytes`;
+    numpy arrays and scalars (JPEG buffers from `cv2.imencode`, `np.bool_` labels) use
+    the numpy reconstruction helpers below. Python 2 `str` needs no global at all.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+
+    def reconstruct(cls: object, *args: object) -> object:
+        if cls is not np.ndarray:
+            raise _pickle.UnpicklingError("numpy _reconstruct of a non-ndarray class")
+        return multiarray._reconstruct(cls, *args)
+
+    allowed: dict[tuple[str, str], object] = {
+        ("_codecs", "encode"): _latin1_encode,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    for module in ("__builtin__", "builtins"):
+        allowed[(module, "bytes")] = _safe_bytes
+        allowed[(module, "bytearray")] = _safe_bytearray
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _BinUnpickler(_pickle.Unpickler):
+    """An unpickler that resolves only allow-listed globals; anything else is refused."""
+
+    def __init__(self, stream: BinaryIO, allowed: dict[tuple[str, str], object]) -> None:
+        super().__init__(stream, encoding="bytes")
+        self._allowed = allowed
+
+    def find_class(self, module: str, name: str) -> object:
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise _RefusedGlobal(module, name)
+        return found
+
+    def persistent_load(self, pid: object) -> object:
+        raise _pickle.UnpicklingError("persistent ids are not allowed in a .bin file")
+
+
+def _as_bytes(item: object) -> bytes | None:
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+        return item.tobytes()
+    return None
+
+
+def _as_bool(item: object) -> bool | None:
+    if isinstance(item, (bool, np.bool_)):
+        return bool(item)
+    if isinstance(item, (int, np.integer)) and int(item) in (0, 1):
+        return bool(item)
+    return None
+
+
+class EncodedImages(Dataset):
+    """Encoded (JPEG/PNG) images held in memory, decoded lazily: item i -> (uint8 (3,H,W), 0)."""
+
+    def __init__(self, blobs: list[bytes], source: str) -> None:
+        self.blobs = blobs
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from eqmcli.data.decode import DecodeError, decode_image
+
+        try:
+            return decode_image(self.blobs[index]), 0
+        except DecodeError as exc:
+            raise UserError(f"{self.source}: image {index} cannot be decoded ({exc})") from None
+
+
+class ImageFiles(Dataset):
+    """Image files decoded lazily: item i -> (uint8 (3,H,W), 0)."""
+
+    def __init__(self, paths: list[_Path]) -> None:
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from eqmcli.data.decode import DecodeError, decode_file
+
+        try:
+            return decode_file(self.paths[index]), 0
+        except DecodeError as exc:
+            raise UserError(f"{self.paths[index]}: cannot be decoded ({exc})") from None
+
+
+def load_bin_pickle(path: str | _Path) -> tuple[list[bytes], np.ndarray]:
+    """Unpickle an InsightFace `.bin` safely -> (2P encoded images, issame bool (P,)).
+
+    Only byte strings, bools, containers and the numpy/`_codecs` helpers that such files
+    reference are allowed; any other global is refused with a `UserError` naming it, and
+    nothing in the file is ever executed. Truncated or malformed files raise `UserError`.
+    """
+    path = _Path(path)
+    if not path.is_file():
+        raise UserError(f"verification file not found: {path}")
+    try:
+        with path.open("rb") as stream:
+            payload = _BinUnpickler(stream, _allowed_globals()).load()
+    except _RefusedGlobal as exc:
+        raise UserError(
+            f"{path} is not a plain InsightFace .bin: it references '{exc.qualified}', which such "
+            "files never contain; refusing to load it (nothing in it was executed)"
+        ) from None
+    except (EOFError, _pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError, OverflowError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise UserError(
+            f"{path} is truncated or corrupt: it is not a readable .bin pickle ({detail})"
+        ) from None
+    if not (isinstance(payload, (tuple, list)) and len(payload) == 2):
+        raise UserError(
+            f"{path} is not an InsightFace .bin: expected a pickled (images, issame) pair"
+        )
+    raw_bins, raw_issame = payload
+    if not isinstance(raw_bins, (list, tuple)) or not isinstance(
+        raw_issame, (list, tuple, np.ndarray)
+    ):
+        raise UserError(f"{path} is not an InsightFace .bin: expected lists of images and labels")
+    blobs = [_as_bytes(item) for item in raw_bins]
+    labels = [_as_bool(item) for item in raw_issame]
+    if any(b is None for b in blobs):
+        raise UserError(f"{path}: image {blobs.index(None)} is not a byte string")
+    if any(v is None for v in labels):
+        raise UserError(f"{path}: issame label {labels.index(None)} is not a bool")
+    if len(blobs) != 2 * len(labels):
+        raise UserError(
+            f"{path}: {len(blobs)} images for {len(labels)} pairs; "
+            "a .bin holds exactly 2 images per pair"
+        )
+    return blobs, np.asarray(labels, dtype=bool)  # type: ignore[arg-type]
+
+
+def read_bin(path: str | _Path, name: str | None = None, folds: int = 10) -> VerificationSet:
+    """An InsightFace `.bin` as a `VerificationSet`; pair k is (image 2k, image 2k+1)."""
+    path = _Path(path)
+    blobs, issame = load_bin_pickle(path)
+    if issame.size < folds:
+        raise UserError(
+            f"{path}: {issame.size} pairs is fewer than the {folds} folds of the protocol"
+        )
+    pairs = np.arange(2 * issame.size, dtype=np.int64).reshape(-1, 2)
+    return VerificationSet(name or path.stem, EncodedImages(blobs, str(path)), pairs, issame, folds)
+
+
+def read_lfw(lfw_root: str | _Path, pairs_file: str | _Path, name: str = "lfw") -> VerificationSet:
+    """An aligned LFW folder (`<Name>/<Name>_<NNNN>.jpg`) + official `pairs.txt` (View 1 or 2)."""
+    from eqmcli.data.pairs import read_lfw_pairs
+
+    listed = read_lfw_pairs(pairs_file, lfw_root)
+    images = ImageFiles(listed.paths)
+    return VerificationSet(name, images, listed.pairs, listed.issame, listed.folds)
+
+
+def read_pairs(
+    pairs_file: str | _Path, images_root: str | _Path | None = None, name: str | None = None
+) -> VerificationSet:
+    """A user's pairs file (`path_a path_b label`, or LFW's `pairs.txt` format) as a set."""
+    from eqmcli.data.pairs import read_pairs_file
+
+    listed = read_pairs_file(pairs_file, images_root)
+    images = ImageFiles(listed.paths)
+    name = name or _Path(pairs_file).stem
+    return VerificationSet(name, images, listed.pairs, listed.issame, listed.folds)
+
+
+def write_bin(
+    images_root: str | _Path | None, pairs_file: str | _Path, out: str | _Path
+) -> tuple[int, int]:
+    """Package images + a pairs file as an InsightFace `.bin`; returns (pairs, images).
+
+    The file is `pickle.dumps((bins, issame), protocol=2)`: for pair k, bins[2k] and
+    bins[2k+1] are the encoded images (JPEG files are copied byte for byte; other
+    formats are re-encoded as JPEG, quality 95). Written to a temporary file, then renamed.
+    """
+    import os
+    import tempfile
+
+    from eqmcli.data.decode import DecodeError, decode_file, encode_jpeg
+    from eqmcli.data.pairs import read_pairs_file
+
+    out = _Path(out)
+    listed = read_pairs_file(pairs_file, images_root)
+    cache: dict[int, bytes] = {}
+
+    def encoded(index: int) -> bytes:
+        if index not in cache:
+            file = listed.paths[index]
+            data = file.read_bytes()
+            if not data.startswith(b"\xff\xd8"):
+                try:
+                    data = encode_jpeg(decode_file(file))
+                except DecodeError as exc:
+                    raise UserError(f"{file}: cannot be decoded ({exc})") from None
+            cache[index] = data
+        return cache[index]
+
+    bins: list[bytes] = []
+    for a, b in listed.pairs.tolist():
+        bins.extend((encoded(a), encoded(b)))
+    issame = [bool(v) for v in listed.issame.tolist()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            _pickle.dump((bins, issame), stream, protocol=2)
+        os.replace(temporary, out)
+    except BaseException:
+        _Path(temporary).unlink(missing_ok=True)
+        raise
+    return len(issame), len(cache)

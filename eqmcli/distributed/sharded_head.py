@@ -1,0 +1,372 @@
+"""The class-sharded margin head: model-parallel softmax with optional Partial FC.
+
+With N ranks, rank r holds the centres of a contiguous class range
+`[start_r, stop_r)` (`shard_bounds`; the first `C mod N` ranks hold one extra class).
+Each step:
+
+1. the embeddings `(B, d)` and labels `(B,)` of every rank are all-gathered into the
+   global batch `(M, d)`, M = N·B (`all_gather_rows`, whose backward sums the gradient
+   of the gathered rows over the ranks and returns each rank its own rows);
+2. each rank computes the cosines `(M, C_r)` against its own centres and applies the
+   loss's elementwise margin transform (`head.transform(cos, local_labels)`, the label
+   mapped to a local column, or -1 where the class lives on another rank);
+3. the cross-entropy is assembled from an all-reduced row max, an all-reduced sum of
+   exponentials and the target logit from its owning rank (`sharded_target_log_prob`);
+   the backward needs no communication: d log p_y / d logit_j = 1[j = y] − p_j.
+
+The loss is the mean over the global batch and is identical on every rank. Each rank's
+centre gradient is exact; each rank's embedding gradient is the exact gradient of the
+global loss with respect to its own rows, so the backbone gradients must be **summed**
+(not averaged) over the ranks — `eqmcli.distributed.wrap_backbone` installs that hook.
+
+Partial FC (An et al., "Partial FC: Training 10 Million Identities on a Single
+Machine", 2021): in training mode with `sample_rate < 1`, each rank keeps the centres of
+the classes present in the global batch plus a random sample of its other centres, up to
+`ceil(sample_rate · C_r)` in all; the draw is deterministic from `(seed, shard, draw
+counter)`. Centres not drawn get a zero gradient that step. With `sample_rate == 1` the
+head is exactly the full sharded head.
+
+The idea of the model-parallel softmax follows InsightFace's arcface_torch (Deng et al.);
+the code here is written from the maths above.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from eqmcli.errors import UserError
+from eqmcli.losses.base import MarginHead, cosine_matrix
+
+
+def shard_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
+    """The class range `[start, stop)` of `rank` when `num_classes` are split over ranks.
+
+    Contiguous ranges; the first `num_classes % world_size` ranks hold one class more.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of {world_size}")
+    base, extra = divmod(num_classes, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def _group_size(group: Any) -> int:
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Concatenate every rank's `(B, ...)` tensor along dim 0; backward sums and splits."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        world = dist.get_world_size(group)
+        ctx.group, ctx.rank, ctx.rows = group, dist.get_rank(group), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor.contiguous(), group=group)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        # every rank holds the gradient of the same loss through its own class shard; the
+        # gradient of a row is their sum, and each rank keeps the rows it contributed
+        grad = grad.contiguous().clone()
+        if dist.get_backend(ctx.group) == "nccl":
+            out = torch.empty(
+                (ctx.rows, *grad.shape[1:]), dtype=grad.dtype, device=grad.device
+            )
+            dist.reduce_scatter_tensor(out, grad, group=ctx.group)
+            return out, None
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
+
+
+def all_gather_rows(tensor: Tensor, group: Any = None) -> Tensor:
+    """`(N·B, ...)`: the `(B, ...)` tensors of all N ranks in rank order, differentiable.
+
+    Every rank must pass the same shape. The backward returns to each rank the sum over
+    ranks of the gradient of its own rows. Without a process group: `tensor` itself.
+    """
+    if _group_size(group) == 1:
+        return tensor
+    if not tensor.requires_grad:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, tensor.contiguous(), group=group)
+        return torch.cat(parts, dim=0)
+    return _AllGatherRows.apply(tensor, group)
+
+
+class _ShardedTargetLogProb(torch.autograd.Function):
+    """log p_y over class-sharded logits; also sums `extras` over ranks (no gradient)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: Tensor, local_labels: Tensor, extras: Tensor, group: Any
+    ) -> tuple[Tensor, Tensor]:
+        distributed = _group_size(group) > 1
+        with torch.no_grad():
+            row_max = logits.max(dim=1).values
+            if distributed:
+                dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+            probs = (logits - row_max.unsqueeze(1)).exp_()  # (M, C_r), becomes softmax below
+            owned = local_labels >= 0
+            index = local_labels.clamp_min(0).unsqueeze(1)
+            target = torch.where(
+                owned, logits.gather(1, index).squeeze(1) - row_max, torch.zeros_like(row_max)
+            )
+            packed = torch.cat(
+                [probs.sum(dim=1).unsqueeze(0), target.unsqueeze(0), extras.to(logits.dtype)]
+            )
+            if distributed:
+                dist.all_reduce(packed, group=group)
+            sum_exp, target = packed[0], packed[1]
+            log_p_y = target - sum_exp.log()
+            probs.div_(sum_exp.unsqueeze(1))
+            summed = packed[2:].clone()
+        ctx.save_for_backward(probs, local_labels)
+        ctx.mark_non_differentiable(summed)
+        return log_p_y, summed
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_log_p_y: Tensor, grad_extras: Tensor | None
+    ) -> tuple[Tensor, None, None, None]:
+        probs, local_labels = ctx.saved_tensors
+        grad = probs * (-grad_log_p_y).unsqueeze(1)
+        owned = local_labels >= 0
+        rows = owned.nonzero().squeeze(1)
+        grad[rows, local_labels[rows]] += grad_log_p_y[rows]
+        return grad, None, None, None
+
+
+def sharded_target_log_prob(
+    logits: Tensor, local_labels: Tensor, extras: Tensor | None = None, group: Any = None
+) -> tuple[Tensor, Tensor]:
+    """log softmax of the full (M, C) logits at the target, from this rank's (M, C_r) columns.
+
+    `local_labels[i]` is the target's column in `logits` or -1 (another rank owns it).
+    `extras` (k, M) are summed over the ranks alongside (for statistics). Returns
+    `(log_p_y (M,), summed extras (k, M))`; without a process group it is the plain
+    log-softmax. Computed in the logits' dtype (float32 or float64).
+    """
+    if extras is None:
+        extras = logits.new_zeros((0, logits.shape[0]))
+    return _ShardedTargetLogProb.apply(logits, local_labels, extras, group)
+
+
+def _build_template(name: str, num_classes: int, embedding_dim: int, **hp: Any) -> MarginHead:
+    """The loss head for all C classes with its weight on the meta device (no memory)."""
+    from eqmcli.losses import build_head
+
+    with torch.device("meta"):
+        template = build_head(name, num_classes, embedding_dim, **hp)
+    if not isinstance(template, MarginHead):
+        raise UserError(
+            f"loss {name!r} cannot be class-sharded (train.distributed: sharded): its logits "
+            "are not an elementwise function of the cosine matrix; use train.distributed: ddp"
+        )
+    return template
+
+
+class ShardedHead(nn.Module):
+    """A margin head whose `(C, d)` weight is split by class over the ranks of `group`.
+
+    `forward(embeddings (B, d), labels (B,)) -> scalar` is the mean loss over the global
+    batch (the same value on every rank). `weight` is this rank's `(C_r, d)` shard of the
+    classes `[shard_start, shard_stop)`; `full_state_dict()` gathers the full head and
+    `load_full_state_dict()` takes this rank's rows of one. Without a process group (or
+    with one rank) it is the plain head. `sample_rate < 1` turns on Partial FC.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        embedding_dim: int,
+        *,
+        group: Any = None,
+        sample_rate: float = 1.0,
+        seed: int = 0,
+        **hyperparameters: Any,
+    ) -> None:
+        super().__init__()
+        template = _build_template(name, num_classes, embedding_dim, **hyperparameters)
+        self.world_size = _group_size(group)
+        self.rank = dist.get_rank(group) if self.world_size > 1 else 0
+        if num_classes < self.world_size:
+            raise UserError(
+                f"{num_classes} classes cannot be sharded over {self.world_size} ranks; "
+                "use train.distributed: ddp"
+            )
+        if not 0.0 < sample_rate <= 1.0:
+            raise UserError(f"train.sample_rate must be in (0, 1], got {sample_rate!r}")
+        # not a registered submodule: its meta weight must stay out of parameters()
+        self._template = [template]
+        self.group = group
+        self.name = template.name
+        self.hyperparameters = dict(template.hyperparameters)
+        self.num_classes = num_classes
+        self.embedding_dim = embedding_dim
+        self.sample_rate = float(sample_rate)
+        self.seed = int(seed)
+        self.draws = 0  # Partial FC draws so far (the train loop restores it on resume)
+        self.shard_start, self.shard_stop = shard_bounds(num_classes, self.world_size, self.rank)
+        local = self.shard_stop - self.shard_start
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.shard_start)
+        self.weight = nn.Parameter(
+            torch.empty(local, embedding_dim).normal_(std=template.init_std, generator=generator)
+        )
+        self.last_sampled: Tensor | None = None  # rows used by the last Partial FC step
+        self._stat_keys: tuple[str, ...] = ()
+        self._stat_values: Tensor | None = None
+
+    @property
+    def template(self) -> MarginHead:
+        """The full-size loss head (weight on the meta device) whose maths is reused."""
+        return self._template[0]
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """Global diagnostics of the last forward pass (the same on every rank)."""
+        if self._stat_values is None:
+            return {}
+        return dict(zip(self._stat_keys, self._stat_values.tolist(), strict=True))
+
+    def _local_labels(self, labels: Tensor) -> Tensor:
+        """Global labels (M,) -> this shard's column, or -1 when another rank owns it."""
+        inside = (labels >= self.shard_start) & (labels < self.shard_stop)
+        return torch.where(inside, labels - self.shard_start, torch.full_like(labels, -1))
+
+    def sample_centres(self, local_labels: Tensor) -> Tensor | None:
+        """Partial FC: sorted shard rows to use this step (None = all of them).
+
+        The rows of the classes in `local_labels` (>= 0) are always kept; other rows are
+        drawn uniformly, up to ceil(sample_rate · C_r) rows in all.
+        """
+        local = self.weight.shape[0]
+        keep = min(local, math.ceil(self.sample_rate * local))
+        if not self.training or keep >= local:
+            return None
+        generator = torch.Generator(device=self.weight.device)
+        generator.manual_seed(
+            (self.seed * 1_000_003 + self.shard_start) * 1_000_033 + self.draws
+        )
+        self.draws += 1
+        score = torch.rand(local, generator=generator, device=self.weight.device)
+        positive = local_labels[local_labels >= 0]
+        score[positive] = 2.0  # above any uniform draw: positives come first
+        count = max(keep, int(torch.unique(positive).numel()))
+        return score.topk(count).indices.sort().values
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        template = self.template
+        x = all_gather_rows(embeddings, self.group)
+        local_labels = self._local_labels(all_gather_rows(labels, self.group))
+        weight = self.weight
+        chosen = self.sample_centres(local_labels) if self.sample_rate < 1.0 else None
+        self.last_sampled = chosen
+        if chosen is not None:
+            weight = weight[chosen]
+            position = torch.full(
+                (self.weight.shape[0],), -1, dtype=local_labels.dtype, device=labels.device
+            )
+            position[chosen] = torch.arange(chosen.numel(), device=labels.device)
+            owned = local_labels >= 0
+            local_labels = torch.where(owned, position[local_labels.clamp_min(0)], local_labels)
+        cos = cosine_matrix(x, weight)
+        extras = self._stat_terms(cos.detach(), local_labels)
+        logits = template.transform(cos, local_labels)
+        log_p_y, summed = sharded_target_log_prob(logits, local_labels, extras, self.group)
+        loss = template.sample_loss(log_p_y).mean()
+        with torch.no_grad():
+            self._record_stats(loss.detach(), summed)
+        return loss
+
+    def _stat_terms(self, cos: Tensor, local_labels: Tensor) -> Tensor:
+        """(2, M) per-sample terms summed over ranks: target cosine, columns above t2."""
+        with torch.no_grad():
+            owned = local_labels >= 0
+            cos_y = cos.gather(1, local_labels.clamp_min(0).unsqueeze(1)).squeeze(1)
+            cos_y = torch.where(owned, cos_y, torch.zeros_like(cos_y))
+            t2 = getattr(self.template, "t2", None)
+            if t2 is None:
+                over = torch.zeros_like(cos_y)
+            else:
+                over = (cos > t2).sum(dim=1) - (owned & (cos_y > t2)).long()
+            return torch.stack([cos_y, over.to(cos_y.dtype)])
+
+    def _record_stats(self, loss: Tensor, summed: Tensor) -> None:
+        from eqmcli.losses import EqMHead, eqm_stats
+
+        template = self.template
+        cos_y = summed[0]
+        if isinstance(template, EqMHead):
+            stats = eqm_stats(loss, cos_y, summed[1] > 0, t1=template.t1, floor=template.floor)
+        else:
+            stats = {"loss": loss, "mean_cos_target": cos_y.mean()}
+        self._stat_keys = tuple(stats)
+        self._stat_values = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float32).reshape(()).to(self.weight.device)
+             for v in stats.values()]
+        )
+
+    def transform(self, cos: Tensor, labels: Tensor) -> Tensor:
+        """The loss's margin transform (same contract as `MarginHead.transform`)."""
+        return self.template.transform(cos, labels)
+
+    def cosine(self, embeddings: Tensor) -> Tensor:
+        """(B, C_r) cosines against this rank's centres (no communication)."""
+        return cosine_matrix(embeddings, self.weight)
+
+    def gather_rows(self, tensor: Tensor, dst: int = 0) -> Tensor | None:
+        """This shard's `(C_r, ...)` rows of every rank stacked to `(C, ...)` on rank `dst`.
+
+        A collective: every rank must call it. Returns None on the other ranks.
+        """
+        if self.world_size == 1:
+            return tensor.detach()
+        longest = math.ceil(self.num_classes / self.world_size)
+        padded = tensor.detach().new_zeros((longest, *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor.detach()
+        parts = None
+        if self.rank == dst:
+            parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        global_dst = dst if self.group is None else dist.get_global_rank(self.group, dst)
+        dist.gather(padded, parts, dst=global_dst, group=self.group)
+        if parts is None:
+            return None
+        rows = [
+            part[: stop - start]
+            for part, (start, stop) in zip(
+                parts, (shard_bounds(self.num_classes, self.world_size, r)
+                        for r in range(self.world_size)), strict=True
+            )
+        ]
+        return torch.cat(rows, dim=0)
+
+    def full_state_dict(self) -> dict[str, Tensor] | None:
+        """`{"weight": (C, d)}` on CPU on rank 0 (None elsewhere); what a plain head saves."""
+        full = self.gather_rows(self.weight)
+        return None if full is None else {"weight": full.cpu()}
+
+    def load_full_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Copy this rank's rows of a full head state `{"weight": (C, d)}`."""
+        weight = state["weight"]
+        if tuple(weight.shape) != (self.num_classes, self.embedding_dim):
+            raise UserError(
+                f"the checkpoint's head has shape {tuple(weight.shape)}, expected "
+                f"({self.num_classes}, {self.embedding_dim})"
+            )
+        with torch.no_grad():
+            self.weight.copy_(weight[self.shard_start : self.shard_stop])
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, classes {self.shard_start}..{self.shard_stop - 1} of "
+            f"{self.num_classes}, rank {self.rank}/{self.world_size}, "
+            f"sample_rate={self.sample_rate:g}"
+        )

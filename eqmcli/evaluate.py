@@ -1,0 +1,212 @@
+"""The core of `eqm eval`: locate verification benchmarks, run the protocol, write the results.
+
+Benchmarks live under a data root (``--data-root``, else the recipe's ``eval.data_root``,
+else ``$EQM_DATA_ROOT``) as InsightFace ``<name>.bin`` files or, for LFW, an aligned
+``lfw/`` folder with the official ``pairs.txt``. Each result is written to
+``<run>/eval/<benchmark>.json`` (accuracies, TAR, FAR as fractions in [0, 1]; thresholds in
+cosine units).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eqmcli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from eqmcli.data.verification import VerificationSet
+    from eqmcli.recipe import Recipe
+
+BENCHMARK_NAMES: tuple[str, ...] = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+DATA_ROOT_ENV = "EQM_DATA_ROOT"
+
+
+@dataclass
+class BenchmarkSource:
+    """Where one verification set comes from; `load()` reads it (images decoded lazily)."""
+
+    name: str
+    description: str
+    loader: Callable[[], VerificationSet]
+
+    def load(self) -> VerificationSet:
+        return self.loader()
+
+
+@dataclass
+class EvalReport:
+    """What `run_evaluation` did: one result dict per benchmark and the files written."""
+
+    results: list[dict[str, Any]]
+    written: list[Path] = field(default_factory=list)
+    run_dir: Path | None = None
+    checkpoint: Path | None = None
+    resized_from: tuple[int, int] | None = None
+    input_size: tuple[int, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """``{benchmark: result}``: the same dicts as the ``eval/<benchmark>.json`` files."""
+        return {r["benchmark"]: r for r in self.results}
+
+
+def resolve_data_root(given: str | Path | None, recipe: Recipe | None = None) -> Path | None:
+    """``--data-root``, else the recipe's ``eval.data_root``, else ``$EQM_DATA_ROOT``, else None."""
+    if given is not None:
+        return Path(given).expanduser()
+    if recipe is not None and recipe.eval.data_root is not None:
+        return Path(recipe.eval.data_root).expanduser()
+    env = os.environ.get(DATA_ROOT_ENV)
+    return Path(env).expanduser() if env else None
+
+
+def find_benchmark(name: str, data_root: Path | None) -> BenchmarkSource:
+    """Locate a published benchmark under ``data_root``; a missing one names every path tried."""
+    from eqmcli.data import verification as readers
+
+    if name not in BENCHMARK_NAMES:
+        raise UserError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
+    if data_root is None:
+        raise UserError(
+            f"no data root to find benchmark '{name}' in: pass --data-root DIR, set "
+            f"eval.data_root in the recipe, or set {DATA_ROOT_ENV}"
+        )
+    bin_path = data_root / f"{name}.bin"
+    looked = [str(bin_path)]
+    if bin_path.is_file():
+        return BenchmarkSource(name, str(bin_path), lambda: readers.read_bin(bin_path, name=name))
+    if name == "lfw":
+        folder = data_root / "lfw"
+        for pairs in (data_root / "pairs.txt", folder / "pairs.txt"):
+            if folder.is_dir() and pairs.is_file():
+                return BenchmarkSource(
+                    name,
+                    f"{folder} + {pairs}",
+                    lambda p=pairs: readers.read_lfw(folder, p, name=name),
+                )
+        looked.append(f"{folder}/ with {data_root / 'pairs.txt'} or {folder / 'pairs.txt'}")
+    where = "" if data_root.is_dir() else f" (the folder {data_root} does not exist)"
+    raise UserError(
+        f"benchmark '{name}' not found under {data_root}{where}: looked for " + " and ".join(looked)
+    )
+
+
+def pairs_source(pairs_file: str | Path, images_root: str | Path | None) -> BenchmarkSource:
+    """The user's own pairs file (``path_a path_b label`` or LFW ``pairs.txt`` format)."""
+    from eqmcli.data import verification as readers
+
+    path = Path(pairs_file)
+    if not path.is_file():
+        raise UserError(f"pairs file not found: {path}")
+    return BenchmarkSource(
+        path.stem, str(path), lambda: readers.read_pairs(path, images_root, name=path.stem)
+    )
+
+
+def recipe_sources(recipe: Recipe, data_root: Path | None) -> list[BenchmarkSource]:
+    """The recipe's own ``eval.sets`` ('synthetic' = its held-out synthetic identities)."""
+    sources = []
+    for name in recipe.eval.sets:
+        if name == "synthetic":
+            train = recipe.data.train
+            if train.kind != "synthetic":
+                raise UserError(
+                    f"eval.sets asks for 'synthetic' but data.train is '{train.kind}'; "
+                    "name a benchmark flag (--lfw, ...) or --pairs instead"
+                )
+
+            def load(source: Any = train) -> VerificationSet:
+                from eqmcli.data.synthetic import synthetic_verification_set
+
+                return synthetic_verification_set(source)
+
+            sources.append(BenchmarkSource("synthetic", "held-out synthetic identities", load))
+        else:
+            sources.append(find_benchmark(name, data_root))
+    if not sources:
+        raise UserError(
+            "the recipe's eval.sets is empty: name a benchmark (--lfw, ...) or --pairs FILE"
+        )
+    return sources
+
+
+def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
+    """Write ``<run_dir>/eval/<benchmark>.json`` (via a temporary file, then rename)."""
+    folder = run_dir / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result['benchmark']}.json"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def run_evaluation(
+    target: str | Path,
+    *,
+    benchmarks: list[str] | None = None,
+    pairs_file: str | Path | None = None,
+    images_root: str | Path | None = None,
+    data_root: str | Path | None = None,
+    flip: bool = True,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+    write: bool = True,
+) -> EvalReport:
+    """Evaluate a run directory (its ``checkpoints/last.pt``) or a checkpoint file.
+
+    With no ``benchmarks`` and no ``pairs_file`` the recipe's own ``eval.sets`` are used.
+    Every benchmark is located before any embedding work starts, so a missing file fails
+    fast. Results are written to ``<run>/eval/<benchmark>.json`` when ``write``.
+    """
+    from eqmcli.devices import resolve_device
+    from eqmcli.rundir import load_trained
+    from eqmcli.verification import evaluate_set
+
+    if images_root is not None and pairs_file is None:
+        raise UserError("--images-root only applies together with --pairs FILE")
+    resolved = device if not isinstance(device, str) else resolve_device(device)
+    trained = load_trained(target, device=resolved)
+    root = resolve_data_root(data_root, trained.recipe)
+    sources = [find_benchmark(name, root) for name in benchmarks or []]
+    if pairs_file is not None:
+        sources.append(pairs_source(pairs_file, images_root))
+    if not sources:
+        sources = recipe_sources(trained.recipe, root)
+    report = EvalReport(
+        results=[],
+        run_dir=trained.run_dir,
+        checkpoint=trained.checkpoint_path,
+        input_size=trained.input_size,
+    )
+    for source in sources:
+        vset = source.load()
+        result = evaluate_set(
+            trained.backbone,
+            vset,
+            device=resolved,
+            input_size=trained.input_size,
+            flip=flip,
+            batch_size=batch_size or trained.recipe.eval.batch_size,
+            precision=precision,
+            progress=progress,
+        )
+        result["benchmark"] = source.name
+        result["source"] = source.description
+        result["checkpoint"] = str(trained.checkpoint_path)
+        result["epoch"] = trained.epoch
+        result["step"] = trained.step
+        if result.get("resized_from") and report.resized_from is None:
+            report.resized_from = tuple(result["resized_from"])  # type: ignore[assignment]
+        report.results.append(result)
+        if write:
+            report.written.append(write_result(trained.run_dir, result))
+    return report

@@ -1,0 +1,140 @@
+"""Loss names, their hyperparameters, defaults (DESIGN §3) and validation.
+
+Units: `scale` is the logit scale s (dimensionless), `margin` is in radians for ArcFace,
+cosine units for CosFace/AM, a multiplicative angle factor for GA-Softmax and the integer
+angle multiplier m for A-Softmax; `t1`, `t2` are cosines; `gamma` is the focal exponent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+from eqmcli.errors import UserError
+
+Check = Callable[[str, str, float], float]
+
+
+def _number(loss: str, key: str, value: Any) -> float:
+    """`value` as a finite float, or a UserError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"loss {loss!r}: {key} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise UserError(f"loss {loss!r}: {key} must be finite, got {value!r}")
+    return number
+
+
+def _positive(loss: str, key: str, value: float) -> float:
+    if value <= 0:
+        raise UserError(f"loss {loss!r}: {key} must be > 0, got {value!r}")
+    return value
+
+
+def _non_negative(loss: str, key: str, value: float) -> float:
+    if value < 0:
+        raise UserError(f"loss {loss!r}: {key} must be >= 0, got {value!r}")
+    return value
+
+
+def _interval(low: float, high: float, *, high_open: bool = False, why: str = "") -> Check:
+    """A check for low <= value <= high (or < high)."""
+
+    def check(loss: str, key: str, value: float) -> float:
+        above = value >= high if high_open else value > high
+        if value < low or above:
+            bracket = ")" if high_open else "]"
+            note = f" ({why})" if why else ""
+            raise UserError(
+                f"loss {loss!r}: {key} must lie in [{low:g}, {high:g}{bracket}{note}, got {value!r}"
+            )
+        return value
+
+    return check
+
+
+def _at_least_one(loss: str, key: str, value: float) -> float:
+    if value < 1:
+        raise UserError(
+            f"loss {loss!r}: {key} is a multiplicative angular margin and must be >= 1, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _integer_multiplier(loss: str, key: str, value: float) -> int:
+    if value != int(value) or value < 1:
+        raise UserError(
+            f"loss {loss!r}: {key} must be an integer >= 1 (A-Softmax m), got {value!r}"
+        )
+    return int(value)
+
+
+_COSINE = _interval(-1.0, 1.0, why="a cosine")
+
+# name -> {hyperparameter: (default, check)}
+_SPECS: dict[str, dict[str, tuple[float, Check]]] = {
+    "softmax": {},
+    "normface": {"scale": (30.0, _positive)},
+    "sphereface": {
+        "margin": (4, _integer_multiplier),
+        "lambda_base": (1000.0, _non_negative),
+        "lambda_gamma": (0.12, _non_negative),
+        "lambda_power": (1.0, _non_negative),
+        "lambda_min": (5.0, _non_negative),
+    },
+    "ga-softmax": {"scale": (30.0, _positive), "margin": (1.5, _at_least_one)},
+    "arcface": {
+        "scale": (64.0, _positive),
+        # above pi/2 the fallback branch would jump upwards and break monotonicity
+        "margin": (0.5, _interval(0.0, math.pi / 2, why="radians")),
+    },
+    "cosface": {
+        "scale": (30.0, _positive),
+        "margin": (0.35, _interval(0.0, 2.0, high_open=True, why="cosine units")),
+    },
+    "focal": {"scale": (30.0, _positive), "gamma": (2.0, _non_negative)},
+    "eqm": {"scale": (64.0, _positive), "t1": (0.5, _COSINE), "t2": (0.1, _COSINE)},
+}
+_ALIASES = {"am": "cosface"}
+
+LOSS_NAMES: tuple[str, ...] = (*_SPECS, *_ALIASES)
+"""Every name `build_head` accepts (`am` is an alias of `cosface`)."""
+
+
+def canonical_name(name: str) -> str:
+    """The registry name for `name` (case-insensitive, `am` -> `cosface`); UserError if unknown."""
+    key = str(name).strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in _SPECS:
+        close = difflib.get_close_matches(str(name).lower(), LOSS_NAMES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown loss {name!r}{hint} (choose one of {', '.join(LOSS_NAMES)})")
+    return key
+
+
+def resolve_hyperparameters(name: str, **given: Any) -> dict[str, Any]:
+    """Fill in the defaults of loss `name` and validate `given`.
+
+    Returns {hyperparameter: value} with every hyperparameter the loss takes. Raises
+    `UserError` (a ValueError) naming the loss and the offending hyperparameter.
+    """
+    loss = canonical_name(name)
+    spec = _SPECS[loss]
+    unknown = [key for key in given if key not in spec]
+    if unknown:
+        takes = ", ".join(spec) if spec else "no hyperparameters"
+        raise UserError(f"loss {name!r} has no hyperparameter {unknown[0]!r} (it takes {takes})")
+    resolved: dict[str, Any] = {}
+    for key, (default, check) in spec.items():
+        value = given.get(key, default)
+        resolved[key] = check(name, key, _number(name, key, value))
+    if loss == "eqm" and resolved["t1"] <= resolved["t2"]:
+        raise UserError(
+            f"loss {name!r}: t1 ({resolved['t1']:g}) must be greater than t2 "
+            f"({resolved['t2']:g}): t1 is the intra-class lower limit, t2 the inter-class upper one"
+        )
+    return resolved

@@ -1,0 +1,164 @@
+"""Elementwise margin heads: normface, cosface/am, arcface, ga-softmax, focal, eqm.
+
+Each `transform(cos, labels)` maps the cosine matrix (B, C) to logits (B, C) in float32
+(float64 inputs stay float64); `labels[i]` is the target column of row i, or -1 when the
+target lives in another shard. Formulas and defaults: DESIGN §3.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from eqmcli.losses.base import MarginHead, log1p_exp_floor, replace_target, safe_acos, wide
+
+
+class NormFaceHead(MarginHead):
+    """Normalized softmax: every logit is s·cos θ."""
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, hp)
+        self.scale = float(hp["scale"])
+
+    def transform(self, cos: Tensor, labels: Tensor) -> Tensor:
+        return wide(cos) * self.scale
+
+
+class FocalHead(NormFaceHead):
+    """NormFace logits with the focal loss −(1−p_y)^γ log p_y (γ = 0 is NormFace)."""
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, **hp)
+        self.gamma = float(hp["gamma"])
+
+    def sample_loss(self, log_p_y: Tensor) -> Tensor:
+        # 1 - p = -expm1(log p); the clamp keeps pow's gradient finite at p = 1
+        one_minus_p = (-torch.expm1(log_p_y)).clamp_min(1e-12)
+        return -one_minus_p.pow(self.gamma) * log_p_y
+
+
+class _TargetMarginHead(MarginHead):
+    """A head whose non-target logits are s·other(cos) and target logit s·target(cos_y)."""
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, hp)
+        self.scale = float(hp["scale"])
+
+    def other(self, cos: Tensor) -> Tensor:
+        """Non-target logit (B, C) from cosines; default s·cos θ."""
+        return cos * self.scale
+
+    def target(self, cos_y: Tensor) -> Tensor:
+        """Target logit (B,) from the target cosines."""
+        raise NotImplementedError
+
+    def transform(self, cos: Tensor, labels: Tensor) -> Tensor:
+        cos = wide(cos)
+        return replace_target(self.other(cos), cos, labels, self.target, self.other)
+
+
+class CosFaceHead(_TargetMarginHead):
+    """CosFace / AM-Softmax: target s·(cos θ_y − m), m in cosine units."""
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, **hp)
+        self.margin = float(hp["margin"])
+
+    def target(self, cos_y: Tensor) -> Tensor:
+        return (cos_y - self.margin) * self.scale
+
+
+class ArcFaceHead(_TargetMarginHead):
+    """ArcFace: target s·cos(θ_y + m), m in radians; s·(cos θ_y − m·sin m) where θ_y + m > π."""
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, **hp)
+        self.margin = float(hp["margin"])
+
+    def target(self, cos_y: Tensor) -> Tensor:
+        m = self.margin
+        c = cos_y.clamp(-1.0, 1.0)
+        # sin θ from cos θ; the clamp keeps sqrt's gradient finite at cos = ±1
+        sin = (1.0 - c * c).clamp_min(1e-12).sqrt()
+        shifted = c * math.cos(m) - sin * math.sin(m)  # cos(θ + m)
+        fallback = c - m * math.sin(m)
+        # θ + m > π  <=>  cos θ < cos(π − m) = −cos m
+        return torch.where(c > -math.cos(m), shifted, fallback) * self.scale
+
+
+def linear_angular(theta: Tensor) -> Tensor:
+    """g(θ) = 1 − 2θ/π: maps θ ∈ [0, π] (radians) linearly onto [1, −1]."""
+    return 1.0 - theta * (2.0 / math.pi)
+
+
+class GASoftmaxHead(_TargetMarginHead):
+    """GA-Softmax: target s·g(min(mθ_y, π)), others s·g(θ_j), g(θ) = 1 − 2θ/π."""
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, **hp)
+        self.margin = float(hp["margin"])
+
+    def other(self, cos: Tensor) -> Tensor:
+        return linear_angular(safe_acos(cos)) * self.scale
+
+    def target(self, cos_y: Tensor) -> Tensor:
+        theta = (safe_acos(cos_y) * self.margin).clamp_max(math.pi)
+        return linear_angular(theta) * self.scale
+
+
+class EqMHead(_TargetMarginHead):
+    """Equalized Margin: target s·min(cos θ_y, t1), others s·max(cos θ_j, t2) (Eq. 7).
+
+    `last_stats`: loss, loss above the floor log(1 + (C−1)e^{−s(t1−t2)}), the fraction of
+    hard samples (cos θ_y < t1), of samples with an inter-class violation (some j ≠ y with
+    cos θ_j > t2), and of the four cases: ideal, intra only, inter only, both.
+    """
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, **hp)
+        self.t1 = float(hp["t1"])
+        self.t2 = float(hp["t2"])
+        self.floor = log1p_exp_floor(num_classes, self.scale, self.t1 - self.t2)
+
+    def other(self, cos: Tensor) -> Tensor:
+        # clamp_min's backward needs only its input, so the scale can be applied in place
+        return torch.clamp_min(cos, self.t2).mul_(self.scale)
+
+    def target(self, cos_y: Tensor) -> Tensor:
+        return cos_y.clamp_max(self.t1) * self.scale
+
+    def batch_stats(self, cos: Tensor, labels: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        cos_y = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+        # int32 counts: summing the bool matrix without an int64 copy of it
+        over = (cos > self.t2).sum(1, dtype=torch.int32) - (cos_y > self.t2).int()
+        return eqm_stats(loss, cos_y, over > 0, t1=self.t1, floor=self.floor)
+
+
+def eqm_stats(
+    loss: Tensor, cos_y: Tensor, violating: Tensor, *, t1: float, floor: float
+) -> dict[str, Tensor]:
+    """EqM diagnostics from the mean loss, target cosines (B,) and inter violations (B, bool).
+
+    Shared with a class-sharded head, which all-reduces `violating` before calling it.
+    """
+    hard = cos_y < t1
+    easy = ~hard
+    calm = ~violating
+
+    def fraction(mask: Tensor) -> Tensor:
+        return mask.float().mean()
+
+    return {
+        "loss": loss,
+        "loss_above_floor": loss - floor,
+        "mean_cos_target": cos_y.mean(),
+        "hard_fraction": fraction(hard),
+        "inter_violation_fraction": fraction(violating),
+        "case_ideal": fraction(easy & calm),
+        "case_intra_only": fraction(hard & calm),
+        "case_inter_only": fraction(easy & violating),
+        "case_both": fraction(hard & violating),
+    }

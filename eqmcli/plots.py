@@ -1,0 +1,613 @@
+"""Figures from the files the other commands write into run directories.
+
+| figure | needs (per run) | shows |
+|---|---|---|
+| `fig5` | `analysis/per_class.csv` (+ `summary.json`) | margin, scope (deg) vs class size |
+| `fig6` | `analysis/per_class.csv` (+ `summary.json`) | accuracy per class-size bin; hard vs easy |
+| `curves` | `metrics.jsonl` | training loss vs step; verification accuracy vs epoch |
+| `roc` | `eval/*.json` | ROC (TAR vs FAR, log FAR axis), one panel per benchmark |
+| `sphere` | `analysis/features.npz` | Fig. 1: features and centres on the circle/sphere |
+
+`eqm analyze` writes `features.npz` only for 2-D and 3-D embeddings, so `sphere` is drawn
+for exactly those runs. Several runs are compared side by side (fig5, sphere: one column
+per run) or overlaid with a legend naming each run by its directory name (fig6, curves,
+roc). Figures are built on `matplotlib.figure.Figure` directly (no pyplot, no display:
+the Agg canvas), and saved as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from eqmcli.analysis import PerClassTable, size_bin_edges
+from eqmcli.errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+FIGURES = ("fig5", "fig6", "curves", "roc", "sphere")
+DEFAULT_HEAD_CLASSES = 80
+DPI = 150
+
+
+# ------------------------------------------------------------------------ run files
+def run_label(run: Path) -> str:
+    """A run's name in legends and titles: its directory name."""
+    return Path(run).resolve().name
+
+
+def _labels(runs: Sequence[Path]) -> list[str]:
+    names = [run_label(r) for r in runs]
+    if len(set(names)) < len(names):  # same leaf name: add the parent folder
+        names = [f"{Path(r).resolve().parent.name}/{run_label(r)}" for r in runs]
+    return names
+
+
+def _missing(figure: str, run: Path) -> str | None:
+    """The file `figure` needs and `run` lacks (a phrase naming it), or None."""
+    run = Path(run)
+    if figure in ("fig5", "fig6"):
+        path = run / "analysis" / "per_class.csv"
+        return None if path.is_file() else f"{path} (run 'eqm analyze {run}')"
+    if figure == "curves":
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            return f"{path} (written by 'eqm train')"
+        if not _read_metrics(path):
+            return f"{path} holds no step, epoch or eval records"
+        return None
+    if figure == "roc":
+        found = [p for p in _eval_files(run) if _roc_points(_read_json(p)) is not None]
+        return None if found else f"{run / 'eval' / '*.json'} with ROC points (run 'eqm eval')"
+    if figure == "sphere":
+        path = run / "analysis" / "features.npz"
+        return (
+            None
+            if path.is_file()
+            else f"{path} ('eqm analyze' writes it for 2-D or 3-D embeddings only)"
+        )
+    raise UserError(f"unknown figure {figure!r}; choose from {', '.join(FIGURES)}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a readable JSON file: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (a torn last line from a crash is ignored)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("kind") in ("step", "epoch", "eval"):
+            records.append(record)
+    return records
+
+
+def _eval_files(run: Path) -> list[Path]:
+    folder = Path(run) / "eval"
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def _roc_points(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(FAR, TAR) fractions from an eval/<bench>.json (`roc: {far, tar}`), or None."""
+    roc = result.get("roc")
+    if not isinstance(roc, dict) or not roc.get("far") or not roc.get("tar"):
+        return None
+    far = np.asarray(roc["far"], dtype=np.float64)
+    tar = np.asarray(roc["tar"], dtype=np.float64)
+    return (far, tar) if far.shape == tar.shape else None
+
+
+def _head_classes(run: Path, override: int | None) -> int:
+    if override is not None:
+        return override
+    path = Path(run) / "analysis" / "summary.json"
+    if path.is_file():
+        return int(_read_json(path).get("head_classes", DEFAULT_HEAD_CLASSES))
+    return DEFAULT_HEAD_CLASSES
+
+
+def _summary(run: Path) -> dict[str, Any]:
+    path = Path(run) / "analysis" / "summary.json"
+    return _read_json(path) if path.is_file() else {}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    name = "tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"
+    cmap = colormaps[name]
+    if name == "turbo":
+        return [cmap(i / max(n - 1, 1)) for i in range(n)]
+    return [cmap(i) for i in range(n)]
+
+
+# -------------------------------------------------------------------------- fig 5
+def _binned(
+    sizes: np.ndarray, values: np.ndarray, edges: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class-size bin: geometric-mean size (x), mean and population std of values."""
+    xs, means, stds = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = (sizes >= lo) & (sizes < hi) & ~np.isnan(values)
+        if mask.any():
+            xs.append(float(np.exp(np.log(sizes[mask]).mean())))
+            means.append(float(values[mask].mean()))
+            stds.append(float(values[mask].std()))
+    return np.array(xs), np.array(means), np.array(stds)
+
+
+def _cv_text(values: np.ndarray, few: np.ndarray, head: int) -> str:
+    parts = []
+    for name, mask in ((f"<{head}", few), (f">={head}", ~few)):
+        v = values[mask & ~np.isnan(values)]
+        cv = v.std() / v.mean() if v.size and v.mean() > 0 else math.nan
+        parts.append(f"CV {name}: {cv:.3f}" if not math.isnan(cv) else f"CV {name}: n/a")
+    return "\n".join(parts)
+
+
+def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Figure:
+    """Paper's Fig. 5: per-class inter-class margin and intra-class scope vs class size.
+
+    Two rows (margin, scope) and one column per run, rows share their y axis. Each panel:
+    one point per class (x = training images, log scale; y = angle in degrees), binned
+    means ± std, and a vertical line at the head-classes threshold; a box gives the
+    coefficient of variation of the classes below / above it.
+    """
+    names = _labels(runs)
+    fig = _new_figure(5.2 * len(runs) + 2.6, 8.0)
+    axes = fig.subplots(2, len(runs), sharey="row", squeeze=False)
+    for col, (run, name) in enumerate(zip(runs, names, strict=True)):
+        table = PerClassTable.from_csv(Path(run) / "analysis" / "per_class.csv")
+        head = _head_classes(run, head_classes)
+        loss = _summary(run).get("loss")
+        sizes = table.n_images.astype(np.float64)
+        edges = size_bin_edges(table.n_images, head)
+        few = table.n_images < head
+        rows = [
+            (
+                axes[0, col],
+                "inter-class margin",
+                "min angle to another class centre (deg)",
+                [("margin", table.margin, "per-class margin")],
+            ),
+            (
+                axes[1, col],
+                "intra-class scope",
+                "angle between features and own centre (deg)",
+                [
+                    ("max angle", table.scope_max, "per-class max angle"),
+                    ("mean angle", table.scope_mean, "per-class mean angle"),
+                ],
+            ),
+        ]
+        for ax, what, ylabel, series in rows:
+            for i, (short, values, label) in enumerate(series):
+                color = f"C{i}"
+                ax.scatter(sizes, values, s=14, alpha=0.5, color=color, label=label, lw=0)
+                bx, bm, bs = _binned(sizes, values, edges)
+                ax.errorbar(
+                    bx,
+                    bm,
+                    yerr=bs,
+                    fmt="o-",
+                    color=color,
+                    mec="black",
+                    mew=0.6,
+                    capsize=3,
+                    lw=1.6,
+                    label=f"binned mean ± std ({short.replace('_', ' ')})",
+                )
+            ax.axvline(head, color="crimson", ls="--", lw=1.2, label=f"{head} images")
+            ax.set_xscale("log")
+            ax.set_xlabel("training images per class (log scale)")
+            ax.set_ylabel(ylabel)
+            title = f"{name}" + (f" ({loss})" if loss else "")
+            ax.set_title(f"{title}: {what}")
+            ax.grid(True, which="both", alpha=0.25)
+            ax.text(
+                0.98,
+                0.97,
+                _cv_text(series[0][1], few, head),
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+                bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.85},
+            )
+            if col == len(runs) - 1:
+                ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.suptitle("Inter-class margin and intra-class scope vs number of images per class")
+    return fig
+
+
+# -------------------------------------------------------------------------- fig 6
+def figure_fig6(runs: Sequence[Path], *, head_classes: int | None = None) -> Figure:
+    """Paper's Fig. 6: identification accuracy (%) per class-size bin, and hard vs easy.
+
+    Left: per-class accuracy averaged within each class-size bin, one bar series per run.
+    Right: pooled accuracy of hard samples (cos to own centre < t1) and easy samples, for
+    classes with fewer / at least head-classes training images, one bar series per run.
+    """
+    names = _labels(runs)
+    tables = [PerClassTable.from_csv(Path(r) / "analysis" / "per_class.csv") for r in runs]
+    summaries = [_summary(r) for r in runs]
+    head = _head_classes(runs[0], head_classes)
+    all_sizes = np.concatenate([t.n_images for t in tables])
+    edges = size_bin_edges(all_sizes, head)
+    bins = [
+        (lo, hi)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        if ((all_sizes >= lo) & (all_sizes < hi)).any()
+    ]
+    fig = _new_figure(max(12.0, 1.2 * len(bins) + 7.0), 5.2)
+    ax_bins, ax_hard = fig.subplots(1, 2, width_ratios=[max(len(bins), 2), 4])
+    width = 0.8 / len(runs)
+    x = np.arange(len(bins))
+    for i, (table, name) in enumerate(zip(tables, names, strict=True)):
+        acc = []
+        for lo, hi in bins:
+            mask = (table.n_images >= lo) & (table.n_images < hi)
+            acc.append(100.0 * table.accuracy[mask].mean() if mask.any() else np.nan)
+        ax_bins.bar(x + (i - (len(runs) - 1) / 2) * width, acc, width, label=name)
+    ax_bins.set_xticks(x, [f"{lo}-{hi - 1}" for lo, hi in bins], rotation=30, ha="right")
+    split_at = sum(1 for lo, _ in bins if lo < head)
+    if 0 < split_at < len(bins):
+        ax_bins.axvline(split_at - 0.5, color="crimson", ls="--", lw=1.2, label=f"{head} images")
+    ax_bins.set_xlabel("training images per class (bin)")
+    ax_bins.set_ylabel("identification accuracy (%)")
+    ax_bins.set_ylim(0, 105)
+    ax_bins.set_title("Accuracy per class-size bin\n(mean over the classes of each bin)")
+    ax_bins.grid(True, axis="y", alpha=0.3)
+
+    cats = [
+        (f"<{head}: hard", "few", "hard"),
+        (f"<{head}: easy", "few", "easy"),
+        (f">={head}: hard", "many", "hard"),
+        (f">={head}: easy", "many", "easy"),
+    ]
+    xc = np.arange(len(cats))
+    for i, (table, name) in enumerate(zip(tables, names, strict=True)):
+        few = table.n_images < head
+        values, counts = [], []
+        for _label, group, kind in cats:
+            mask = few if group == "few" else ~few
+            total = int(getattr(table, f"{kind}_count")[mask].sum())
+            ok = int(getattr(table, f"{kind}_correct")[mask].sum())
+            values.append(100.0 * ok / total if total else np.nan)
+            counts.append(total)
+        bars = ax_hard.bar(xc + (i - (len(runs) - 1) / 2) * width, values, width, label=name)
+        ax_hard.bar_label(bars, labels=[f"n={c}" for c in counts], fontsize=6, padding=1)
+    t1s = sorted({s.get("t1") for s in summaries if s.get("t1") is not None})
+    t1_text = ", ".join(f"{t:g}" for t in t1s) if t1s else "t1"
+    ax_hard.set_xticks(xc, [c[0] for c in cats], rotation=30, ha="right")
+    ax_hard.set_xlabel("class group (training images): samples")
+    ax_hard.set_ylabel("identification accuracy (%)")
+    ax_hard.set_ylim(0, 110)
+    ax_hard.set_title(f"Hard vs easy samples\n(hard: cos to own centre < t1 = {t1_text})")
+    ax_hard.grid(True, axis="y", alpha=0.3)
+    handles, labels = ax_bins.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
+    split = {s.get("split") for s in summaries if s.get("split")}
+    suffix = f" ({', '.join(sorted(split))} split)" if split else ""
+    fig.suptitle(f"Closed-set identification accuracy by class size{suffix}")
+    return fig
+
+
+# ------------------------------------------------------------------------- curves
+def figure_curves(runs: Sequence[Path]) -> Figure:
+    """Training loss vs step and verification accuracy (%) vs epoch, runs overlaid.
+
+    The accuracy panel is drawn only when some run has `eval` records; one line per
+    (run, benchmark).
+    """
+    names = _labels(runs)
+    records = [_read_metrics(Path(r) / "metrics.jsonl") for r in runs]
+    has_eval = any(rec.get("kind") == "eval" for recs in records for rec in recs)
+    fig = _new_figure(12.0 if has_eval else 6.5, 4.4)
+    axes = fig.subplots(1, 2 if has_eval else 1, squeeze=False)[0]
+    ax_loss = axes[0]
+    for i, (recs, name) in enumerate(zip(records, names, strict=True)):
+        steps = [r for r in recs if r.get("kind") == "step" and r.get("loss") is not None]
+        epochs = [r for r in recs if r.get("kind") == "epoch" and r.get("loss") is not None]
+        color = f"C{i}"
+        if steps:
+            ax_loss.plot(
+                [r["step"] for r in steps],
+                [r["loss"] for r in steps],
+                color=color,
+                lw=1.2,
+                label=f"{name} (logged steps)",
+            )
+        if epochs:
+            ax_loss.plot(
+                [r["step"] for r in epochs],
+                [r["loss"] for r in epochs],
+                "o--",
+                color=color,
+                ms=4,
+                lw=1.0,
+                label=f"{name} (epoch mean)",
+            )
+    ax_loss.set_xlabel("training step (iterations)")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("Training loss")
+    ax_loss.grid(True, alpha=0.3)
+    ax_loss.legend(fontsize=8)
+    if has_eval:
+        from matplotlib.ticker import MaxNLocator
+
+        ax_acc = axes[1]
+        styles = ["-", "--", ":", "-."]
+        for i, (recs, name) in enumerate(zip(records, names, strict=True)):
+            evals = [r for r in recs if r.get("kind") == "eval" and r.get("accuracy") is not None]
+            benches = sorted({str(r.get("benchmark", "eval")) for r in evals})
+            for j, bench in enumerate(benches):
+                rows = [r for r in evals if str(r.get("benchmark", "eval")) == bench]
+                ax_acc.plot(
+                    [r["epoch"] for r in rows],
+                    [100.0 * r["accuracy"] for r in rows],
+                    marker="o",
+                    ls=styles[j % len(styles)],
+                    color=f"C{i}",
+                    ms=4,
+                    label=f"{name}: {bench}",
+                )
+        ax_acc.set_xlabel("epoch")
+        ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_acc.set_ylabel("verification accuracy (%)")
+        ax_acc.set_title("Verification accuracy (10-fold)")
+        ax_acc.grid(True, alpha=0.3)
+        ax_acc.legend(fontsize=8)
+    fig.suptitle("Training curves")
+    return fig
+
+
+# ---------------------------------------------------------------------------- roc
+def figure_roc(runs: Sequence[Path]) -> Figure:
+    """ROC curves (TAR % vs FAR, log FAR axis) from `eval/*.json`: one panel per benchmark."""
+    names = _labels(runs)
+    curves: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+    for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+        for path in _eval_files(run):
+            result = _read_json(path)
+            if _roc_points(result) is not None:
+                bench = str(result.get("benchmark") or path.stem)
+                curves.setdefault(bench, []).append((name, i, result))
+    benches = sorted(curves)
+    if not benches:
+        raise UserError("no eval/*.json file of these runs holds ROC points; run 'eqm eval'")
+    fig = _new_figure(5.2 * len(benches) + 0.4, 4.6)
+    axes = fig.subplots(1, len(benches), squeeze=False, sharey=True)[0]
+    for ax, bench in zip(axes, benches, strict=True):
+        low = 1.0
+        for name, i, result in curves[bench]:
+            far, tar = _roc_points(result)  # type: ignore[misc]
+            keep = far > 0
+            low = min(low, float(far[keep].min()) if keep.any() else 1.0)
+            acc = result.get("accuracy")
+            auc = result.get("auc")
+            extra = ", ".join(
+                part
+                for part in (
+                    f"acc {100 * acc:.2f}%" if acc is not None else "",
+                    f"AUC {auc:.4f}" if auc is not None else "",
+                )
+                if part
+            )
+            ax.plot(
+                far[keep],
+                100.0 * tar[keep],
+                color=f"C{i}",
+                lw=1.5,
+                label=f"{name}" + (f" ({extra})" if extra else ""),
+            )
+        ax.set_xscale("log")
+        ax.set_xlim(max(low, 1e-6), 1.0)
+        ax.set_ylim(0, 101)
+        ax.set_xlabel("false accept rate FAR (log scale)")
+        ax.set_ylabel("true accept rate TAR (%)")
+        ax.set_title(f"ROC: {bench}")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Verification ROC")
+    return fig
+
+
+# ------------------------------------------------------------------------- sphere
+MAX_LEGEND_CLASSES = 20
+
+
+def _draw_sphere_2d(
+    ax: Axes,
+    emb: np.ndarray,
+    labels: np.ndarray,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    colors: list[Any],
+) -> None:
+    t = np.linspace(0, 2 * np.pi, 361)
+    ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8, zorder=0)
+    for c in range(centers.shape[0]):
+        mask = labels == c
+        ax.scatter(
+            emb[mask, 0],
+            emb[mask, 1],
+            s=10,
+            alpha=0.6,
+            color=colors[c],
+            lw=0,
+            label=f"class {c} (n={int(sizes[c])})",
+        )
+        ax.annotate(
+            "",
+            xy=(1.12 * centers[c, 0], 1.12 * centers[c, 1]),
+            xytext=(0, 0),
+            arrowprops={"arrowstyle": "->", "color": colors[c], "lw": 1.8},
+        )
+    ax.set_aspect("equal")
+    ax.set_xlim(-1.3, 1.3)
+    ax.set_ylim(-1.3, 1.3)
+    ax.set_xlabel("feature dim 1 (unit-normalized)")
+    ax.set_ylabel("feature dim 2 (unit-normalized)")
+
+
+def _draw_sphere_3d(
+    ax: Any,
+    emb: np.ndarray,
+    labels: np.ndarray,
+    centers: np.ndarray,
+    sizes: np.ndarray,
+    colors: list[Any],
+) -> None:
+    u, v = np.mgrid[0 : 2 * np.pi : 25j, 0 : np.pi : 13j]
+    ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.8", lw=0.4)
+    for c in range(centers.shape[0]):
+        mask = labels == c
+        ax.scatter(
+            emb[mask, 0],
+            emb[mask, 1],
+            emb[mask, 2],
+            s=8,
+            alpha=0.6,
+            color=colors[c],
+            label=f"class {c} (n={int(sizes[c])})",
+        )
+        tip = 1.15 * centers[c]
+        ax.plot([0, tip[0]], [0, tip[1]], [0, tip[2]], color=colors[c], lw=2)
+    ax.set_xlabel("dim 1")
+    ax.set_ylabel("dim 2")
+    ax.set_zlabel("dim 3")
+    ax.set_box_aspect((1, 1, 1))
+
+
+def figure_sphere(runs: Sequence[Path]) -> Figure:
+    """Paper's Fig. 1: unit features (points) and class centres (arrows) on the circle (2-D)
+    or sphere (3-D), coloured by class, with each class's training size in the legend."""
+    names = _labels(runs)
+    fig = _new_figure(5.6 * len(runs) + 1.8, 5.6)
+    for col, (run, name) in enumerate(zip(runs, names, strict=True)):
+        path = Path(run) / "analysis" / "features.npz"
+        with np.load(path) as data:
+            emb, labels = data["embeddings"], data["labels"]
+            centers, sizes = data["centers"], data["class_sizes"]
+        dim = centers.shape[1]
+        if dim not in (2, 3):
+            raise UserError(f"{path} holds {dim}-D features; the sphere figure needs 2 or 3")
+        colors = _colors(centers.shape[0])
+        if dim == 2:
+            ax = fig.add_subplot(1, len(runs), col + 1)
+            _draw_sphere_2d(ax, emb, labels, centers, sizes, colors)
+        else:
+            ax = fig.add_subplot(1, len(runs), col + 1, projection="3d")
+            _draw_sphere_3d(ax, emb, labels, centers, sizes, colors)
+        loss = _summary(run).get("loss")
+        ax.set_title(f"{name}" + (f" ({loss})" if loss else "") + f": {dim}-D features")
+        if centers.shape[0] <= MAX_LEGEND_CLASSES:
+            ax.legend(
+                fontsize=7,
+                loc="center left",
+                bbox_to_anchor=(1.15 if dim == 3 else 1.02, 0.5),
+                title="class (training images)",
+                title_fontsize=7,
+                markerscale=1.5,
+            )
+        else:
+            ax.text(
+                0.01,
+                0.01,
+                f"{centers.shape[0]} classes (too many for a legend)",
+                transform=ax.transAxes,
+                fontsize=7,
+                color="0.3",
+            )
+    fig.suptitle("Features (dots) and class centres (arrows) on the unit hypersphere")
+    return fig
+
+
+# ------------------------------------------------------------------------ driver
+FIGURE_FUNCTIONS: dict[str, Callable[[Sequence[Path]], Figure]] = {
+    "fig5": figure_fig5,
+    "fig6": figure_fig6,
+    "curves": figure_curves,
+    "roc": figure_roc,
+    "sphere": figure_sphere,
+}
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write `stem.png` (150 dpi) and `stem.pdf` into `out_dir`; returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=DPI)
+    return paths
+
+
+@dataclass
+class PlotReport:
+    """Files written per figure, and a one-line note per figure skipped."""
+
+    written: dict[str, list[Path]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def make_figures(
+    runs: Sequence[str | Path],
+    figures: Sequence[str] | None = None,
+    out: str | Path | None = None,
+) -> PlotReport:
+    """Draw `figures` (default: every figure the runs' files allow) for one or more runs.
+
+    Output: `out`, else the first run's `figures/`. With one run the files are `<figure>.png`
+    / `.pdf`; with several, `<figure>-<run1>-vs-<run2>....png`. A figure asked for
+    explicitly whose input file is missing is a `UserError` naming that file; a default one
+    is skipped with a note.
+    """
+    paths = [Path(r) for r in runs]
+    if not paths:
+        raise UserError("give at least one run directory")
+    for run in paths:
+        if not run.is_dir():
+            raise UserError(f"run directory not found: {run}")
+    explicit = figures is not None and len(figures) > 0
+    wanted = list(dict.fromkeys(figures)) if explicit else list(FIGURES)  # type: ignore[arg-type]
+    for name in wanted:
+        if name not in FIGURE_FUNCTIONS:
+            raise UserError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)}")
+    out_dir = Path(out) if out is not None else paths[0] / "figures"
+    names = _labels(paths)
+    suffix = "" if len(paths) == 1 else "-" + "-vs-".join(n.replace("/", "_") for n in names)
+    report = PlotReport(out_dir=out_dir)
+    for name in wanted:
+        missing = [m for m in (_missing(name, run) for run in paths) if m]
+        if missing:
+            if explicit:
+                raise UserError(f"cannot draw {name}: missing {missing[0]}")
+            report.skipped.append(f"{name}: skipped, missing {missing[0]}")
+            continue
+        fig = FIGURE_FUNCTIONS[name](paths)
+        report.written[name] = save_figure(fig, out_dir, f"{name}{suffix}")
+    return report

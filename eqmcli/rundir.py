@@ -1,0 +1,146 @@
+"""The run directory: its layout, and loading a trained model back from it.
+
+```
+runs/<name>/recipe.yaml  metrics.jsonl  checkpoints/{last,best}.pt  eval/  analysis/  figures/
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from eqmcli.checkpoint import load_checkpoint
+from eqmcli.errors import UserError
+from eqmcli.recipe import Recipe, recipe_from_mapping
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class RunPaths:
+    """Where each file of a run lives."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / BEST
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def bad_images(self) -> Path:
+        return self.root / "bad_images.txt"
+
+
+@dataclass
+class Trained:
+    """A trained backbone and head, with the recipe that made them."""
+
+    backbone: nn.Module
+    head: nn.Module
+    recipe: Recipe
+    run_dir: Path
+    checkpoint_path: Path
+    input_size: tuple[int, int]
+    epoch: int
+    step: int
+
+
+def run_dir_of_checkpoint(checkpoint: Path) -> Path:
+    """`runs/x/checkpoints/last.pt` -> `runs/x`; any other file -> its folder."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == CHECKPOINT_DIR else parent
+
+
+def find_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A run directory means its `checkpoints/last.pt` (the final model, not the best one)."""
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise UserError(f"run directory or checkpoint not found: {path}")
+    candidate = RunPaths(path).last
+    if not candidate.is_file():
+        raise UserError(
+            f"{path} holds no checkpoint (looked for {candidate}); train first with 'eqm train'"
+        )
+    return candidate
+
+
+def recipe_from_state(state: dict, source: str) -> Recipe:
+    """The resolved recipe stored inside a checkpoint."""
+    text = state.get("recipe")
+    if not isinstance(text, str):
+        raise UserError(f"{source} carries no recipe; it was not written by 'eqm train'")
+    return recipe_from_mapping(yaml.safe_load(text), source=f"{source} (stored recipe)")
+
+
+def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> Trained:
+    """Rebuild the backbone and head of a run (or checkpoint file) in eval mode on `device`."""
+    from eqmcli.backbones import build_backbone
+    from eqmcli.losses import build_head
+
+    checkpoint_path = find_checkpoint(run_or_checkpoint)
+    state = load_checkpoint(checkpoint_path)
+    recipe = recipe_from_state(state, str(checkpoint_path))
+    if "head" not in state or "weight" not in state["head"]:
+        raise UserError(f"{checkpoint_path} has no classification head to analyze")
+    input_size = tuple(int(v) for v in state["input_size"])
+    num_classes, embedding_dim = state["head"]["weight"].shape
+    backbone = build_backbone(
+        recipe.model.backbone, embedding_dim=recipe.model.embedding_dim, input_size=input_size
+    )
+    backbone.load_state_dict(state["backbone"])
+    head = build_head(
+        recipe.loss.name,
+        num_classes=int(num_classes),
+        embedding_dim=int(embedding_dim),
+        **recipe.loss.hyperparameters(),
+    )
+    head.load_state_dict(state["head"])
+    backbone.to(device).eval()
+    head.to(device).eval()
+    return Trained(
+        backbone=backbone,
+        head=head,
+        recipe=recipe,
+        run_dir=run_dir_of_checkpoint(checkpoint_path),
+        checkpoint_path=checkpoint_path,
+        input_size=(input_size[0], input_size[1]),
+        epoch=int(state.get("epoch", 0)),
+        step=int(state.get("step", 0)),
+    )

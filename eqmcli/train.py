@@ -1,0 +1,467 @@
+"""The training loop behind `eqm train`: device, precision, checkpoints, exact resume.
+
+Reproducibility: the sample order of epoch `e` is a permutation drawn from
+`(recipe.seed, e)` and the flip mask of step `t` from `(recipe.seed, t)`, so a run that
+stops anywhere and resumes from its checkpoint sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+
+from eqmcli.checkpoint import load_checkpoint
+from eqmcli.devices import autocast, autocast_dtype
+from eqmcli.distributed import (
+    NullMetrics,
+    build_training_head,
+    init_distributed,
+    rescale_resumed_step,
+    set_scheduler_step,
+)
+from eqmcli.errors import TrainingStopped, UserError
+from eqmcli.recipe import Recipe
+from eqmcli.rundir import RunPaths, recipe_from_state
+from eqmcli.schedule import lr_multiplier
+
+#: Recipe sections that must not change when a run is resumed.
+FROZEN_ON_RESUME = ("data", "model", "loss", "seed")
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, optionally skipping the samples already consumed.
+
+    With `world_size` ranks, global step t takes the permutation's samples
+    [t·N·B, (t+1)·N·B) and rank r the r-th block of `batch_size` (B) of them.
+    """
+
+    def __init__(
+        self, num_samples: int, seed: int, *, rank: int = 0, world_size: int = 1,
+        batch_size: int = 1,
+    ) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the permutation of `epoch`; `skip` samples (a resumed epoch) are left out."""
+        self.epoch = epoch
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)[self.skip :]
+        if self.world_size > 1:
+            steps = len(order) // (self.world_size * self.batch_size)
+            blocks = order[: steps * self.world_size * self.batch_size].view(
+                steps, self.world_size, self.batch_size
+            )
+            order = blocks[:, self.rank].reshape(-1)
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        if self.world_size > 1:
+            steps = (self.num_samples - self.skip) // (self.world_size * self.batch_size)
+            return steps * self.batch_size
+        return self.num_samples - self.skip
+
+
+@dataclass
+class TrainSummary:
+    """What a finished (or interrupted) run reports."""
+
+    run_dir: Path
+    epochs_done: int
+    steps: int
+    seconds: float
+    images_per_second: float  # training steps only (evaluation time excluded)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    best_accuracy: float | None = None
+    interrupted: bool = False
+    resumed_from_step: int | None = None
+
+
+def prepare_run_dir(out_dir: Path, *, resume: bool, force: bool) -> RunPaths:
+    """Refuse to reuse a non-empty run directory unless resuming or forced to start over."""
+    if resume and force:
+        raise UserError("--resume and --force contradict each other; pass only one")
+    paths = RunPaths(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"run directory {out_dir} exists and is a file")
+    occupied = out_dir.is_dir() and any(out_dir.iterdir())
+    if resume:
+        if not paths.last.is_file():
+            raise UserError(f"cannot resume: {paths.last} does not exist")
+    elif occupied:
+        if not force:
+            raise UserError(
+                f"run directory {out_dir} is not empty; pass --resume to continue it "
+                "or --force to start over"
+            )
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+def _check_resumable(recipe: Recipe, state: dict[str, Any], source: str) -> None:
+    stored = recipe_from_state(state, source).model_dump(mode="json")
+    given = recipe.model_dump(mode="json")
+    changed = [key for key in FROZEN_ON_RESUME if stored[key] != given[key]]
+    if changed:
+        raise UserError(
+            f"cannot resume {source}: the recipe's {', '.join(changed)} section(s) differ from "
+            "the ones the run was started with"
+        )
+
+
+@contextmanager
+def _graceful_interrupt() -> Iterator[dict[str, bool]]:
+    """First Ctrl-C sets a flag (the loop saves and stops); a second one aborts at once."""
+    flag = {"stop": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["stop"]:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave SIGINT alone
+        previous = None
+    try:
+        yield flag
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class MetricsLog:
+    """Append-only `metrics.jsonl` writer (one JSON object per line)."""
+
+    def __init__(self, path: Path, keep_until_step: int | None = None) -> None:
+        self.path = path
+        if keep_until_step is not None and path.is_file():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= keep_until_step
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+
+def build_optimizer(recipe: Recipe, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or AdamW over backbone and head parameters."""
+    optim = recipe.optim
+    if optim.name == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+        )
+    return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def _verification_sets(recipe: Recipe) -> list[Any]:
+    """The recipe's `eval.sets`, loaded once before training starts (fails early if missing)."""
+    from eqmcli.evaluate import recipe_sources, resolve_data_root
+
+    return [source.load() for source in recipe_sources(recipe, resolve_data_root(None, recipe))]
+
+
+def _progress_fields(stats: dict[str, float]) -> str:
+    shown = []
+    for key, label in (("hard_fraction", "hard"), ("inter_violation_fraction", "inter")):
+        if key in stats:
+            shown.append(f"{label} {stats[key]:.2f}")
+    return "  ".join(shown)
+
+
+def train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    console: Any = None,
+) -> TrainSummary:
+    """Train `recipe` into `out_dir`; see the module docstring for the resume guarantee."""
+    from eqmcli.backbones import build_backbone
+    from eqmcli.data import build_train_data
+    from eqmcli.data.loader import make_loader
+    from eqmcli.data.transforms import random_flip_mask, to_model_input
+    from eqmcli.verification import evaluate_set
+
+    out_dir = Path(out_dir)
+    dist_ctx, device = init_distributed(recipe.train.device, recipe.train.distributed)
+    prepared = dist_ctx.on_main(lambda: prepare_run_dir(out_dir, resume=resume, force=force))
+    paths = prepared if prepared is not None else RunPaths(out_dir)
+    dist_ctx.barrier()
+    state: dict[str, Any] | None = None
+    if resume:
+        state = load_checkpoint(paths.last)
+        _check_resumable(recipe, state, str(paths.last))
+
+    amp_dtype = autocast_dtype(recipe.train.precision, device)
+    channels_last = (
+        recipe.train.channels_last if recipe.train.channels_last is not None else device.type == "cuda"
+    )
+    torch.manual_seed(recipe.seed)
+
+    data = build_train_data(
+                recipe.data.train, strict=recipe.data.strict,
+        bad_images_path=paths.bad_images if dist_ctx.is_main else None,
+    )
+    input_size = tuple(recipe.model.input_size or data.image_size)
+    verification_sets = _verification_sets(recipe) if recipe.eval.every_epochs else []
+    batch_size = recipe.train.batch_size
+    steps_per_epoch = len(data.dataset) // (batch_size * dist_ctx.world_size)
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"train.batch_size {batch_size} is larger than the data set ({len(data.dataset)} images)"
+        )
+    total_steps = steps_per_epoch * recipe.train.epochs
+
+    backbone = build_backbone(
+        recipe.model.backbone, embedding_dim=recipe.model.embedding_dim, input_size=input_size
+    )
+    head = build_training_head(recipe, data.num_classes, dist_ctx)
+    backbone.to(device)
+    head.to(device)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(recipe, [*backbone.parameters(), *head.parameters()])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(recipe.optim, steps_per_epoch, total_steps)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    step = 0
+    best_accuracy: float | None = None
+    if state is not None:
+        backbone.load_state_dict(state["backbone"])
+        dist_ctx.load_head_state(head, state["head"])
+        optimizer.load_state_dict(
+            dist_ctx.local_optimizer_state(state["optimizer"], optimizer, head)
+        )
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        step = rescale_resumed_step(
+            state, len(data.dataset), batch_size * dist_ctx.world_size, steps_per_epoch
+        )
+        if step != int(state["step"]):
+            set_scheduler_step(scheduler, optimizer, step)
+        head.draws = step  # Partial FC draws continue where they stopped
+        best_accuracy = state.get("best_accuracy")
+    resumed_from = step if state is not None else None
+
+    if dist_ctx.is_main:
+        paths.recipe.write_text(recipe.to_yaml())
+    metrics = (
+        MetricsLog(paths.metrics, keep_until_step=step if state is not None else None)
+        if dist_ctx.is_main else NullMetrics()
+    )
+    wrapped_backbone = dist_ctx.wrap_backbone(backbone, device)
+    forward_backbone = torch.compile(wrapped_backbone) if recipe.train.compile else wrapped_backbone
+    forward_head = dist_ctx.wrap_head(head, device)
+
+    def checkpoint_state(epoch: int) -> dict[str, Any]:
+        return {
+            "backbone": backbone.state_dict(),
+            "head": dist_ctx.head_state(head),
+            "optimizer": dist_ctx.optimizer_state(optimizer, head),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "epoch": epoch,
+            "step": step,
+            "best_accuracy": best_accuracy,
+            "input_size": list(input_size),
+            "num_classes": data.num_classes,
+            "recipe": recipe.to_yaml(),
+            "world_size": dist_ctx.world_size,
+            "global_batch": batch_size * dist_ctx.world_size,
+        }
+
+    sampler = EpochSampler(
+        len(data.dataset), recipe.seed, rank=dist_ctx.rank, world_size=dist_ctx.world_size,
+        batch_size=batch_size,
+    )
+    loader = make_loader(
+        data.dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=recipe.data.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress or not dist_ctx.is_main,
+    )
+    evaluations: list[dict[str, Any]] = []
+    train_seconds = 0.0
+    started = time.perf_counter()
+    images_seen = 0
+    start_epoch = step // steps_per_epoch
+    interrupted = False
+    non_finite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def stop_if_non_finite(epoch: int) -> None:
+        if dist_ctx.any(non_finite):
+            raise TrainingStopped(
+                f"the loss became NaN/Inf in epoch {epoch + 1} (step <= {step}); training stopped "
+                f"and {paths.last} still holds the last good checkpoint. Lower optim.lr, "
+                "set optim.grad_clip, or check the data"
+            )
+
+    with _graceful_interrupt() as interrupt, bar:
+        task = bar.add_task(
+            "train", total=total_steps, completed=step, epoch=start_epoch + 1, loss="-",
+            lr="-", speed="-", stats="",
+        )
+        window_start, window_images = time.perf_counter(), 0
+        for epoch in range(start_epoch, recipe.train.epochs):
+            backbone.train()
+            head.train()
+            skip_steps = step - epoch * steps_per_epoch
+            sampler.set_epoch(epoch, skip=skip_steps * batch_size * dist_ctx.world_size)
+            bar.update(task, epoch=f"{epoch + 1}/{recipe.train.epochs}")
+            epoch_loss_sum = torch.zeros((), device=device)
+            epoch_steps = 0
+            epoch_started = time.perf_counter()
+            for images, labels in loader:
+                flip_generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+                flip = random_flip_mask(images.shape[0], flip_generator)
+                inputs = to_model_input(
+                    images, device, flip_mask=flip, channels_last=channels_last, size=input_size
+                )
+                labels = labels.to(device, non_blocking=True)
+                with autocast(device, amp_dtype):
+                    embeddings = forward_backbone(inputs)
+                    loss = forward_head(embeddings, labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if recipe.optim.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    dist_ctx.clip_grad_norm(backbone.parameters(), head, recipe.optim.grad_clip)
+                non_finite |= ~torch.isfinite(loss.detach())
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                epoch_steps += 1
+                epoch_loss_sum += loss.detach()
+                images_seen += images.shape[0]
+                window_images += images.shape[0]
+                if step % recipe.train.log_every == 0 or step == total_steps:
+                    stop_if_non_finite(epoch)
+                    now = time.perf_counter()
+                    speed = window_images / max(now - window_start, 1e-9)
+                    window_start, window_images = now, 0
+                    record = {
+                        "kind": "step",
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "loss": float(loss.detach()),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "img_per_s": round(speed, 1),
+                        **{k: float(v) for k, v in head.last_stats.items()},
+                    }
+                    metrics.write(record)
+                    bar.update(
+                        task, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                        speed=f"{speed:,.0f}", stats=_progress_fields(head.last_stats),
+                    )
+                bar.update(task, completed=step)
+                if interrupt["stop"] if not dist_ctx.active else (
+                    step % recipe.train.log_every == 0 and dist_ctx.any(interrupt["stop"])
+                ):
+                    interrupted = True
+                    break
+            stop_if_non_finite(epoch)
+            train_seconds += time.perf_counter() - epoch_started
+            if interrupted:
+                dist_ctx.save_checkpoint(checkpoint_state(epoch), paths.last)
+                break
+            metrics.write(
+                {
+                    "kind": "epoch",
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "loss": float(epoch_loss_sum) / max(epoch_steps, 1),
+                    "seconds": round(time.perf_counter() - epoch_started, 2),
+                }
+            )
+            last_epoch = epoch + 1 == recipe.train.epochs
+            every = recipe.eval.every_epochs
+            improved = False
+            if verification_sets and (last_epoch or (epoch + 1) % every == 0):
+                for vset in verification_sets if dist_ctx.is_main else []:
+                    result = evaluate_set(
+                        backbone, vset, device=device, input_size=input_size,
+                        flip=recipe.eval.flip, batch_size=recipe.eval.batch_size,
+                        precision=recipe.train.precision, progress=False,
+                    )
+                    record = {"kind": "eval", "epoch": epoch + 1, "step": step, **result}
+                    record.pop("roc", None)
+                    metrics.write(record)
+                    evaluations.append(record)
+                if dist_ctx.is_main:
+                    primary = evaluations[-len(verification_sets)]["accuracy"]
+                    improved = best_accuracy is None or primary > best_accuracy
+                    best_accuracy = primary if improved else best_accuracy
+                # the other ranks wait here while rank 0 evaluates
+                improved, best_accuracy = dist_ctx.broadcast((improved, best_accuracy))
+            if improved:
+                dist_ctx.save_checkpoint(checkpoint_state(epoch + 1), paths.best)
+            dist_ctx.save_checkpoint(checkpoint_state(epoch + 1), paths.last)
+    seconds = time.perf_counter() - started
+    dist_ctx.close()
+    return TrainSummary(
+        run_dir=out_dir,
+        epochs_done=step // steps_per_epoch,
+        steps=step,
+        seconds=seconds,
+        images_per_second=images_seen / max(train_seconds, 1e-9),
+        evaluations=evaluations,
+        best_accuracy=best_accuracy,
+        interrupted=interrupted,
+        resumed_from_step=resumed_from,
+    )

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny synthetic recipe that trains in seconds on a 2-core CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "seed": 3,
+    "data": {
+        "train": {
+            "kind": "synthetic",
+            "num_classes": 8,
+            "min_images": 6,
+            "max_images": 20,
+            "image_size": 24,
+            "test_images_per_class": 2,
+            "verification_identities": 10,
+            "verification_folds": 10,
+            "verification_pairs_per_fold": 4,
+        },
+        "num_workers": 0,
+    },
+    "model": {"backbone": "tiny", "embedding_dim": 16},
+    "loss": {"name": "eqm", "scale": 16.0},
+    "optim": {"lr": 0.05, "schedule": "cosine", "warmup_epochs": 0.5},
+    "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "log_every": 1},
+    "eval": {"every_epochs": 1, "batch_size": 64},
+}
+
+
+@pytest.fixture
+def tiny_recipe_path(tmp_path: Path) -> Path:
+    """A recipe file for an 8-class, 24 px synthetic run (a few seconds per epoch)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_RECIPE))
+    return path

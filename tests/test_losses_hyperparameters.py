@@ -1,0 +1,102 @@
+"""Loss names, defaults and validation of hyperparameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eqmcli.errors import UserError
+from eqmcli.losses import (
+    LOSS_NAMES,
+    CosFaceHead,
+    EqMHead,
+    build_head,
+    resolve_hyperparameters,
+)
+
+
+def test_defaults_follow_the_design_table() -> None:
+    assert resolve_hyperparameters("eqm") == {"scale": 64.0, "t1": 0.5, "t2": 0.1}
+    assert resolve_hyperparameters("arcface") == {"scale": 64.0, "margin": 0.5}
+    assert resolve_hyperparameters("cosface") == {"scale": 30.0, "margin": 0.35}
+    assert resolve_hyperparameters("ga-softmax") == {"scale": 30.0, "margin": 1.5}
+    assert resolve_hyperparameters("focal") == {"scale": 30.0, "gamma": 2.0}
+    assert resolve_hyperparameters("normface") == {"scale": 30.0}
+    assert resolve_hyperparameters("softmax") == {}
+    assert resolve_hyperparameters("sphereface") == {
+        "margin": 4, "lambda_base": 1000.0, "lambda_gamma": 0.12,
+        "lambda_power": 1.0, "lambda_min": 5.0,
+    }
+
+
+def test_given_values_override_defaults_and_build_the_head() -> None:
+    head = build_head("eqm", 10, 4, scale=32, t2=0.2)
+    assert isinstance(head, EqMHead)
+    assert head.name == "eqm"
+    assert head.hyperparameters == {"scale": 32.0, "t1": 0.5, "t2": 0.2}
+    assert tuple(head.weight.shape) == (10, 4)
+    assert head.floor == pytest.approx(math.log1p(9 * math.exp(-32 * 0.3)))
+
+
+def test_am_is_an_alias_of_cosface_and_keeps_its_name() -> None:
+    assert "am" in LOSS_NAMES and "cosface" in LOSS_NAMES
+    head = build_head("AM", 5, 3, margin=0.4)
+    assert isinstance(head, CosFaceHead) and head.name == "am"
+    assert resolve_hyperparameters("am") == resolve_hyperparameters("cosface")
+
+
+def test_sphereface_margin_accepts_an_integral_float() -> None:
+    assert resolve_hyperparameters("sphereface", margin=3.0)["margin"] == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "named"),
+    [
+        ("eqm", {"t1": 0.1, "t2": 0.5}, "t1"),
+        ("eqm", {"t1": 0.3, "t2": 0.3}, "t2"),
+        ("eqm", {"t1": 1.5}, "t1"),
+        ("eqm", {"t1": math.nan}, "t1"),
+        ("eqm", {"scale": 0.0}, "scale"),
+        ("normface", {"scale": -1.0}, "scale"),
+        ("sphereface", {"margin": 2.5}, "margin"),
+        ("sphereface", {"margin": 0}, "margin"),
+        ("sphereface", {"lambda_min": -1.0}, "lambda_min"),
+        ("arcface", {"margin": 2.0}, "margin"),
+        ("cosface", {"margin": -0.1}, "margin"),
+        ("ga-softmax", {"margin": 0.5}, "margin"),
+        ("focal", {"gamma": -1.0}, "gamma"),
+        ("cosface", {"scale": "big"}, "scale"),
+        ("arcface", {"scale": True}, "scale"),
+        ("eqm", {"margin": 0.3}, "margin"),
+        ("softmax", {"scale": 1.0}, "scale"),
+    ],
+)
+def test_bad_hyperparameters_raise_naming_the_parameter(name: str, given: dict, named: str) -> None:
+    with pytest.raises(UserError, match=named) as info:
+        build_head(name, 10, 4, **given)
+    assert isinstance(info.value, ValueError)
+    assert name in str(info.value)
+
+
+def test_unknown_loss_name_is_named_with_a_suggestion() -> None:
+    with pytest.raises(UserError, match=r"unknown loss 'arcfce'.*did you mean 'arcface'"):
+        resolve_hyperparameters("arcfce")
+
+
+@pytest.mark.parametrize(("num_classes", "dim", "named"), [(1, 4, "num_classes"),
+                                                           (5, 0, "embedding_dim")])
+def test_bad_sizes_raise_naming_them(num_classes: int, dim: int, named: str) -> None:
+    with pytest.raises(UserError, match=named):
+        build_head("normface", num_classes, dim)
+
+
+def test_recipe_loss_section_fills_defaults_and_rejects_bad_values() -> None:
+    from pydantic import ValidationError
+
+    from eqmcli.recipe import LossSection
+
+    section = LossSection(name="arcface", margin=0.3)
+    assert section.hyperparameters() == {"scale": 64.0, "margin": 0.3}
+    with pytest.raises(ValidationError, match="t1"):
+        LossSection(name="eqm", t1=0.1, t2=0.5)
