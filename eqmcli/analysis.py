@@ -141,17 +141,20 @@ def _degrees(cos: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def nearest_centers(centers: ArrayLike, chunk_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def nearest_centers(
+    centers: ArrayLike, chunk_size: int = 4096, *, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """For each centre W_c, the nearest other centre and the angle to it.
 
     Returns `(margin_deg (C,) float64, nearest (C,) int64)`. The search is chunked over
     rows: at most `chunk_size x C` cosines exist at once, never a C x C matrix. The
-    argmax is taken in float32 and the winning cosine recomputed in float64. With a
-    single class, the margin is NaN and the nearest class -1.
+    argmax is taken in float32 (on `device`, e.g. a GPU for C ~ 1e5) and the winning
+    cosine recomputed in float64 on the CPU. With a single class, the margin is NaN and
+    the nearest class -1.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-    w = _unit(_as_tensor(centers))
+    w = _unit(_as_tensor(centers)).to(device)
     num = w.shape[0]
     nearest = np.full(num, -1, dtype=np.int64)
     if num < 2:
@@ -159,24 +162,28 @@ def nearest_centers(centers: ArrayLike, chunk_size: int = 4096) -> tuple[np.ndar
     for start in range(0, num, chunk_size):
         stop = min(start + chunk_size, num)
         sims = w[start:stop] @ w.T  # (chunk, C)
-        rows = torch.arange(stop - start)
+        rows = torch.arange(stop - start, device=sims.device)
         sims[rows, rows + start] = -math.inf  # exclude the class itself
-        nearest[start:stop] = sims.argmax(dim=1).numpy()
+        nearest[start:stop] = sims.argmax(dim=1).cpu().numpy()
     w64 = _unit(_as_tensor(centers, torch.float64))
     cos = (w64 * w64[torch.from_numpy(nearest)]).sum(dim=1).numpy()
     return _degrees(cos), nearest
 
 
 def predict_classes(
-    embeddings: ArrayLike, centers: ArrayLike, chunk_size: int = 4096
+    embeddings: ArrayLike,
+    centers: ArrayLike,
+    chunk_size: int = 4096,
+    *,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Closed-set identification: argmax over centres of the cosine, chunked over samples."""
     x = _unit(_as_tensor(embeddings))
-    w = _unit(_as_tensor(centers))
+    w = _unit(_as_tensor(centers)).to(device)
     out = np.empty(x.shape[0], dtype=np.int64)
     for start in range(0, x.shape[0], chunk_size):
         stop = min(start + chunk_size, x.shape[0])
-        out[start:stop] = (x[start:stop] @ w.T).argmax(dim=1).numpy()
+        out[start:stop] = (x[start:stop].to(device) @ w.T).argmax(dim=1).cpu().numpy()
     return out
 
 
@@ -196,6 +203,7 @@ def per_class_statistics(
     t1: float,
     chunk_size: int = 4096,
     class_sizes: ArrayLike | None = None,
+    device: torch.device | str = "cpu",
 ) -> PerClassTable:
     """Per-class scope, margin, hard fraction and accuracy (angles in degrees).
 
@@ -203,7 +211,8 @@ def per_class_statistics(
     in [0, C). A sample is *hard* when the cosine to its own centre is below `t1` (EqM's
     lower limit of intra-class similarity). `n_images` is `class_sizes` when given (the
     training size of each class), else the number of samples. Every class must have at
-    least one sample, else a `UserError`. Memory is O(chunk_size x C + N d).
+    least one sample, else a `UserError`. Memory is O(chunk_size x C + N d); the two
+    chunked searches run on `device`.
     """
     x = _as_tensor(embeddings)
     w = _as_tensor(centers)
@@ -229,7 +238,7 @@ def per_class_statistics(
     own_cos = (xu * wu[torch.from_numpy(y)]).sum(dim=1).numpy()
     angles = _degrees(own_cos)
     hard = own_cos < t1
-    correct = predict_classes(x, w, chunk_size) == y
+    correct = predict_classes(x, w, chunk_size, device=device) == y
 
     # group angles by class, sorted within each class (vectorized percentiles)
     order = np.lexsort((angles, y))
@@ -246,7 +255,7 @@ def per_class_statistics(
     hard_count = np.bincount(y, weights=hard, minlength=num_classes).astype(np.int64)
     hard_correct = np.bincount(y, weights=hard & correct, minlength=num_classes).astype(np.int64)
     n_correct = np.bincount(y, weights=correct, minlength=num_classes).astype(np.int64)
-    margin, nearest = nearest_centers(w, chunk_size)
+    margin, nearest = nearest_centers(w, chunk_size, device=device)
     sizes = counts if class_sizes is None else np.asarray(class_sizes, dtype=np.int64)
     if sizes.shape != (num_classes,):
         raise UserError(f"class_sizes has {sizes.shape[0]} entries for {num_classes} classes")
@@ -536,6 +545,7 @@ def analyze_trained(
         t1=t1_value,
         chunk_size=chunk_size,
         class_sizes=class_sizes,
+        device=torch_device,
     )
 
     recipe = trained.recipe

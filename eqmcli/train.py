@@ -220,13 +220,14 @@ def train(
         _check_resumable(recipe, state, str(paths.last))
 
     amp_dtype = autocast_dtype(recipe.train.precision, device)
-    channels_last = (
-        recipe.train.channels_last if recipe.train.channels_last is not None else device.type == "cuda"
-    )
+    channels_last = recipe.train.channels_last
+    if channels_last is None:
+        channels_last = device.type == "cuda"
     torch.manual_seed(recipe.seed)
 
     data = build_train_data(
-                recipe.data.train, strict=recipe.data.strict,
+        recipe.data.train,
+        strict=recipe.data.strict,
         bad_images_path=paths.bad_images if dist_ctx.is_main else None,
     )
     input_size = tuple(recipe.model.input_size or data.image_size)
@@ -235,7 +236,8 @@ def train(
     steps_per_epoch = len(data.dataset) // (batch_size * dist_ctx.world_size)
     if steps_per_epoch < 1:
         raise UserError(
-            f"train.batch_size {batch_size} is larger than the data set ({len(data.dataset)} images)"
+            f"train.batch_size {batch_size} x {dist_ctx.world_size} rank(s) is larger than the "
+            f"data set ({len(data.dataset)} images)"
         )
     total_steps = steps_per_epoch * recipe.train.epochs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,5 +102,6 @@ def train_command(
             highlight=False,
         )
         raise typer.Exit(130)
-    _render_summary(summary)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        _render_summary(summary)
 

@@ -187,10 +187,10 @@ def identity_parameters(seed: int, identity_ids: np.ndarray) -> dict[str, np.nda
     lip = draw()[:, None]
     p["lip"] = np.clip(0.8 * p["skin"] + lip * (_LIP - 0.8 * p["skin"]) * 0.8, 0, 1)
     p["beard"] = np.where(draw() < 0.22, draw(0.5, 0.9), 0.0)
-    p["tex_freq"] = draw(2.5, 9.0, n=2)
+    p["tex_freq"] = draw(2.0, 7.0, n=2)
     p["tex_angle"] = draw(0.0, math.pi, n=2)
     p["tex_phase"] = draw(0.0, 2 * math.pi, n=2)
-    p["tex_amp"] = draw(0.02, 0.09, n=2)
+    p["tex_amp"] = draw(0.015, 0.06, n=2)
     p["mark_x"] = draw(-0.42, 0.42, n=_NUM_MARKS)
     p["mark_y"] = draw(-0.35, 0.62, n=_NUM_MARKS)
     p["mark_sigma"] = draw(0.015, 0.05, n=_NUM_MARKS)

@@ -1,0 +1,377 @@
+"""Training throughput (images/s) of backbone + head + optimizer step, per option set.
+
+Each configuration is one combination of the options the trainer exposes: precision
+(fp32, bf16 autocast, and fp16 autocast with a GradScaler on CUDA only), channels_last
+on/off, and torch.compile of the backbone on/off. Every configuration gets its own copy of
+the same initial model and optimizer (SGD, momentum 0.9) and trains on the same synthetic
+in-memory batches: random uint8 images on the host, converted on the device by
+`eqmcli.data.transforms.to_model_input` exactly as `eqmcli.train` does (host-to-device
+copy, normalization, random flip, channels_last), then forward, cross-entropy head,
+backward and `optimizer.step()`.
+
+Timing: after `warmup` untimed steps per configuration (compilation happens there), the
+`steps` timed steps are interleaved -- each round runs one step of every configuration,
+in a rotated order -- so drifting load on a shared machine hits all of them alike. A
+configuration's figure is the median of its per-step times (milliseconds of wall clock;
+CUDA is synchronized before and after each step), reported as images/s = batch / median,
+and as a speedup ratio against the plain eager fp32 configuration of the same run (> 1
+is faster). Compilation is measured on the baseline (fp32) and on bf16 + channels_last
+(the trainer's CUDA default); a compile that fails on this platform becomes a skipped row
+with the reason, not an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from eqmcli.devices import autocast, resolve_device
+from eqmcli.errors import UserError
+
+#: settings used when an option is left out: (CUDA, CPU)
+CUDA_DEFAULTS: dict[str, Any] = {
+    "backbone": "iresnet50", "classes": 10575, "batch": 256, "steps": 20, "warmup": 5,
+}
+CPU_DEFAULTS: dict[str, Any] = {
+    "backbone": "tiny", "classes": 1000, "batch": 64, "steps": 10, "warmup": 2,
+}
+BASELINE = "fp32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One option combination: autocast precision, memory format, compiled backbone."""
+
+    precision: str  # "fp32", "bf16" or "fp16"
+    channels_last: bool
+    compile: bool
+
+    @property
+    def label(self) -> str:
+        """Short name, e.g. ``fp32``, ``bf16+cl``, ``compile+bf16+cl``."""
+        parts = (["compile"] if self.compile else []) + [self.precision]
+        return "+".join(parts + (["cl"] if self.channels_last else []))
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype (None: plain float32)."""
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+
+def default_configs(device: torch.device, *, include_compile: bool = True) -> list[TrainConfig]:
+    """The configurations worth timing on `device`, baseline (eager fp32) first.
+
+    Eager: every precision x channels_last (fp16 only on CUDA). Compiled: fp32 and
+    bf16 + channels_last -- compiling every combination multiplies the compile time
+    without telling more.
+    """
+    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    configs = [TrainConfig(p, cl, False) for p in precisions for cl in (False, True)]
+    if include_compile:
+        configs += [TrainConfig("fp32", False, True), TrainConfig("bf16", True, True)]
+    return configs
+
+
+@dataclass
+class TrainRow:
+    """One configuration's result. Times in milliseconds per step, throughput images/s."""
+
+    config: str
+    precision: str
+    channels_last: bool
+    compile: bool
+    ms_per_step: float | None = None
+    images_per_s: float | None = None
+    speedup: float | None = None  # images/s relative to the eager fp32 baseline
+    first_loss: float | None = None  # loss of the first step (same weights and batch)
+    loss_finite: bool | None = None  # every step's loss was finite
+    warmup_s: float | None = None  # seconds of the warm-up steps (includes compilation)
+    samples: int = 0
+    skipped: str | None = None  # why the configuration was not measured
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainBenchResult:
+    """Settings, environment and one row per configuration (the baseline first)."""
+
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    rows: list[TrainRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "benchmark": "train",
+            "settings": self.settings,
+            "environment": self.environment,
+            "rows": [row.to_dict() for row in self.rows],
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device name, torch version, CPU threads: what makes runs comparable."""
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine())
+    )
+    if device.type == "cpu":
+        try:
+            for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Trainee:
+    """A model copy, its optimizer and the step function of one configuration."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        backbone: nn.Module,
+        head: nn.Module,
+        device: torch.device,
+        size: tuple[int, int],
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.size = size
+        self.backbone = copy.deepcopy(backbone).to(device)
+        self.head = copy.deepcopy(head).to(device)
+        if config.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self.backbone.train()
+        self.head.train()
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(self.backbone) if config.compile else self.backbone
+        )
+        self.optimizer = torch.optim.SGD(
+            [*self.backbone.parameters(), *self.head.parameters()],
+            lr=1e-3, momentum=0.9, weight_decay=5e-4,
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.losses: list[float] = []
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, flip: torch.Tensor) -> None:
+        """One training step on a uint8 host batch, as `eqmcli.train` runs it."""
+        from eqmcli.data.transforms import to_model_input
+
+        inputs = to_model_input(
+            images, self.device, flip_mask=flip, channels_last=self.config.channels_last,
+            size=self.size,
+        )
+        labels = labels.to(self.device, non_blocking=True)
+        with autocast(self.device, self.config.dtype):
+            loss = self.head(self.forward(inputs), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.losses.append(float(loss.detach()))  # also waits for the step on CUDA
+
+
+def resolve_settings(
+    device: torch.device,
+    *,
+    backbone: str | None,
+    head: str,
+    classes: int | None,
+    batch: int | None,
+    size: int | None,
+    steps: int | None,
+    warmup: int | None,
+) -> dict[str, Any]:
+    """Fill the options left out with the device's defaults and check them (UserError)."""
+    from eqmcli.backbones import BACKBONE_NAMES, default_input_size
+    from eqmcli.losses import canonical_name
+
+    defaults = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    backbone = backbone or defaults["backbone"]
+    if backbone not in BACKBONE_NAMES:
+        raise UserError(
+            f"--backbone {backbone!r} is not one of {', '.join(BACKBONE_NAMES)}"
+        )
+    canonical_name(head)  # UserError naming an unknown loss
+    settings = {
+        "backbone": backbone,
+        "head": head,
+        "classes": classes if classes is not None else defaults["classes"],
+        "batch": batch if batch is not None else defaults["batch"],
+        "size": list((size, size) if size is not None else default_input_size(backbone)),
+        "steps": steps if steps is not None else defaults["steps"],
+        "warmup": warmup if warmup is not None else defaults["warmup"],
+        "embedding_dim": 512,
+        "optimizer": "sgd(momentum=0.9)",
+    }
+    for key, minimum in (("classes", 2), ("batch", 2), ("steps", 1), ("warmup", 0)):
+        if settings[key] < minimum:
+            raise UserError(f"--{key} must be >= {minimum}, got {settings[key]}")
+    return settings
+
+
+def benchmark_training(
+    *,
+    backbone: str | None = None,
+    head: str = "eqm",
+    classes: int | None = None,
+    batch: int | None = None,
+    size: int | None = None,
+    steps: int | None = None,
+    warmup: int | None = None,
+    device: str = "auto",
+    include_compile: bool = True,
+    configs: list[TrainConfig] | None = None,
+    seed: int = 0,
+) -> TrainBenchResult:
+    """Time one training step per configuration (see the module docstring).
+
+    Options left as None take the device's defaults (`CUDA_DEFAULTS`, `CPU_DEFAULTS`;
+    `size` defaults to the backbone's design size, in pixels). fp16 needs CUDA.
+    """
+    from eqmcli.backbones import build_backbone
+    from eqmcli.data.transforms import random_flip_mask
+    from eqmcli.losses import build_head
+
+    started = time.perf_counter()
+    target = resolve_device(device)
+    settings = resolve_settings(
+        target, backbone=backbone, head=head, classes=classes, batch=batch, size=size,
+        steps=steps, warmup=warmup,
+    )
+    chosen = list(configs) if configs is not None else default_configs(
+        target, include_compile=include_compile
+    )
+    base_config = TrainConfig(BASELINE, False, False)
+    if base_config in chosen:
+        chosen.remove(base_config)
+    chosen.insert(0, base_config)
+    result = TrainBenchResult(settings=settings, environment=environment(target))
+    if any(c.precision == "fp16" for c in chosen) and target.type != "cuda":
+        chosen = [c for c in chosen if c.precision != "fp16"]
+        result.notes.append("fp16 skipped: it needs a CUDA device (use bf16 on the CPU)")
+    settings["configs"] = [c.label for c in chosen]
+
+    size_hw = (settings["size"][0], settings["size"][1])
+    torch.manual_seed(seed)
+    model = build_backbone(settings["backbone"], embedding_dim=512, input_size=size_hw)
+    loss_head = build_head(settings["head"], settings["classes"], 512)
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = settings["batch"]
+    batches = []
+    for _ in range(2):  # two distinct batches, alternated
+        images = torch.randint(0, 256, (batch_size, 3, *size_hw), dtype=torch.uint8,
+                               generator=generator)
+        labels = torch.randint(0, settings["classes"], (batch_size,), generator=generator)
+        flip = random_flip_mask(batch_size, generator)
+        if target.type == "cuda":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        batches.append((images, labels, flip))
+
+    trainees: dict[TrainConfig, _Trainee] = {}
+    rows: dict[TrainConfig, TrainRow] = {}
+    for config in chosen:
+        rows[config] = TrainRow(config.label, config.precision, config.channels_last,
+                                config.compile)
+        trainee = _Trainee(config, model, loss_head, target, size_hw)
+        n_warm = max(settings["warmup"], 1 if config.compile else 0)
+        try:
+            _sync(target)
+            t0 = time.perf_counter()
+            for i in range(n_warm):
+                trainee.step(*batches[i % 2])
+            _sync(target)
+            rows[config].warmup_s = time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001 - a failing compile becomes a skipped row
+            if not config.compile:
+                raise
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            rows[config].skipped = f"torch.compile failed: {type(exc).__name__}: {reason}"
+            result.notes.append(f"{config.label} skipped: {rows[config].skipped}")
+            continue
+        trainees[config] = trainee
+
+    samples: dict[TrainConfig, list[float]] = {c: [] for c in trainees}
+    order = list(trainees)
+    for round_index in range(settings["steps"]):
+        shift = round_index % len(order)
+        for config in order[shift:] + order[:shift]:
+            images, labels, flip = batches[round_index % 2]
+            _sync(target)
+            t0 = time.perf_counter()
+            trainees[config].step(images, labels, flip)
+            _sync(target)
+            samples[config].append((time.perf_counter() - t0) * 1000.0)
+
+    base_ips = batch_size / (statistics.median(samples[base_config]) / 1000.0)
+    for config, times in samples.items():
+        row = rows[config]
+        row.ms_per_step = statistics.median(times)
+        row.images_per_s = batch_size / (row.ms_per_step / 1000.0)
+        row.speedup = 1.0 if config == base_config else row.images_per_s / base_ips
+        row.samples = len(times)
+        losses = trainees[config].losses
+        row.first_loss = losses[0]
+        row.loss_finite = all(map(_finite, losses))
+    result.rows = [rows[c] for c in chosen]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def train_table(result: TrainBenchResult) -> Any:
+    """A rich Table of a `TrainBenchResult` (one row per configuration)."""
+    from rich.table import Table
+
+    s, env = result.settings, result.environment
+    table = Table(
+        title=f"Training step: {s['backbone']} {s['size'][0]}x{s['size'][1]} + {s['head']} "
+        f"(C={s['classes']}), batch {s['batch']}, {env['device_name']} ({env['device']}), "
+        f"median of {s['steps']} interleaved steps"
+    )
+    for name, justify in (("config", "left"), ("ms / step", "right"), ("images/s", "right"),
+                          ("vs fp32 eager", "right"), ("first loss", "right"),
+                          ("warm-up s", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in result.rows:
+        if row.skipped:
+            table.add_row(row.config, "-", "-", "skipped", "-", "-")
+            continue
+        loss = f"{row.first_loss:.4f}" if row.loss_finite else "[red]non-finite[/]"
+        table.add_row(
+            row.config, f"{row.ms_per_step:.1f}", f"{row.images_per_s:,.0f}",
+            f"{row.speedup:.2f}x", loss, f"{row.warmup_s:.1f}",
+        )
+    return table
