@@ -221,8 +221,6 @@ def train(
 
     amp_dtype = autocast_dtype(recipe.train.precision, device)
     channels_last = recipe.train.channels_last
-    if channels_last is None:
-        channels_last = device.type == "cuda"
     torch.manual_seed(recipe.seed)
 
     data = build_train_data(

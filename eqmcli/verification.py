@@ -166,6 +166,10 @@ def _eer(far: np.ndarray, tar: np.ndarray, thresholds: np.ndarray) -> tuple[floa
     return float(eer), float(t0 + w * (thresholds[k] - t0))
 
 
+# numpy >= 2 renamed trapz to trapezoid; support both (torch 2.3 wheels pin numpy 1.x)
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
 # ---------------------------------------------------------------------------- verify
 def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
     """Run the verification protocol on cosine ``scores`` (P,) with ground truth ``issame`` (P,).
@@ -205,7 +209,7 @@ def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
     roc: dict[str, list[float]] = {"far": [], "tar": [], "threshold": []}
     if n_pos and n_neg:
         far, tar, thresholds = roc_curve(s, y)
-        auc = float(np.trapezoid(tar, far))
+        auc = float(_trapezoid(tar, far))
         eer, eer_threshold = _eer(far, tar, thresholds)
         for target in FAR_TARGETS:
             if n_neg * target < 1.0 - 1e-9:

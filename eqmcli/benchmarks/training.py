@@ -249,25 +249,69 @@ def benchmark_training(
     steps: int | None = None,
     warmup: int | None = None,
     device: str = "auto",
-    include_compile: bool = True,
+    include_compile: bool | None = None,
     configs: list[TrainConfig] | None = None,
     seed: int = 0,
+    threads: int | None = None,
+    clock: str = "wall",
 ) -> TrainBenchResult:
     """Time one training step per configuration (see the module docstring).
 
     Options left as None take the device's defaults (`CUDA_DEFAULTS`, `CPU_DEFAULTS`;
     `size` defaults to the backbone's design size, in pixels). fp16 needs CUDA.
+    `include_compile` None: compiled configurations on CUDA only (compiling on a small
+    CPU takes minutes). `threads` sets torch's CPU threads for the run; `clock="cpu"`
+    times this process's CPU seconds instead of wall seconds (steadier on a busy host,
+    honest with `threads=1`; CPU only).
     """
+    from eqmcli.benchmarks.heads import CLOCKS
+
+    if clock not in CLOCKS:
+        raise UserError(f"--clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be >= 1, got {threads}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _benchmark_training(
+            backbone, head, classes, batch, size, steps, warmup, device, include_compile,
+            configs, seed, CLOCKS[clock], clock,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _benchmark_training(
+    backbone: str | None,
+    head: str,
+    classes: int | None,
+    batch: int | None,
+    size: int | None,
+    steps: int | None,
+    warmup: int | None,
+    device: str,
+    include_compile: bool | None,
+    configs: list[TrainConfig] | None,
+    seed: int,
+    now: Callable[[], float],
+    clock: str,
+) -> TrainBenchResult:
+    """The body of `benchmark_training` (arguments as there; `now` reads the clock)."""
     from eqmcli.backbones import build_backbone
     from eqmcli.data.transforms import random_flip_mask
     from eqmcli.losses import build_head
 
     started = time.perf_counter()
     target = resolve_device(device)
+    if clock != "wall" and target.type == "cuda":
+        raise UserError("--clock cpu measures host CPU time; use the wall clock on CUDA")
     settings = resolve_settings(
         target, backbone=backbone, head=head, classes=classes, batch=batch, size=size,
         steps=steps, warmup=warmup,
     )
+    if include_compile is None:
+        include_compile = target.type == "cuda"
     chosen = list(configs) if configs is not None else default_configs(
         target, include_compile=include_compile
     )
@@ -279,7 +323,10 @@ def benchmark_training(
     if any(c.precision == "fp16" for c in chosen) and target.type != "cuda":
         chosen = [c for c in chosen if c.precision != "fp16"]
         result.notes.append("fp16 skipped: it needs a CUDA device (use bf16 on the CPU)")
+    if not any(c.compile for c in chosen):
+        result.notes.append("torch.compile not timed (default on the CPU); pass --compile")
     settings["configs"] = [c.label for c in chosen]
+    settings["clock"], settings["threads"] = clock, torch.get_num_threads()
 
     size_hw = (settings["size"][0], settings["size"][1])
     torch.manual_seed(seed)
@@ -314,7 +361,8 @@ def benchmark_training(
         except Exception as exc:  # noqa: BLE001 - a failing compile becomes a skipped row
             if not config.compile:
                 raise
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            reason = text.splitlines()[0][:200] if text else "no message"
             rows[config].skipped = f"torch.compile failed: {type(exc).__name__}: {reason}"
             result.notes.append(f"{config.label} skipped: {rows[config].skipped}")
             continue
@@ -327,10 +375,10 @@ def benchmark_training(
         for config in order[shift:] + order[:shift]:
             images, labels, flip = batches[round_index % 2]
             _sync(target)
-            t0 = time.perf_counter()
+            t0 = now()
             trainees[config].step(images, labels, flip)
             _sync(target)
-            samples[config].append((time.perf_counter() - t0) * 1000.0)
+            samples[config].append((now() - t0) * 1000.0)
 
     base_ips = batch_size / (statistics.median(samples[base_config]) / 1000.0)
     for config, times in samples.items():
@@ -359,7 +407,7 @@ def train_table(result: TrainBenchResult) -> Any:
     table = Table(
         title=f"Training step: {s['backbone']} {s['size'][0]}x{s['size'][1]} + {s['head']} "
         f"(C={s['classes']}), batch {s['batch']}, {env['device_name']} ({env['device']}), "
-        f"median of {s['steps']} interleaved steps"
+        f"{s['threads']} thread(s), {s['clock']} clock, median of {s['steps']} interleaved steps"
     )
     for name, justify in (("config", "left"), ("ms / step", "right"), ("images/s", "right"),
                           ("vs fp32 eager", "right"), ("first loss", "right"),

@@ -126,3 +126,110 @@ def pipeline_command(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2) + "\n")
         console.print(f"wrote {json_path}")
+
+
+def _write_json(json_path: Path | None, payload: dict) -> None:
+    """Write `payload` as indented JSON to `json_path` (when given) and say so."""
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="backbone (default: iresnet50 on CUDA, tiny on the CPU)"
+    ),
+    head: str = typer.Option("eqm", "--head", help="loss head"),
+    classes: int | None = typer.Option(
+        None, "--classes", help="number of classes C (default: 10575 on CUDA, 1000 on the CPU)"
+    ),
+    batch: int | None = typer.Option(
+        None, "--batch", help="batch size (default: 256 on CUDA, 64 on the CPU)"
+    ),
+    size: int | None = typer.Option(
+        None, "--size", help="image side in pixels (default: the backbone's, 112 or 48 for tiny)"
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", help="timed steps per configuration (default: 20 CUDA, 10 CPU)"
+    ),
+    warmup: int | None = typer.Option(
+        None, "--warmup", help="untimed steps per configuration first (default: 5 CUDA, 2 CPU)"
+    ),
+    compile_: bool | None = typer.Option(
+        None, "--compile/--no-compile",
+        help="also time torch.compile (default: on CUDA only; minutes on a small CPU)",
+    ),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto"),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for torch (default: torch's choice)"
+    ),
+    clock: str = typer.Option(
+        "wall", "--clock", help="wall, or cpu (this process's CPU time: steadier on a busy host)"
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
+) -> None:
+    """Training images/s (backbone + head + SGD) per precision / channels_last / compile."""
+    from eqmcli.benchmarks.training import benchmark_training, train_table
+
+    result = benchmark_training(
+        backbone=backbone, head=head, classes=classes, batch=batch, size=size, steps=steps,
+        warmup=warmup, device=device, include_compile=compile_, threads=threads, clock=clock,
+    )
+    console.print(train_table(result))
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"benchmark took {result.seconds:.1f} s")
+    _write_json(json_path, result.to_dict())
+
+
+@app.command("head-cost")
+@user_errors
+def head_cost_command(
+    classes: str = typer.Option(
+        "10575,85742,1000000", "--classes", help="comma-separated class counts C"
+    ),
+    dim: int = typer.Option(512, "--dim", help="embedding dimension d"),
+    batch: int = typer.Option(256, "--batch", help="batch size B"),
+    head: str = typer.Option("eqm", "--head", help="loss head"),
+    repeats: int = typer.Option(3, "--repeats", help="timed steps per C (median is kept)"),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto"),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
+) -> None:
+    """Head-only fwd+bwd time and peak memory for large C (sizes that do not fit are skipped)."""
+    from eqmcli.benchmarks.head_cost import benchmark_head_cost, head_cost_table, parse_classes
+
+    result = benchmark_head_cost(
+        parse_classes(classes), head=head, dim=dim, batch=batch, device=device, repeats=repeats
+    )
+    console.print(head_cost_table(result))
+    console.print(f"peak memory: {result.peak_method}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    _write_json(json_path, result.to_dict())
+
+
+@app.command("all")
+@user_errors
+def all_command(
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto"),
+    parts: str = typer.Option(
+        "pipeline,train,heads,head-cost", "--parts", help="comma-separated parts to run"
+    ),
+    json_path: Path | None = typer.Option(None, "--json", help="write the combined JSON here"),
+) -> None:
+    """Every benchmark with device-appropriate settings: one table per part, one JSON."""
+    from eqmcli.benchmarks.suite import run_all
+
+    def report(part: str, table: object) -> None:
+        console.print(table)
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    combined = run_all(device, parts=chosen, report=report)
+    for part, payload in combined["parts"].items():
+        for note in payload.get("notes", []):
+            console.print(f"note ({part}): {note}", highlight=False)
+    console.print(f"benchmark took {combined['seconds']:.1f} s")
+    _write_json(json_path, combined)

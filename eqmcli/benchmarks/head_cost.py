@@ -1,0 +1,306 @@
+"""Cost of the classification head alone for large class counts C: time and peak memory.
+
+For each C, a fresh head (`build_head(name, C, d)`) runs forward + backward on random
+embeddings (B, d) with requires_grad (the gradient flows to the embeddings and to the
+class weights W (C, d), as in training; W's gradient is freed before each step, as
+`zero_grad(set_to_none=True)` does). Time is the median wall-clock milliseconds per step
+(CUDA synchronized). Memory, in bytes:
+
+- ``weight_bytes``, ``grad_bytes``: W and its gradient (C x d float32 each);
+- ``saved_bytes``: tensors autograd keeps from the forward for the backward (unique
+  storages, counted with saved-tensor hooks: cosines, logits, normalized W, ...);
+- ``peak_bytes``: on CUDA, ``torch.cuda.max_memory_allocated`` during the step minus the
+  allocation before the head was built (i.e. the head's weight plus the step's peak);
+  on the CPU, the process's peak resident set size during the step (``VmHWM`` of
+  /proc/self/status, reset through /proc/self/clear_refs) minus the resident size before
+  the head was built -- the same quantity measured by the OS. Where the peak cannot be
+  reset, ``peak_bytes`` is None and ``peak_method`` says so.
+
+A size whose estimated need exceeds the memory available (CUDA: free device memory;
+CPU: half of MemAvailable, the machine being shared) is skipped with a note instead of
+running out of memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eqmcli.devices import resolve_device
+from eqmcli.errors import UserError
+
+DEFAULT_CLASSES: tuple[int, ...] = (10575, 85742, 1_000_000)
+"""CASIA-WebFace, MS1M(-ArcFace), and a million identities."""
+CPU_MEMORY_FRACTION = 0.5
+"""Fraction of the CPU's MemAvailable a size may use (the machine is shared)."""
+_BC_COPIES, _CD_COPIES = 8, 4
+"""Estimated live float32 (B, C) and (C, d) tensors at the step's peak (see `estimate_bytes`)."""
+
+
+@dataclass
+class HeadCostRow:
+    """One class count: ms per fwd+bwd and bytes (see the module docstring)."""
+
+    classes: int
+    ms: float | None = None
+    weight_bytes: int | None = None
+    grad_bytes: int | None = None
+    saved_bytes: int | None = None
+    peak_bytes: int | None = None
+    estimated_bytes: int = 0
+    samples: int = 0
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HeadCostResult:
+    """Settings, environment, one row per C, and notes (skips, how memory was measured)."""
+
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    peak_method: str
+    rows: list[HeadCostRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "benchmark": "head-cost",
+            "settings": self.settings,
+            "environment": self.environment,
+            "peak_method": self.peak_method,
+            "rows": [row.to_dict() for row in self.rows],
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
+
+
+def estimate_bytes(classes: int, dim: int, batch: int) -> int:
+    """Rough peak bytes of one fwd+bwd: W, its gradient, normalized W and its gradient
+    (4 x C x d), plus cosines, logits, softmax, masks and their gradients (~8 x B x C),
+    float32."""
+    return 4 * (_CD_COPIES * classes * dim + _BC_COPIES * batch * classes)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Bytes a head may use: free CUDA memory, or a fraction of the CPU's MemAvailable."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.9)
+    fields = _proc_kib(Path("/proc/meminfo"), ("MemAvailable",))
+    if "MemAvailable" in fields:
+        return int(fields["MemAvailable"] * 1024 * CPU_MEMORY_FRACTION)
+    import os
+
+    pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(pages * CPU_MEMORY_FRACTION)
+
+
+def _proc_kib(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
+    """Read `key: N kB` lines from a /proc file (empty where unavailable)."""
+    found: dict[str, int] = {}
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in keys:
+                found[name] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return found
+
+
+def _rss_bytes() -> int | None:
+    fields = _proc_kib(Path("/proc/self/status"), ("VmRSS",))
+    return fields["VmRSS"] * 1024 if "VmRSS" in fields else None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_bytes() -> int | None:
+    fields = _proc_kib(Path("/proc/self/status"), ("VmHWM",))
+    return fields["VmHWM"] * 1024 if "VmHWM" in fields else None
+
+
+def parse_classes(text: str) -> list[int]:
+    """`"10575,85742"` -> [10575, 85742]; UserError for anything but integers >= 2."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--classes {text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 2:
+        raise UserError(f"--classes {text!r}: every class count must be >= 2")
+    return values
+
+
+def benchmark_head_cost(
+    classes: list[int] | tuple[int, ...] = DEFAULT_CLASSES,
+    *,
+    head: str = "eqm",
+    dim: int = 512,
+    batch: int = 256,
+    device: str = "auto",
+    repeats: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+) -> HeadCostResult:
+    """Time and memory of `head`'s fwd+bwd for each class count (see the module docstring)."""
+    from eqmcli.benchmarks.training import environment
+    from eqmcli.losses import canonical_name
+
+    started = time.perf_counter()
+    canonical_name(head)
+    for name, value, minimum in (("dim", dim, 1), ("batch", batch, 1), ("repeats", repeats, 1),
+                                 ("warmup", warmup, 0)):
+        if value < minimum:
+            raise UserError(f"--{name} must be >= {minimum}, got {value}")
+    if not classes or min(classes) < 2:
+        raise UserError(f"--classes must all be >= 2, got {list(classes)}")
+    target = resolve_device(device)
+    if target.type == "cuda":
+        method = "torch.cuda.max_memory_allocated during the step, minus the allocation before"
+    elif _reset_peak_rss() and _peak_rss_bytes() is not None:
+        method = "process peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before"
+    else:
+        method = "unavailable (peak RSS cannot be reset on this platform)"
+    result = HeadCostResult(
+        settings={"classes": list(classes), "head": head, "dim": dim, "batch": batch,
+                  "repeats": repeats, "warmup": warmup},
+        environment=environment(target),
+        peak_method=method,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    for num_classes in classes:
+        row = HeadCostRow(num_classes, estimated_bytes=estimate_bytes(num_classes, dim, batch))
+        result.rows.append(row)
+        room = available_bytes(target)
+        if row.estimated_bytes > room:
+            row.skipped = (
+                f"needs ~{row.estimated_bytes / 2**30:.1f} GiB, "
+                f"{room / 2**30:.1f} GiB available"
+            )
+            result.notes.append(f"C={num_classes:,} skipped: {row.skipped}")
+            continue
+        _measure(row, head, num_classes, dim, batch, target, repeats, warmup, generator, method)
+        gc.collect()  # the head is gone with _measure's frame: give its memory back
+        if target.type == "cuda":
+            torch.cuda.empty_cache()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _measure(
+    row: HeadCostRow,
+    head_name: str,
+    num_classes: int,
+    dim: int,
+    batch: int,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    generator: torch.Generator,
+    method: str,
+) -> None:
+    """Fill `row` with the time and memory of one class count."""
+    from eqmcli.losses import build_head
+
+    cuda = device.type == "cuda"
+    embeddings = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
+    labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _rss_bytes() or 0
+    head = build_head(head_name, num_classes, dim).to(device)
+    row.weight_bytes = head.weight.numel() * head.weight.element_size()
+
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def step(count_saved: bool) -> float:
+        head.weight.grad = None
+        embeddings.grad = None
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        if count_saved:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = head(embeddings, labels)
+        else:
+            loss = head(embeddings, labels)
+        loss.backward()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) * 1000.0
+
+    try:
+        for _ in range(warmup):
+            step(False)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        peak_ok = not cuda and method.startswith("process") and _reset_peak_rss()
+        times = [step(count_saved=i == 0) for i in range(repeats)]
+        if cuda:
+            row.peak_bytes = torch.cuda.max_memory_allocated(device) - before
+        elif peak_ok:
+            peak = _peak_rss_bytes()
+            row.peak_bytes = peak - before if peak is not None else None
+    except torch.OutOfMemoryError as exc:
+        row.skipped = f"out of memory: {str(exc).splitlines()[0][:160]}"
+        return
+    finally:
+        grad = head.weight.grad
+        row.grad_bytes = grad.numel() * grad.element_size() if grad is not None else None
+    row.saved_bytes = sum(saved.values())
+    row.ms = statistics.median(times)
+    row.samples = len(times)
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.0f}"
+
+
+def head_cost_table(result: HeadCostResult) -> Any:
+    """A rich Table of a `HeadCostResult` (one row per class count; sizes in MiB)."""
+    from rich.table import Table
+
+    s, env = result.settings, result.environment
+    table = Table(
+        title=f"Head cost, fwd+bwd: {s['head']}, d={s['dim']}, B={s['batch']}, "
+        f"{env['device_name']} ({env['device']}), median of {s['repeats']}; MiB"
+    )
+    for name in ("classes", "ms / step", "W", "grad W", "saved for bwd", "peak",
+                 "estimate"):
+        table.add_column(name, justify="right")
+    for row in result.rows:
+        if row.skipped:
+            table.add_row(f"{row.classes:,}", "skipped", "-", "-", "-", "-",
+                          _mib(row.estimated_bytes))
+            continue
+        table.add_row(
+            f"{row.classes:,}", f"{row.ms:.1f}", _mib(row.weight_bytes), _mib(row.grad_bytes),
+            _mib(row.saved_bytes), _mib(row.peak_bytes), _mib(row.estimated_bytes),
+        )
+    return table
