@@ -1,0 +1,149 @@
+"""The imbalance-study recipes: they validate (`eqm train --dry-run`, no data needed), the
+AM / EqM pairs differ only in their loss, and the data has the long tail the study needs.
+Also the pure parts of `benchmarks/eqm_sweep.py` (pair parsing, selection, table)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from eqmcli.cli import app
+from eqmcli.data.synthetic import class_sizes
+from eqmcli.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+STUDY = [
+    "imbalance-am",
+    "imbalance-eqm",
+    "sphere-softmax",
+    "sphere-am",
+    "sphere-eqm",
+    "casia-webface-r50-am",
+    "casia-webface-r50-eqm",
+]
+
+
+def _raw(name: str) -> dict:
+    return yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+
+
+def _without_loss(name: str) -> dict:
+    data = _raw(name)
+    data.pop("loss")
+    data.pop("name")
+    return data
+
+
+@pytest.mark.parametrize("name", STUDY)
+def test_dry_run_validates_without_the_data(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative data roots (data/faces_webface_112x112) do not exist
+    result = CliRunner().invoke(app, ["train", str(RECIPES / f"{name}.yaml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "is valid" in result.output
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+    assert load_recipe(RECIPES / f"{name}.yaml").name == name
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("imbalance-am", "imbalance-eqm"),
+        ("sphere-am", "sphere-eqm"),
+        ("sphere-softmax", "sphere-eqm"),
+        ("casia-webface-r50-am", "casia-webface-r50-eqm"),
+    ],
+)
+def test_compared_recipes_differ_only_in_the_loss(pair):
+    assert _without_loss(pair[0]) == _without_loss(pair[1])
+
+
+def test_imbalance_losses_and_long_tail():
+    am, eqm = load_recipe(RECIPES / "imbalance-am.yaml"), load_recipe(RECIPES / "imbalance-eqm.yaml")
+    assert (am.loss.name, am.loss.scale, am.loss.margin) == ("am", 30.0, 0.35)
+    assert eqm.loss.name == "eqm" and eqm.loss.t1 > eqm.loss.t2
+    assert eqm.loss.scale == am.loss.scale
+    src = am.data.train
+    assert src.kind == "synthetic" and src.profile == "casia-like"
+    sizes = class_sizes(src.num_classes, src.profile, src.min_images, src.max_images, src.seed)
+    assert (sizes < 80).sum() >= 200  # many classes below the paper's 80-image line
+    assert (sizes >= 80).sum() >= 20 and sizes.max() >= 300  # and a tail of large ones
+    assert src.test_images_per_class > 0  # closed-set test split for eqm analyze --split test
+    assert am.model.backbone == "tiny"
+
+
+@pytest.mark.parametrize("name", ["sphere-softmax", "sphere-am", "sphere-eqm"])
+def test_sphere_recipes_are_low_dimensional_and_imbalanced(name):
+    recipe = load_recipe(RECIPES / f"{name}.yaml")
+    src = recipe.data.train
+    assert recipe.model.embedding_dim in (2, 3)
+    assert 8 <= src.num_classes <= 10 and src.profile == "casia-like"
+    sizes = class_sizes(src.num_classes, src.profile, src.min_images, src.max_images, src.seed)
+    assert sizes.max() >= 10 * sizes.min()
+
+
+def test_casia_recipes_follow_the_sphereface_schedule():
+    for name in ("casia-webface-r50-am", "casia-webface-r50-eqm"):
+        r = load_recipe(RECIPES / f"{name}.yaml")
+        assert r.data.train.kind == "record"
+        assert r.data.train.root == Path("data/faces_webface_112x112")
+        assert (r.model.backbone, r.model.embedding_dim) == ("iresnet50", 512)
+        assert r.model.input_size == (112, 112)
+        assert (r.optim.name, r.optim.lr, r.optim.momentum) == ("sgd", 0.1, 0.9)
+        assert r.optim.weight_decay == 5e-4 and r.optim.schedule == "multistep"
+        assert r.train.batch_size == 512
+        # 16K / 24K / 28K iterations of 512 images over ~490K images
+        for epochs, iterations in zip([*r.optim.milestones, r.train.epochs], [16e3, 24e3, 28e3]):
+            assert abs(epochs - iterations * 512 / 490e3) < 0.5
+        assert r.eval.sets == ["lfw", "cfp_fp", "agedb_30"]
+        assert r.eval.data_root == Path("data/faces_webface_112x112")
+
+
+# ----------------------------------------------------------------- the sweep script
+def _sweep_module():
+    spec = importlib.util.spec_from_file_location("eqm_sweep", ROOT / "benchmarks" / "eqm_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(t1, t2, acc, cv):
+    return {
+        "t1": t1,
+        "t2": t2,
+        "verification_accuracy": acc,
+        "verification_accuracy_std": 0.01,
+        "margin_mean_deg": 70.0,
+        "scope_max_mean_deg": 50.0,
+        "margin_cv_all": cv,
+        "margin_cv_few": cv,
+        "margin_cv_many": None,  # an empty group prints as '-'
+        "scope_max_cv_few": 0.1,
+        "scope_max_cv_many": 0.1,
+        "test_accuracy_few": 0.9,
+        "test_accuracy_many": 0.95,
+        "hard_fraction_train": 0.2,
+        "seconds": 100.0,
+    }
+
+
+def test_sweep_parses_pairs_and_rejects_t1_below_t2():
+    sweep = _sweep_module()
+    assert sweep.parse_pairs("0.5:0.1,0.6:0.2") == [(0.5, 0.1), (0.6, 0.2)]
+    with pytest.raises(SystemExit):
+        sweep.parse_pairs("0.1:0.5")
+
+
+def test_sweep_choice_breaks_accuracy_ties_by_margin_cv():
+    sweep = _sweep_module()
+    rows = [_row(0.5, 0.1, 0.950, 0.08), _row(0.6, 0.1, 0.947, 0.05), _row(0.4, 0.0, 0.930, 0.01)]
+    assert sweep.choose(rows, 0.5) is rows[1]  # within 0.5 pp of the best, lower CV
+    assert sweep.choose(rows, 0.1) is rows[0]  # no tie: the most accurate
+    table = sweep.render(rows, rows[1])
+    assert table.count("\n") == len(rows) + 1
+    assert "**(chosen)**" in table.splitlines()[3]
+    assert "| - |" in table
