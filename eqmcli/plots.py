@@ -158,12 +158,13 @@ def _binned(
     return np.array(xs), np.array(means), np.array(stds)
 
 
-def _cv_text(values: np.ndarray, few: np.ndarray, head: int) -> str:
-    parts = []
-    for name, mask in ((f"<{head}", few), (f">={head}", ~few)):
+def _cv_text(values: np.ndarray, few: np.ndarray, head: int, what: str = "") -> str:
+    """Coefficient of variation (std / mean) of `values` for classes below / above `head`."""
+    parts = [f"CV of {what}" if what else "CV"]
+    for name, mask in ((f"<{head} images", few), (f">={head} images", ~few)):
         v = values[mask & ~np.isnan(values)]
         cv = v.std() / v.mean() if v.size and v.mean() > 0 else math.nan
-        parts.append(f"CV {name}: {cv:.3f}" if not math.isnan(cv) else f"CV {name}: n/a")
+        parts.append(f"{name}: {cv:.3f}" if not math.isnan(cv) else f"{name}: n/a")
     return "\n".join(parts)
 
 
@@ -229,7 +230,7 @@ def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
             ax.text(
                 0.98,
                 0.97,
-                _cv_text(series[0][1], few, head),
+                _cv_text(series[0][1], few, head, series[0][0]),
                 transform=ax.transAxes,
                 ha="right",
                 va="top",
@@ -375,6 +376,7 @@ def figure_curves(runs: Sequence[Path]) -> Figure:
                     label=f"{name}: {bench}",
                 )
         ax_acc.set_xlabel("epoch")
+        ax_acc.set_xlim(left=0)  # whole epochs from 0, even with a single evaluation
         ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_acc.set_ylabel("verification accuracy (%)")
         ax_acc.set_title("Verification accuracy (10-fold)")

@@ -207,6 +207,7 @@ def train(
     from eqmcli.data import build_train_data
     from eqmcli.data.loader import make_loader
     from eqmcli.data.transforms import random_flip_mask, to_model_input
+    from eqmcli.evaluate import write_result
     from eqmcli.verification import evaluate_set
 
     out_dir = Path(out_dir)
@@ -439,6 +440,8 @@ def train(
                         flip=recipe.eval.flip, batch_size=recipe.eval.batch_size,
                         precision=recipe.train.precision, progress=False,
                     )
+                    if last_epoch:  # the final model's full result, ROC included
+                        write_result(out_dir, {**result, "checkpoint": str(paths.last)})
                     record = {"kind": "eval", "epoch": epoch + 1, "step": step, **result}
                     record.pop("roc", None)
                     metrics.write(record)

@@ -63,7 +63,10 @@ def test_compared_recipes_differ_only_in_the_loss(pair):
 
 
 def test_imbalance_losses_and_long_tail():
-    am, eqm = load_recipe(RECIPES / "imbalance-am.yaml"), load_recipe(RECIPES / "imbalance-eqm.yaml")
+    am, eqm = (
+        load_recipe(RECIPES / "imbalance-am.yaml"),
+        load_recipe(RECIPES / "imbalance-eqm.yaml"),
+    )
     assert (am.loss.name, am.loss.scale, am.loss.margin) == ("am", 30.0, 0.35)
     assert eqm.loss.name == "eqm" and eqm.loss.t1 > eqm.loss.t2
     assert eqm.loss.scale == am.loss.scale
@@ -97,8 +100,9 @@ def test_casia_recipes_follow_the_sphereface_schedule():
         assert r.optim.weight_decay == 5e-4 and r.optim.schedule == "multistep"
         assert r.train.batch_size == 512
         # 16K / 24K / 28K iterations of 512 images over ~490K images
-        for epochs, iterations in zip([*r.optim.milestones, r.train.epochs], [16e3, 24e3, 28e3]):
-            assert abs(epochs - iterations * 512 / 490e3) < 0.5
+        epochs = [*r.optim.milestones, r.train.epochs]
+        for epoch, iterations in zip(epochs, [16e3, 24e3, 28e3], strict=True):
+            assert abs(epoch - iterations * 512 / 490e3) < 0.5
         assert r.eval.sets == ["lfw", "cfp_fp", "agedb_30"]
         assert r.eval.data_root == Path("data/faces_webface_112x112")
 

@@ -39,6 +39,8 @@ def test_run_directory_holds_the_contract_files(tiny_recipe_path, tmp_path):
     assert all({"benchmark", "accuracy", "accuracy_std"} <= r.keys() for r in evals)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in evals)
     assert summary.steps == load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    final = json.loads((out / "eval" / "synthetic.json").read_text())
+    assert final["accuracy"] == evals[-1]["accuracy"] and final["roc"]["far"]
     assert not list((out / "checkpoints").glob("*.tmp")), "no temporary file is left behind"
 
 
