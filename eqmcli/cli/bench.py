@@ -60,21 +60,18 @@ def heads_command(
         table.add_row(row.name, f"{row.ms:.1f}", f"{row.ratio:.2f}x")
     console.print(table)
     console.print(f"benchmark took {elapsed:.1f} s")
-    if json_path is not None:
-        payload = {
-            "classes": classes,
-            "dim": dim,
-            "batch": batch,
-            "device": device,
-            "repeats": repeats,
-            "threads": threads,
-            "clock": clock,
-            "seconds": elapsed,
-            "rows": [row.to_dict() for row in rows],
-        }
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2) + "\n")
-        console.print(f"wrote {json_path}")
+    payload = {
+        "classes": classes,
+        "dim": dim,
+        "batch": batch,
+        "device": device,
+        "repeats": repeats,
+        "threads": threads,
+        "clock": clock,
+        "seconds": elapsed,
+        "rows": [row.to_dict() for row in rows],
+    }
+    _write_json(json_path, payload)
 
 
 @app.command("pipeline")
@@ -122,10 +119,7 @@ def pipeline_command(
         mark = " (default)" if r.is_default else ""
         table.add_row(r.source, f"{r.num_workers}{mark}", f"{r.images_per_s:,.0f}")
     console.print(table)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(summary, indent=2) + "\n")
-        console.print(f"wrote {json_path}")
+    _write_json(json_path, summary)
 
 
 def _write_json(json_path: Path | None, payload: dict) -> None:

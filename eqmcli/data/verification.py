@@ -7,10 +7,16 @@ a user's pairs file). Readers for the file formats live below the dataclass.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
+
+from eqmcli.errors import UserError
 
 
 # ------------------------------------------------------------------ the container
@@ -51,16 +57,11 @@ class VerificationSet:
 # ---------------------------------------------------------------------------------------
 # Readers: InsightFace .bin (restricted unpickler), LFW folder + pairs.txt, pairs files.
 # ---------------------------------------------------------------------------------------
-import pickle as _pickle  # noqa: E402
-from pathlib import Path as _Path  # noqa: E402
-from typing import BinaryIO  # noqa: E402
-
-import torch  # noqa: E402
-
-from eqmcli.errors import UserError  # noqa: E402
 
 
-class _RefusedGlobal(_pickle.UnpicklingError):
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
     """A pickle referenced a global outside the allow-list (never imported, never called)."""
 
     def __init__(self, module: str, name: str) -> None:
@@ -71,7 +72,7 @@ class _RefusedGlobal(_pickle.UnpicklingError):
 def _latin1_encode(text: object, encoding: str = "latin1", errors: str = "strict") -> bytes:
     """`_codecs.encode` as protocol-2 pickles of bytes use it: str -> latin-1 bytes only."""
     if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
-        raise _pickle.UnpicklingError("unexpected _codecs.encode call in a .bin file")
+        raise pickle.UnpicklingError("unexpected _codecs.encode call in a .bin file")
     return text.encode("latin-1")
 
 
@@ -83,7 +84,7 @@ def _safe_bytes(*args: object) -> bytes:
         return bytes(args[0])
     if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str):
         return _latin1_encode(args[0], args[1])
-    raise _pickle.UnpicklingError("unexpected bytes(...) call in a .bin file")
+    raise pickle.UnpicklingError("unexpected bytes(...) call in a .bin file")
 
 
 def _safe_bytearray(*args: object) -> bytearray:
@@ -106,7 +107,7 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
 
     def reconstruct(cls: object, *args: object) -> object:
         if cls is not np.ndarray:
-            raise _pickle.UnpicklingError("numpy _reconstruct of a non-ndarray class")
+            raise pickle.UnpicklingError("numpy _reconstruct of a non-ndarray class")
         return multiarray._reconstruct(cls, *args)
 
     allowed: dict[tuple[str, str], object] = {
@@ -125,7 +126,7 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
-class _BinUnpickler(_pickle.Unpickler):
+class _BinUnpickler(pickle.Unpickler):
     """An unpickler that resolves only allow-listed globals; anything else is refused."""
 
     def __init__(self, stream: BinaryIO, allowed: dict[tuple[str, str], object]) -> None:
@@ -139,7 +140,7 @@ class _BinUnpickler(_pickle.Unpickler):
         return found
 
     def persistent_load(self, pid: object) -> object:
-        raise _pickle.UnpicklingError("persistent ids are not allowed in a .bin file")
+        raise pickle.UnpicklingError("persistent ids are not allowed in a .bin file")
 
 
 def _as_bytes(item: object) -> bytes | None:
@@ -180,7 +181,7 @@ class EncodedImages(Dataset):
 class ImageFiles(Dataset):
     """Image files decoded lazily: item i -> (uint8 (3,H,W), 0)."""
 
-    def __init__(self, paths: list[_Path]) -> None:
+    def __init__(self, paths: list[Path]) -> None:
         self.paths = [str(p) for p in paths]
 
     def __len__(self) -> int:
@@ -195,14 +196,14 @@ class ImageFiles(Dataset):
             raise UserError(f"{self.paths[index]}: cannot be decoded ({exc})") from None
 
 
-def load_bin_pickle(path: str | _Path) -> tuple[list[bytes], np.ndarray]:
+def load_bin_pickle(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     """Unpickle an InsightFace `.bin` safely -> (2P encoded images, issame bool (P,)).
 
     Only byte strings, bools, containers and the numpy/`_codecs` helpers that such files
     reference are allowed; any other global is refused with a `UserError` naming it, and
     nothing in the file is ever executed. Truncated or malformed files raise `UserError`.
     """
-    path = _Path(path)
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"verification file not found: {path}")
     try:
@@ -213,7 +214,7 @@ def load_bin_pickle(path: str | _Path) -> tuple[list[bytes], np.ndarray]:
             f"{path} is not a plain InsightFace .bin: it references '{exc.qualified}', which such "
             "files never contain; refusing to load it (nothing in it was executed)"
         ) from None
-    except (EOFError, _pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, MemoryError, OverflowError) as exc:
         detail = str(exc) or type(exc).__name__
         raise UserError(
@@ -242,9 +243,9 @@ def load_bin_pickle(path: str | _Path) -> tuple[list[bytes], np.ndarray]:
     return blobs, np.asarray(labels, dtype=bool)  # type: ignore[arg-type]
 
 
-def read_bin(path: str | _Path, name: str | None = None, folds: int = 10) -> VerificationSet:
+def read_bin(path: str | Path, name: str | None = None, folds: int = 10) -> VerificationSet:
     """An InsightFace `.bin` as a `VerificationSet`; pair k is (image 2k, image 2k+1)."""
-    path = _Path(path)
+    path = Path(path)
     blobs, issame = load_bin_pickle(path)
     if issame.size < folds:
         raise UserError(
@@ -254,7 +255,7 @@ def read_bin(path: str | _Path, name: str | None = None, folds: int = 10) -> Ver
     return VerificationSet(name or path.stem, EncodedImages(blobs, str(path)), pairs, issame, folds)
 
 
-def read_lfw(lfw_root: str | _Path, pairs_file: str | _Path, name: str = "lfw") -> VerificationSet:
+def read_lfw(lfw_root: str | Path, pairs_file: str | Path, name: str = "lfw") -> VerificationSet:
     """An aligned LFW folder (`<Name>/<Name>_<NNNN>.jpg`) + official `pairs.txt` (View 1 or 2)."""
     from eqmcli.data.pairs import read_lfw_pairs
 
@@ -264,19 +265,19 @@ def read_lfw(lfw_root: str | _Path, pairs_file: str | _Path, name: str = "lfw") 
 
 
 def read_pairs(
-    pairs_file: str | _Path, images_root: str | _Path | None = None, name: str | None = None
+    pairs_file: str | Path, images_root: str | Path | None = None, name: str | None = None
 ) -> VerificationSet:
     """A user's pairs file (`path_a path_b label`, or LFW's `pairs.txt` format) as a set."""
     from eqmcli.data.pairs import read_pairs_file
 
     listed = read_pairs_file(pairs_file, images_root)
     images = ImageFiles(listed.paths)
-    name = name or _Path(pairs_file).stem
+    name = name or Path(pairs_file).stem
     return VerificationSet(name, images, listed.pairs, listed.issame, listed.folds)
 
 
 def write_bin(
-    images_root: str | _Path | None, pairs_file: str | _Path, out: str | _Path
+    images_root: str | Path | None, pairs_file: str | Path, out: str | Path
 ) -> tuple[int, int]:
     """Package images + a pairs file as an InsightFace `.bin`; returns (pairs, images).
 
@@ -290,7 +291,7 @@ def write_bin(
     from eqmcli.data.decode import DecodeError, decode_file, encode_jpeg
     from eqmcli.data.pairs import read_pairs_file
 
-    out = _Path(out)
+    out = Path(out)
     listed = read_pairs_file(pairs_file, images_root)
     cache: dict[int, bytes] = {}
 
@@ -314,9 +315,9 @@ def write_bin(
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            _pickle.dump((bins, issame), stream, protocol=2)
+            pickle.dump((bins, issame), stream, protocol=2)
         os.replace(temporary, out)
     except BaseException:
-        _Path(temporary).unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
         raise
     return len(issame), len(cache)
