@@ -168,6 +168,20 @@ def _cv_text(values: np.ndarray, few: np.ndarray, head: int, what: str = "") -> 
     return "\n".join(parts)
 
 
+def _box_at_top(ax: Axes, sizes: np.ndarray, values: np.ndarray) -> bool:
+    """Whether a corner box at the upper right covers fewer points than one at the lower right.
+
+    Counts the points in the right 40 % (log x) of the panel lying in its top / bottom 30 %.
+    """
+    x0, x1 = (math.log10(v) for v in ax.get_xlim())
+    y0, y1 = ax.get_ylim()
+    keep = (sizes > 0) & ~np.isnan(values)
+    x = (np.log10(sizes[keep]) - x0) / (x1 - x0)
+    y = (values[keep] - y0) / (y1 - y0)
+    right = x > 0.6
+    return int((right & (y > 0.7)).sum()) <= int((right & (y < 0.3)).sum())
+
+
 def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Figure:
     """Paper's Fig. 5: per-class inter-class margin and intra-class scope vs class size.
 
@@ -177,6 +191,7 @@ def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
     coefficient of variation of the classes below / above it.
     """
     names = _labels(runs)
+    cv_boxes: list[tuple[Any, str, np.ndarray, np.ndarray]] = []
     fig = _new_figure(5.2 * len(runs) + 2.6, 8.0)
     axes = fig.subplots(2, len(runs), sharey="row", squeeze=False)
     for col, (run, name) in enumerate(zip(runs, names, strict=True)):
@@ -227,18 +242,23 @@ def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
             title = f"{name}" + (f" ({loss})" if loss else "")
             ax.set_title(f"{title}: {what}")
             ax.grid(True, which="both", alpha=0.25)
-            ax.text(
-                0.98,
-                0.97,
-                _cv_text(series[0][1], few, head, series[0][0]),
-                transform=ax.transAxes,
-                ha="right",
-                va="top",
-                fontsize=8,
-                bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.85},
-            )
+            every = np.concatenate([s[1] for s in series])
+            cv_text = _cv_text(series[0][1], few, head, series[0][0])
+            cv_boxes.append((ax, cv_text, np.tile(sizes, len(series)), every))
             if col == len(runs) - 1:
                 ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    for ax, text, sizes, values in cv_boxes:  # after sharey has fixed every row's limits
+        top = _box_at_top(ax, sizes, values)
+        ax.text(
+            0.98,
+            0.97 if top else 0.03,
+            text,
+            transform=ax.transAxes,
+            ha="right",
+            va="top" if top else "bottom",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.85},
+        )
     fig.suptitle("Inter-class margin and intra-class scope vs number of images per class")
     return fig
 
@@ -498,6 +518,10 @@ def _draw_sphere_3d(
         )
         tip = 1.15 * centers[c]
         ax.plot([0, tip[0]], [0, tip[1]], [0, tip[2]], color=colors[c], lw=2)
+    ticks = [-1.0, -0.5, 0.0, 0.5, 1.0]  # the default 0.25 steps overlap on small axes
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_zticks(ticks)
     ax.set_xlabel("dim 1")
     ax.set_ylabel("dim 2")
     ax.set_zlabel("dim 3")
@@ -530,7 +554,7 @@ def figure_sphere(runs: Sequence[Path]) -> Figure:
             ax.legend(
                 fontsize=7,
                 loc="center left",
-                bbox_to_anchor=(1.15 if dim == 3 else 1.02, 0.5),
+                bbox_to_anchor=(1.08 if dim == 3 else 1.02, 0.5),
                 title="class (training images)",
                 title_fontsize=7,
                 markerscale=1.5,
