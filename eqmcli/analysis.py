@@ -8,7 +8,8 @@ Two layers:
 - `analyze_run(run, ...)`, which loads a trained run, embeds a reproducible sample of its
   training (or closed-set test) images, computes the table and writes
   `RUN/analysis/per_class.csv`, `RUN/analysis/summary.json` and, for 2-D/3-D embeddings,
-  `RUN/analysis/features.npz` (what `eqm plot --figure sphere` draws).
+  `RUN/analysis/features.npz` (what `eqm plot --figure sphere` draws); `--split test`
+  writes the same files under `RUN/analysis/test/`, leaving the training-split ones.
 
 All angles are in DEGREES, between L2-normalized vectors. Fractions are in [0, 1].
 
@@ -566,7 +567,10 @@ def analyze_trained(
         **summarize(table, head_classes=head_classes),
     }
 
+    # the training split is the default one; other splits get their own folder
     out_dir = Path(trained.run_dir) / "analysis"
+    if split != "train":
+        out_dir = out_dir / split
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "per_class.csv"
     summary_path = out_dir / "summary.json"

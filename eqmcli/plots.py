@@ -51,6 +51,12 @@ def _labels(runs: Sequence[Path]) -> list[str]:
     return names
 
 
+def accuracy_analysis_dir(run: Path) -> Path:
+    """Where fig6 reads accuracies: the held-out test split when analyzed, else training."""
+    test = Path(run) / "analysis" / "test"
+    return test if (test / "per_class.csv").is_file() else Path(run) / "analysis"
+
+
 def _missing(figure: str, run: Path) -> str | None:
     """The file `figure` needs and `run` lacks (a phrase naming it), or None."""
     run = Path(run)
@@ -267,13 +273,19 @@ def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
 def figure_fig6(runs: Sequence[Path], *, head_classes: int | None = None) -> Figure:
     """Paper's Fig. 6: identification accuracy (%) per class-size bin, and hard vs easy.
 
+    Accuracies come from `analysis/test/` (held-out images, `eqm analyze --split test`)
+    when present, else from the training-split `analysis/`; the title says which.
     Left: per-class accuracy averaged within each class-size bin, one bar series per run.
     Right: pooled accuracy of hard samples (cos to own centre < t1) and easy samples, for
     classes with fewer / at least head-classes training images, one bar series per run.
     """
     names = _labels(runs)
-    tables = [PerClassTable.from_csv(Path(r) / "analysis" / "per_class.csv") for r in runs]
-    summaries = [_summary(r) for r in runs]
+    folders = [accuracy_analysis_dir(Path(r)) for r in runs]
+    tables = [PerClassTable.from_csv(folder / "per_class.csv") for folder in folders]
+    summaries = [
+        _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
+        for folder in folders
+    ]
     head = _head_classes(runs[0], head_classes)
     all_sizes = np.concatenate([t.n_images for t in tables])
     edges = size_bin_edges(all_sizes, head)

@@ -223,7 +223,11 @@ def test_analyze_trained_writes_files_consistent_with_the_core(tmp_path, fake_ex
 
 def test_t1_sources_and_test_split(tmp_path, fake_extract):
     trained, data = _stand_in_run(tmp_path, loss="am", dim=8)
+    train_split = analyze_trained(trained, data, device="cpu", progress=False)
     result = analyze_trained(trained, data, split="test", device="cpu", progress=False)
+    assert result.summary_path.parent.name == "test", "the test split gets its own folder"
+    assert train_split.summary_path.is_file(), "the training-split files are kept"
+    assert json.loads(train_split.summary_path.read_text())["split"] == "train"
     assert result.summary["t1"] == 0.5 and "default" in result.summary["t1_source"]
     assert result.summary["samples"] == 10 and result.features_path is None
     result = analyze_trained(trained, data, t1=0.2, device="cpu", progress=False)

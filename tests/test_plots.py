@@ -116,6 +116,17 @@ def test_fig6_bars_per_bin_and_hard_easy(tmp_path):
     assert "am" in labels and "eqm" in labels
 
 
+def test_fig6_prefers_the_held_out_test_split(tmp_path):
+    run = make_run(tmp_path, "eqm")
+    assert "test split" not in figure_fig6([run])._suptitle.get_text()
+    test_dir = run / "analysis" / "test"
+    test_dir.mkdir()
+    for name in ("per_class.csv", "summary.json"):
+        text = (run / "analysis" / name).read_text()
+        (test_dir / name).write_text(text.replace('"split": "train"', '"split": "test"'))
+    assert "test split" in figure_fig6([run])._suptitle.get_text()
+
+
 def test_curves_and_roc(tmp_path):
     runs = [make_run(tmp_path, "am"), make_run(tmp_path, "eqm", seed=1)]
     loss_ax, acc_ax = figure_curves(runs).get_axes()
