@@ -121,3 +121,16 @@ def test_run_all_collects_every_part_with_tiny_overrides() -> None:
     assert combined["parts"]["train"]["rows"][0]["speedup"] == 1.0
     with pytest.raises(UserError, match="nopart"):
         run_all("cpu", parts=("nopart",))
+
+
+def test_cli_bench_extract_reports_images_per_second():
+    from typer.testing import CliRunner
+
+    from eqmcli.cli import app
+
+    result = CliRunner().invoke(
+        app, ["bench", "extract", "--backbone", "tiny", "--size", "24", "--batch", "4",
+              "--batches", "1", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "images/s" in result.output and "tiny 24x24" in result.output

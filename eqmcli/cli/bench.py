@@ -227,3 +227,28 @@ def all_command(
             console.print(f"note ({part}): {note}", highlight=False)
     console.print(f"benchmark took {combined['seconds']:.1f} s")
     _write_json(json_path, combined)
+
+
+@app.command("extract")
+@user_errors
+def extract_command(
+    backbone: str = typer.Option("iresnet50", "--backbone", help="backbone to time"),
+    size: int = typer.Option(112, "--size", min=16, help="image side, pixels"),
+    batch: int = typer.Option(64, "--batch", min=1, help="images per batch"),
+    batches: int = typer.Option(4, "--batches", min=1, help="timed batches after one warm-up"),
+    flip: bool = typer.Option(False, "--flip/--no-flip", help="also embed the flipped images"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+) -> None:
+    """Embedding-extraction images/s (what `eqm eval` and `eqm analyze` spend their time on)."""
+    from eqmcli.devices import resolve_device
+    from eqmcli.embed import benchmark_extraction
+
+    resolved = resolve_device(device)
+    rate = benchmark_extraction(
+        backbone, input_size=(size, size), batch_size=batch, batches=batches,
+        device=str(resolved), flip=flip,
+    )
+    console.print(
+        f"{backbone} {size}x{size}, batch {batch}, {'flip-test' if flip else 'no flip'}, "
+        f"{resolved}: {rate:,.1f} images/s"
+    )
