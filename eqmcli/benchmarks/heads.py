@@ -10,19 +10,17 @@ busy shared machine disturbs far less; pair it with `threads=1` for an honest co
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from eqmcli.benchmarks import timing_setup
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
 from eqmcli.losses import LOSS_NAMES, build_head, canonical_name
 
 BASELINE = "normface"
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-"""Clock name -> a function returning seconds."""
 
 
 @dataclass(frozen=True)
@@ -63,20 +61,10 @@ def benchmark_heads(
     setting). Returns one `HeadTiming` per head, in the order given (NormFace added first
     when missing); `ratio` = head ms / NormFace ms.
     """
-    if clock not in CLOCKS:
-        raise UserError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
-    if threads is not None and threads < 1:
-        raise UserError(f"threads must be >= 1, got {threads}")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with timing_setup(clock, threads) as timer:
         return _run(
-            names, num_classes, embedding_dim, batch_size, device, repeats, warmup, seed,
-            CLOCKS[clock],
+            names, num_classes, embedding_dim, batch_size, device, repeats, warmup, seed, timer
         )
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(

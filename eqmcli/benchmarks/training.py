@@ -264,22 +264,13 @@ def benchmark_training(
     times this process's CPU seconds instead of wall seconds (steadier on a busy host,
     honest with `threads=1`; CPU only).
     """
-    from eqmcli.benchmarks.heads import CLOCKS
+    from eqmcli.benchmarks import timing_setup
 
-    if clock not in CLOCKS:
-        raise UserError(f"--clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with timing_setup(clock, threads) as timer:
         return _benchmark_training(
             backbone, head, classes, batch, size, steps, warmup, device, include_compile,
-            configs, seed, CLOCKS[clock], clock,
+            configs, seed, timer, clock,
         )
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _benchmark_training(
