@@ -193,6 +193,31 @@ def _progress_fields(stats: dict[str, float]) -> str:
     return "  ".join(shown)
 
 
+def training_progress(console: Any, *, enabled: bool) -> Any:
+    """The rich progress bar of a run: epoch, steps, loss, lr, img/s, EqM fractions, ETA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
 def train(
     recipe: Recipe,
     out_dir: str | Path,
@@ -315,27 +340,7 @@ def train(
         drop_last=True,
     )
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]} img/s"),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not progress or not dist_ctx.is_main,
-    )
+    bar = training_progress(console, enabled=progress and dist_ctx.is_main)
     evaluations: list[dict[str, Any]] = []
     train_seconds = 0.0
     started = time.perf_counter()
