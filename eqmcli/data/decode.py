@@ -35,6 +35,8 @@ def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # force a full decode: a truncated JPEG fails here, not later
             rgb = img.convert("RGB")
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not a JPEG/PNG image (unknown format)") from None
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         raise DecodeError(f"cannot decode image: {exc}") from None
     if image_size is not None and rgb.size != (image_size, image_size):
