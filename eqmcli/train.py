@@ -193,6 +193,42 @@ def _progress_fields(stats: dict[str, float]) -> str:
     return "  ".join(shown)
 
 
+def evaluate_epoch(
+    backbone: nn.Module,
+    verification_sets: list[Any],
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    input_size: tuple[int, ...],
+    epoch: int,
+    step: int,
+    final_results_to: RunPaths | None = None,
+) -> list[dict[str, Any]]:
+    """Verify on every set; one `metrics.jsonl` "eval" record each (ROC points left out).
+
+    With `final_results_to`, each full result (ROC included) is also written to
+    `RUN/eval/<benchmark>.json`, as `eqm eval` does.
+    """
+    from eqmcli.evaluate import write_result
+    from eqmcli.verification import evaluate_set
+
+    records = []
+    for vset in verification_sets:
+        result = evaluate_set(
+            backbone, vset, device=device, input_size=input_size, flip=recipe.eval.flip,
+            batch_size=recipe.eval.batch_size, precision=recipe.train.precision,
+            progress=False,
+        )
+        if final_results_to is not None:
+            write_result(
+                final_results_to.root, {**result, "checkpoint": str(final_results_to.last)}
+            )
+        record = {"kind": "eval", "epoch": epoch, "step": step, **result}
+        record.pop("roc", None)
+        records.append(record)
+    return records
+
+
 def training_progress(console: Any, *, enabled: bool) -> Any:
     """The rich progress bar of a run: epoch, steps, loss, lr, img/s, EqM fractions, ETA."""
     from rich.progress import (
@@ -232,9 +268,6 @@ def train(
     from eqmcli.data import build_train_data
     from eqmcli.data.loader import make_loader
     from eqmcli.data.transforms import random_flip_mask, to_model_input
-    from eqmcli.evaluate import write_result
-    from eqmcli.verification import evaluate_set
-
     out_dir = Path(out_dir)
     dist_ctx, device = init_distributed(recipe.train.device, recipe.train.distributed)
     prepared = dist_ctx.on_main(lambda: prepare_run_dir(out_dir, resume=resume, force=force))
@@ -439,20 +472,16 @@ def train(
             every = recipe.eval.every_epochs
             improved = False
             if verification_sets and (last_epoch or (epoch + 1) % every == 0):
-                for vset in verification_sets if dist_ctx.is_main else []:
-                    result = evaluate_set(
-                        backbone, vset, device=device, input_size=input_size,
-                        flip=recipe.eval.flip, batch_size=recipe.eval.batch_size,
-                        precision=recipe.train.precision, progress=False,
-                    )
-                    if last_epoch:  # the final model's full result, ROC included
-                        write_result(out_dir, {**result, "checkpoint": str(paths.last)})
-                    record = {"kind": "eval", "epoch": epoch + 1, "step": step, **result}
-                    record.pop("roc", None)
-                    metrics.write(record)
-                    evaluations.append(record)
                 if dist_ctx.is_main:
-                    primary = evaluations[-len(verification_sets)]["accuracy"]
+                    records = evaluate_epoch(
+                        backbone, verification_sets, recipe, device=device,
+                        input_size=input_size, epoch=epoch + 1, step=step,
+                        final_results_to=paths if last_epoch else None,
+                    )
+                    for record in records:
+                        metrics.write(record)
+                    evaluations.extend(records)
+                    primary = records[0]["accuracy"]  # the first set decides best.pt
                     improved = best_accuracy is None or primary > best_accuracy
                     best_accuracy = primary if improved else best_accuracy
                 # the other ranks wait here while rank 0 evaluates
