@@ -93,9 +93,9 @@ def pipeline_command(
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
     """Input-pipeline images/s from a .rec and an image folder of JPEGs, per worker count."""
-    from rich.table import Table
 
     from eqmcli.benchmarks.pipeline import pipeline_benchmark, results_to_dict
+    from eqmcli.benchmarks.suite import pipeline_table
     from eqmcli.errors import UserError
 
     try:
@@ -108,16 +108,11 @@ def pipeline_command(
         counts, num_images=images, batch_size=batch, image_size=size, epochs=epochs, root=data_dir
     )
     summary = results_to_dict(results)
-    table = Table(
-        title=f"Input pipeline: {images} JPEGs of {size}x{size}, batch {batch}, "
+    table = pipeline_table(summary)
+    table.title = (
+        f"Input pipeline: {images} JPEGs of {size}x{size}, batch {batch}, "
         f"{summary['cpus']} CPUs (default workers: {summary['default_num_workers']})"
     )
-    table.add_column("source")
-    table.add_column("workers", justify="right")
-    table.add_column("images/s", justify="right")
-    for r in results:
-        mark = " (default)" if r.is_default else ""
-        table.add_row(r.source, f"{r.num_workers}{mark}", f"{r.images_per_s:,.0f}")
     console.print(table)
     _write_json(json_path, summary)
 
