@@ -12,17 +12,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+
+from eqmcli.data import verification as readers
+from eqmcli.data.synthetic import synthetic_verification_set
+from eqmcli.data.verification import VerificationSet
+from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-
-    from eqmcli.data.verification import VerificationSet
-    from eqmcli.recipe import Recipe
+from eqmcli.recipe import Recipe
+from eqmcli.rundir import RunPaths, Trained, load_trained
+from eqmcli.verification import SetEvaluation, evaluate_set
 
 BENCHMARK_NAMES: tuple[str, ...] = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 DATA_ROOT_ENV = "EQM_DATA_ROOT"
@@ -42,9 +45,9 @@ class BenchmarkSource:
 
 @dataclass
 class EvalReport:
-    """What `run_evaluation` did: one result dict per benchmark and the files written."""
+    """What `run_evaluation` did: one typed result per benchmark and the files written."""
 
-    results: list[dict[str, Any]]
+    results: list[SetEvaluation]
     written: list[Path] = field(default_factory=list)
     run_dir: Path | None = None
     checkpoint: Path | None = None
@@ -53,7 +56,7 @@ class EvalReport:
 
     def to_json(self) -> dict[str, Any]:
         """``{benchmark: result}``: the same dicts as the ``eval/<benchmark>.json`` files."""
-        return {r["benchmark"]: r for r in self.results}
+        return {r.benchmark: r.to_dict() for r in self.results}
 
 
 def resolve_data_root(given: str | Path | None, recipe: Recipe | None = None) -> Path | None:
@@ -68,8 +71,6 @@ def resolve_data_root(given: str | Path | None, recipe: Recipe | None = None) ->
 
 def find_benchmark(name: str, data_root: Path | None) -> BenchmarkSource:
     """Locate a published benchmark under ``data_root``; a missing one names every path tried."""
-    from eqmcli.data import verification as readers
-
     if name not in BENCHMARK_NAMES:
         raise UserError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
     if data_root is None:
@@ -99,8 +100,6 @@ def find_benchmark(name: str, data_root: Path | None) -> BenchmarkSource:
 
 def pairs_source(pairs_file: str | Path, images_root: str | Path | None) -> BenchmarkSource:
     """The user's own pairs file (``path_a path_b label`` or LFW ``pairs.txt`` format)."""
-    from eqmcli.data import verification as readers
-
     path = Path(pairs_file)
     if not path.is_file():
         raise UserError(f"pairs file not found: {path}")
@@ -122,8 +121,6 @@ def recipe_sources(recipe: Recipe, data_root: Path | None) -> list[BenchmarkSour
                 )
 
             def load(source: Any = train) -> VerificationSet:
-                from eqmcli.data.synthetic import synthetic_verification_set
-
                 return synthetic_verification_set(source)
 
             sources.append(BenchmarkSource("synthetic", "held-out synthetic identities", load))
@@ -136,15 +133,23 @@ def recipe_sources(recipe: Recipe, data_root: Path | None) -> list[BenchmarkSour
     return sources
 
 
-def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
-    """Write ``<run_dir>/eval/<benchmark>.json`` (via a temporary file, then rename)."""
-    folder = run_dir / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{result['benchmark']}.json"
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` via a temporary sibling, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def write_result(run_dir: Path, result: SetEvaluation) -> Path:
+    """Write ``<run_dir>/eval/<benchmark>.json`` (the JSON edge of a `SetEvaluation`)."""
+    return write_json(RunPaths(run_dir).eval_dir / f"{result.benchmark}.json", result.to_dict())
+
+
+def load_model(target: str | Path, device: torch.device) -> Trained:
+    """The model to evaluate: a run directory (its ``checkpoints/last.pt``) or a checkpoint file."""
+    return load_trained(target, device=device)
 
 
 def run_evaluation(
@@ -167,14 +172,10 @@ def run_evaluation(
     Every benchmark is located before any embedding work starts, so a missing file fails
     fast. Results are written to ``<run>/eval/<benchmark>.json`` when ``write``.
     """
-    from eqmcli.devices import resolve_device
-    from eqmcli.rundir import load_trained
-    from eqmcli.verification import evaluate_set
-
     if images_root is not None and pairs_file is None:
         raise UserError("--images-root only applies together with --pairs FILE")
     resolved = device if not isinstance(device, str) else resolve_device(device)
-    trained = load_trained(target, device=resolved)
+    trained = load_model(target, resolved)
     root = resolve_data_root(data_root, trained.recipe)
     sources = [find_benchmark(name, root) for name in benchmarks or []]
     if pairs_file is not None:
@@ -188,10 +189,9 @@ def run_evaluation(
         input_size=trained.input_size,
     )
     for source in sources:
-        vset = source.load()
-        result = evaluate_set(
+        evaluation = evaluate_set(
             trained.backbone,
-            vset,
+            source.load(),
             device=resolved,
             input_size=trained.input_size,
             flip=flip,
@@ -199,14 +199,17 @@ def run_evaluation(
             precision=precision,
             progress=progress,
         )
-        result["benchmark"] = source.name
-        result["source"] = source.description
-        result["checkpoint"] = str(trained.checkpoint_path)
-        result["epoch"] = trained.epoch
-        result["step"] = trained.step
-        if result.get("resized_from") and report.resized_from is None:
-            report.resized_from = tuple(result["resized_from"])  # type: ignore[assignment]
-        report.results.append(result)
+        evaluation = replace(
+            evaluation,
+            benchmark=source.name,
+            source=source.description,
+            checkpoint=str(trained.checkpoint_path),
+            epoch=trained.epoch,
+            step=trained.step,
+        )
+        if evaluation.resized_from and report.resized_from is None:
+            report.resized_from = evaluation.resized_from
+        report.results.append(evaluation)
         if write:
-            report.written.append(write_result(trained.run_dir, result))
+            report.written.append(write_result(trained.run_dir, evaluation))
     return report

@@ -28,6 +28,7 @@ import numpy as np
 
 from eqmcli.analysis import PerClassTable, size_bin_edges
 from eqmcli.errors import UserError
+from eqmcli.rundir import RunPaths
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -53,18 +54,19 @@ def _labels(runs: Sequence[Path]) -> list[str]:
 
 def accuracy_analysis_dir(run: Path) -> Path:
     """Where fig6 reads accuracies: the held-out test split when analyzed, else training."""
-    test = Path(run) / "analysis" / "test"
-    return test if (test / "per_class.csv").is_file() else Path(run) / "analysis"
+    analysis = RunPaths(Path(run)).analysis_dir
+    test = analysis / "test"
+    return test if (test / "per_class.csv").is_file() else analysis
 
 
 def _missing(figure: str, run: Path) -> str | None:
     """The file `figure` needs and `run` lacks (a phrase naming it), or None."""
     run = Path(run)
     if figure in ("fig5", "fig6"):
-        path = run / "analysis" / "per_class.csv"
+        path = RunPaths(run).analysis_dir / "per_class.csv"
         return None if path.is_file() else f"{path} (run 'eqm analyze {run}')"
     if figure == "curves":
-        path = run / "metrics.jsonl"
+        path = RunPaths(run).metrics
         if not path.is_file():
             return f"{path} (written by 'eqm train')"
         if not _read_metrics(path):
@@ -72,9 +74,10 @@ def _missing(figure: str, run: Path) -> str | None:
         return None
     if figure == "roc":
         found = [p for p in _eval_files(run) if _roc_points(_read_json(p)) is not None]
-        return None if found else f"{run / 'eval' / '*.json'} with ROC points (run 'eqm eval')"
+        wanted = RunPaths(run).eval_dir / "*.json"
+        return None if found else f"{wanted} with ROC points (run 'eqm eval')"
     if figure == "sphere":
-        path = run / "analysis" / "features.npz"
+        path = RunPaths(run).analysis_dir / "features.npz"
         return (
             None
             if path.is_file()
@@ -105,7 +108,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def _eval_files(run: Path) -> list[Path]:
-    folder = Path(run) / "eval"
+    folder = RunPaths(Path(run)).eval_dir
     return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
@@ -122,14 +125,14 @@ def _roc_points(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
 def _head_classes(run: Path, override: int | None) -> int:
     if override is not None:
         return override
-    path = Path(run) / "analysis" / "summary.json"
+    path = RunPaths(Path(run)).analysis_dir / "summary.json"
     if path.is_file():
         return int(_read_json(path).get("head_classes", DEFAULT_HEAD_CLASSES))
     return DEFAULT_HEAD_CLASSES
 
 
 def _summary(run: Path) -> dict[str, Any]:
-    path = Path(run) / "analysis" / "summary.json"
+    path = RunPaths(Path(run)).analysis_dir / "summary.json"
     return _read_json(path) if path.is_file() else {}
 
 
@@ -201,7 +204,7 @@ def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
     fig = _new_figure(5.2 * len(runs) + 2.6, 8.0)
     axes = fig.subplots(2, len(runs), sharey="row", squeeze=False)
     for col, (run, name) in enumerate(zip(runs, names, strict=True)):
-        table = PerClassTable.from_csv(Path(run) / "analysis" / "per_class.csv")
+        table = PerClassTable.from_csv(RunPaths(Path(run)).analysis_dir / "per_class.csv")
         head = _head_classes(run, head_classes)
         loss = _summary(run).get("loss")
         sizes = table.n_images.astype(np.float64)
@@ -356,7 +359,7 @@ def figure_curves(runs: Sequence[Path]) -> Figure:
     (run, benchmark).
     """
     names = _labels(runs)
-    records = [_read_metrics(Path(r) / "metrics.jsonl") for r in runs]
+    records = [_read_metrics(RunPaths(Path(r)).metrics) for r in runs]
     has_eval = any(rec.get("kind") == "eval" for recs in records for rec in recs)
     fig = _new_figure(12.0 if has_eval else 6.5, 4.4)
     axes = fig.subplots(1, 2 if has_eval else 1, squeeze=False)[0]
@@ -546,7 +549,7 @@ def figure_sphere(runs: Sequence[Path]) -> Figure:
     names = _labels(runs)
     fig = _new_figure(5.6 * len(runs) + 1.8, 5.6)
     for col, (run, name) in enumerate(zip(runs, names, strict=True)):
-        path = Path(run) / "analysis" / "features.npz"
+        path = RunPaths(Path(run)).analysis_dir / "features.npz"
         with np.load(path) as data:
             emb, labels = data["embeddings"], data["labels"]
             centers, sizes = data["centers"], data["class_sizes"]
@@ -635,7 +638,7 @@ def make_figures(
     for name in wanted:
         if name not in FIGURE_FUNCTIONS:
             raise UserError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)}")
-    out_dir = Path(out) if out is not None else paths[0] / "figures"
+    out_dir = Path(out) if out is not None else RunPaths(paths[0]).figures_dir
     names = _labels(paths)
     suffix = "" if len(paths) == 1 else "-" + "-vs-".join(n.replace("/", "_") for n in names)
     report = PlotReport(out_dir=out_dir)

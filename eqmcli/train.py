@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -221,11 +221,10 @@ def evaluate_epoch(
         )
         if final_results_to is not None:
             write_result(
-                final_results_to.root, {**result, "checkpoint": str(final_results_to.last)}
+                final_results_to.root,
+                replace(result, checkpoint=str(final_results_to.last), epoch=epoch, step=step),
             )
-        record = {"kind": "eval", "epoch": epoch, "step": step, **result}
-        record.pop("roc", None)
-        records.append(record)
+        records.append({"kind": "eval", "epoch": epoch, "step": step, **result.to_dict(roc=False)})
     return records
 
 

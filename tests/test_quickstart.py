@@ -46,4 +46,4 @@ def test_untrained_network_scores_far_lower_on_the_same_pairs(quickstart_run):
         input_size=(size, size), progress=False,
     )
     trained = quickstart_run.evaluations[-1]["accuracy"]
-    assert result["accuracy"] <= trained - 0.15, (result["accuracy"], trained)
+    assert result.accuracy <= trained - 0.15, (result.accuracy, trained)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eqmcli.errors import UserError
-from eqmcli.verification import fold_bounds, roc_curve, verify
+from eqmcli.verification import best_threshold, fold_bounds, pair_scores, roc_curve, verify
 
 
 def _random_scores(n: int, seed: int, separation: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -22,7 +22,8 @@ def _random_scores(n: int, seed: int, separation: float = 1.0) -> tuple[np.ndarr
 def _brute_force_accuracy(
     scores: np.ndarray, issame: np.ndarray, folds: int = 10
 ) -> tuple[list, list]:
-    """Reference: try every candidate threshold one at a time (no vectorization)."""
+    """Reference: try every threshold interval one at a time (no vectorization), then take
+    the middle of the widest run of best intervals."""
     accs, thresholds = [], []
     n = len(scores)
     size, extra = divmod(n, folds)
@@ -32,14 +33,23 @@ def _brute_force_accuracy(
         test = list(range(start, stop))
         train = [i for i in range(n) if i < start or i >= stop]
         values = sorted(set(float(scores[i]) for i in train))
-        candidates = [values[0] - 1.0]
-        candidates += [(values[i] + values[i + 1]) / 2 for i in range(len(values) - 1)]
-        candidates += [values[-1] + 1.0]
-        best_t, best_correct = None, -1
-        for t in candidates:  # ascending: ties keep the smallest threshold
-            correct = sum((scores[i] > t) == issame[i] for i in train)
-            if correct > best_correct:
-                best_t, best_correct = t, correct
+        # interval k of thresholds: [ends[k], ends[k + 1]), classifying like any t inside it
+        ends = [values[0] - 1.0, *values, values[-1] + 1.0]
+        counts = []
+        for k in range(len(ends) - 1):
+            t = (ends[k] + ends[k + 1]) / 2
+            counts.append(sum((scores[i] > t) == issame[i] for i in train))
+        best_correct = max(counts)
+        plateaus = []  # (low, high) of each run of consecutive best intervals
+        for k, count in enumerate(counts):
+            if count != best_correct:
+                continue
+            if plateaus and plateaus[-1][2] == k - 1:
+                plateaus[-1] = (plateaus[-1][0], ends[k + 1], k)
+            else:
+                plateaus.append((ends[k], ends[k + 1], k))
+        widest = max(plateaus, key=lambda p: p[1] - p[0])  # first of equally wide ones
+        best_t = (widest[0] + widest[1]) / 2
         thresholds.append(best_t)
         accs.append(sum((scores[i] > best_t) == issame[i] for i in test) / len(test))
         start = stop
@@ -142,9 +152,53 @@ def test_evaluate_set_flip_and_noflip() -> None:
     vset = VerificationSet("toy", images, pairs, issame, folds=10)
     out = evaluate_set(model, vset, device="cpu", input_size=(8, 8), progress=False, batch_size=16)
     assert model.training  # mode restored
-    assert out["benchmark"] == "toy" and out["pairs"] == 20
-    assert 0.0 <= out["accuracy"] <= 1.0 and 0.0 <= out["accuracy_noflip"] <= 1.0
-    assert out["resized_from"] == [16, 16]
-    json.dumps(out, allow_nan=False)
+    assert out.benchmark == "toy" and out.result.pairs == 20
+    assert 0.0 <= out.accuracy <= 1.0 and out.noflip is not None
+    assert 0.0 <= out.noflip.accuracy <= 1.0
+    assert out.resized_from == (16, 16)
+    data = out.to_dict()
+    json.dumps(data, allow_nan=False)
+    assert data["resized_from"] == [16, 16] and "accuracy_noflip" in data
     plain = evaluate_set(model, vset, device="cpu", input_size=(8, 8), flip=False, progress=False)
-    assert "accuracy_noflip" not in plain and plain["flip"] is False
+    assert plain.noflip is None and plain.flip is False
+    assert "accuracy_noflip" not in plain.to_dict() and "roc" not in plain.to_dict(roc=False)
+
+
+def test_tied_thresholds_take_the_middle_of_the_best_plateau() -> None:
+    # negatives at 0.1, 0.2, positives at 0.5, 0.6, 0.9: every t in [0.2, 0.5) is perfect.
+    scores = np.array([0.1, 0.2, 0.5, 0.6, 0.9])
+    issame = np.array([False, False, True, True, True])
+    threshold, accuracy = best_threshold(scores, issame)
+    assert accuracy == 1.0 and threshold == pytest.approx(0.35)
+    # a plateau spanning two intervals: crossing the tied pair at 0.4 (one matched, one
+    # mismatched) trades one error for another, so every t in [0.2, 0.7) gives 5/6.
+    scores = np.array([0.1, 0.2, 0.4, 0.4, 0.7, 0.8])
+    issame = np.array([False, False, True, False, True, True])
+    threshold, accuracy = best_threshold(scores, issame)
+    assert accuracy == pytest.approx(5 / 6) and threshold == pytest.approx(0.45)
+    # two equally good plateaus: the wider one wins ([0.5, 0.9) over [0.1, 0.2)).
+    scores = np.array([0.1, 0.2, 0.5, 0.9, 1.0])
+    issame = np.array([False, True, False, True, True])
+    threshold, _ = best_threshold(scores, issame)
+    assert threshold == pytest.approx(0.7)
+
+
+def test_float32_pair_scores_match_float64() -> None:
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(4000, 512, generator=generator)
+    noisy = base[:2000] + 0.8 * torch.randn(2000, 512, generator=generator)
+    emb = torch.nn.functional.normalize(torch.cat((base, noisy)), dim=1)
+    rng = np.random.default_rng(0)
+    random_pairs = rng.integers(0, 4000, size=(3000, 2))
+    matched_pairs = np.stack((np.arange(2000), 4000 + np.arange(2000)), axis=1)
+    for pairs, bound in ((random_pairs, 3e-8), (matched_pairs, 2.5e-7)):
+        scores = pair_scores(emb, pairs)
+        assert scores.dtype == np.float32
+        exact = (emb.double()[pairs[:, 0]] * emb.double()[pairs[:, 1]]).sum(dim=1).numpy()
+        assert np.abs(scores.astype(np.float64) - exact).max() <= bound
+    pairs = np.concatenate((matched_pairs, random_pairs[:2000]))
+    issame = np.r_[np.ones(2000, bool), np.zeros(2000, bool)]
+    order = rng.permutation(4000)
+    single = verify(pair_scores(emb, pairs[order]), issame[order])
+    exact = (emb.double()[pairs[order, 0]] * emb.double()[pairs[order, 1]]).sum(dim=1).numpy()
+    assert single.fold_accuracies == verify(exact, issame[order]).fold_accuracies

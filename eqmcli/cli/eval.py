@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
+from rich.table import Table
 
 from eqmcli.cli.common import console, err_console, user_errors
+
+if TYPE_CHECKING:
+    from eqmcli.verification import SetEvaluation
 
 NOT_REPORTED = "—"
 
@@ -17,12 +22,9 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return NOT_REPORTED if value is None else f"{100.0 * value:.{digits}f}"
 
 
-def render_table(results: list[dict[str, Any]]) -> Any:
+def render_table(results: list[SetEvaluation]) -> Any:
     """A rich table of results: accuracies/TAR/EER as percentages, thresholds in cosine units."""
-    from rich import box
-    from rich.table import Table
-
-    flip = any(r.get("flip") for r in results)
+    flip = any(r.flip for r in results)
     title = "10-fold verification" + (", flip-test" if flip else "")
     title += " (%; threshold in cosine units)"
     table = Table(
@@ -43,21 +45,21 @@ def render_table(results: list[dict[str, Any]]) -> Any:
     table.add_column("TAR@1e-4", justify="right", no_wrap=True)
     table.add_column("AUC", justify="right", no_wrap=True)
     table.add_column("EER", justify="right", no_wrap=True)
-    for r in results:
-        tar = r.get("tar_at_far") or {}
+    for evaluation in results:
+        r = evaluation.result
         row = [
-            r["benchmark"],
-            f"{r['pairs']:,}",
-            f"{_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}",
+            evaluation.benchmark,
+            f"{r.pairs:,}",
+            f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
         ]
         if flip:
-            row.append(_pct(r.get("accuracy_noflip")))
+            row.append(_pct(evaluation.noflip.accuracy if evaluation.noflip else None))
         row += [
-            f"{r['threshold']:.4f}",
-            _pct(tar.get("1e-03")),
-            _pct(tar.get("1e-04")),
-            NOT_REPORTED if r.get("auc") is None else f"{r['auc']:.4f}",
-            _pct(r.get("eer")),
+            f"{r.threshold:.4f}",
+            _pct(r.tar_at_far.get("1e-03")),
+            _pct(r.tar_at_far.get("1e-04")),
+            NOT_REPORTED if r.auc is None else f"{r.auc:.4f}",
+            _pct(r.eer),
         ]
         table.add_row(*row)
     return table

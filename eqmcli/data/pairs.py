@@ -79,11 +79,6 @@ def _int_header(line: str) -> list[int] | None:
     return None
 
 
-def is_lfw_pairs_file(path: Path) -> bool:
-    """True when the first non-blank line is an LFW header (``10 300`` or ``N``)."""
-    return _int_header(_lines(path)[0][1]) is not None
-
-
 def _index_of(paths: list[Path], index: dict[Path, int], path: Path) -> int:
     if path not in index:
         index[path] = len(paths)

@@ -7,7 +7,9 @@ a user's pairs file). Readers for the file formats live below the dataclass.
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from eqmcli.data.decode import DecodeError, decode_file, decode_image, encode_jpeg
+from eqmcli.data.pairs import read_lfw_pairs, read_pairs_file
 from eqmcli.errors import UserError
 
 
@@ -57,10 +61,6 @@ class VerificationSet:
 # ---------------------------------------------------------------------------------------
 # Readers: InsightFace .bin (restricted unpickler), LFW folder + pairs.txt, pairs files.
 # ---------------------------------------------------------------------------------------
-
-
-
-
 class _RefusedGlobal(pickle.UnpicklingError):
     """A pickle referenced a global outside the allow-list (never imported, never called)."""
 
@@ -98,8 +98,6 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     numpy arrays and scalars (JPEG buffers from `cv2.imencode`, `np.bool_` labels) use
     the numpy reconstruction helpers below. Python 2 `str` needs no global at all.
     """
-    import numpy as np
-
     try:
         from numpy._core import multiarray, numeric
     except ImportError:  # numpy < 2
@@ -170,8 +168,6 @@ class EncodedImages(Dataset):
         return len(self.blobs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from eqmcli.data.decode import DecodeError, decode_image
-
         try:
             return decode_image(self.blobs[index]), 0
         except DecodeError as exc:
@@ -188,8 +184,6 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from eqmcli.data.decode import DecodeError, decode_file
-
         try:
             return decode_file(self.paths[index]), 0
         except DecodeError as exc:
@@ -257,8 +251,6 @@ def read_bin(path: str | Path, name: str | None = None, folds: int = 10) -> Veri
 
 def read_lfw(lfw_root: str | Path, pairs_file: str | Path, name: str = "lfw") -> VerificationSet:
     """An aligned LFW folder (`<Name>/<Name>_<NNNN>.jpg`) + official `pairs.txt` (View 1 or 2)."""
-    from eqmcli.data.pairs import read_lfw_pairs
-
     listed = read_lfw_pairs(pairs_file, lfw_root)
     images = ImageFiles(listed.paths)
     return VerificationSet(name, images, listed.pairs, listed.issame, listed.folds)
@@ -268,8 +260,6 @@ def read_pairs(
     pairs_file: str | Path, images_root: str | Path | None = None, name: str | None = None
 ) -> VerificationSet:
     """A user's pairs file (`path_a path_b label`, or LFW's `pairs.txt` format) as a set."""
-    from eqmcli.data.pairs import read_pairs_file
-
     listed = read_pairs_file(pairs_file, images_root)
     images = ImageFiles(listed.paths)
     name = name or Path(pairs_file).stem
@@ -285,12 +275,6 @@ def write_bin(
     bins[2k+1] are the encoded images (JPEG files are copied byte for byte; other
     formats are re-encoded as JPEG, quality 95). Written to a temporary file, then renamed.
     """
-    import os
-    import tempfile
-
-    from eqmcli.data.decode import DecodeError, decode_file, encode_jpeg
-    from eqmcli.data.pairs import read_pairs_file
-
     out = Path(out)
     listed = read_pairs_file(pairs_file, images_root)
     cache: dict[int, bytes] = {}
