@@ -5,6 +5,8 @@ else is a bug and keeps its traceback. It subclasses `ValueError` so library cal
 (e.g. `build_head` with a bad hyperparameter) can catch the ordinary exception.
 """
 
+import reprlib
+
 
 class UserError(ValueError):
     """Bad input from the user: the message names the file, key or value at fault."""
@@ -12,3 +14,17 @@ class UserError(ValueError):
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. a NaN/Inf loss); the last good checkpoint is intact."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A bounded ``repr`` of a user's value (at most ~``limit`` characters) for messages.
+
+    A user's value may be huge (a 1 MB key, a YAML alias expanded a billion times); the
+    `reprlib` walk looks at a few items per level only, so this is fast on any input.
+    """
+    brief = reprlib.Repr()
+    brief.maxlevel = 2
+    brief.maxlist = brief.maxtuple = brief.maxdict = brief.maxset = 4
+    brief.maxstring = brief.maxother = brief.maxlong = limit
+    text = brief.repr(value)
+    return text if len(text) <= limit + 3 else f"{text[:limit]}..."

@@ -13,15 +13,46 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from eqmcli.errors import UserError
+from eqmcli.backbones import BACKBONE_NAMES
+from eqmcli.devices import validate_device_string
+from eqmcli.errors import UserError, shown
+from eqmcli.losses import resolve_hyperparameters
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe file is a few KiB; this bounds what is read
+MAX_RECIPE_NODES = 10_000  # YAML values after alias expansion (a full recipe has ~100)
+MAX_MESSAGE_CHARS = 300  # a validation message, whatever a validator put into it
+MAX_SEED = 2**32 - 1  # numpy's limit (torch.manual_seed accepts more)
+MAX_COUNT = 10_000_000  # classes, images per class, pairs: far above any real data set
+MAX_PIXELS = 4096  # an image side
+MAX_PATH_CHARS = 4096  # Linux PATH_MAX
 
 
 class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, values are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _bounded_path(value: Path) -> Path:
+    if len(str(value)) > MAX_PATH_CHARS:
+        raise ValueError(f"a path longer than {MAX_PATH_CHARS} characters")
+    return value
+
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed, 0 .. 2**32 - 1")]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Pixels = Annotated[int, Field(ge=4, le=MAX_PIXELS)]
+RecipePath = Annotated[Path, AfterValidator(_bounded_path)]
 
 
 # --------------------------------------------------------------------------- data
@@ -29,18 +60,18 @@ class SyntheticSource(Section):
     """Procedurally rendered identities with long-tailed class sizes (no files needed)."""
 
     kind: Literal["synthetic"] = "synthetic"
-    num_classes: int = Field(200, ge=2, description="training identities")
+    num_classes: Count = Field(200, ge=2, description="training identities")
     profile: Literal["casia-like", "uniform"] = "casia-like"
-    min_images: int = Field(10, ge=2, description="images of the smallest class")
-    max_images: int = Field(400, ge=2, description="images of the largest class")
+    min_images: Count = Field(10, ge=2, description="images of the smallest class")
+    max_images: Count = Field(400, ge=2, description="images of the largest class")
     image_size: int = Field(48, ge=16, le=224, description="rendered square size, pixels")
-    seed: int = 0
-    test_images_per_class: int = Field(5, ge=0, description="closed-set held-out images")
-    verification_identities: int = Field(
+    seed: Seed = 0
+    test_images_per_class: Count = Field(5, description="closed-set held-out images")
+    verification_identities: Count = Field(
         300, ge=2, description="held-out identities for open-set verification pairs"
     )
-    verification_folds: int = Field(10, ge=2)
-    verification_pairs_per_fold: int = Field(
+    verification_folds: int = Field(10, ge=2, le=100)
+    verification_pairs_per_fold: Count = Field(
         300, ge=1, description="matched pairs per fold (as many mismatched)"
     )
     difficulty: float = Field(
@@ -58,22 +89,22 @@ class ImageFolderSource(Section):
     """`root/<identity>/<image>` (the CASIA-WebFace aligned layout)."""
 
     kind: Literal["image-folder"] = "image-folder"
-    root: Path
-    image_size: int | None = Field(None, description="resize to this square size, pixels")
+    root: RecipePath
+    image_size: Pixels | None = Field(None, description="resize to this square size, pixels")
     holdout_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="per-class fraction held out as the test split"
     )
-    seed: int = 0
+    seed: Seed = 0
 
 
 class RecordSource(Section):
     """InsightFace `train.rec` + `train.idx` (+ `property`), read without mxnet."""
 
     kind: Literal["record"] = "record"
-    root: Path = Field(description="folder holding train.rec and train.idx")
-    image_size: int | None = Field(None, description="resize to this square size, pixels")
+    root: RecipePath = Field(description="folder holding train.rec and train.idx")
+    image_size: Pixels | None = Field(None, description="resize to this square size, pixels")
     holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 TrainSource = Annotated[
@@ -90,21 +121,45 @@ class DataSection(Section):
 
 
 # -------------------------------------------------------------------------- model
+class Preprocessing(Section):
+    """How a uint8 image becomes the network's input: ``(x / 255 - mean) / std``, channels in
+    ``color_order``. Recorded so it travels with the model (run, ONNX metadata); eqm's image
+    pipeline applies RGB with mean = std = 0.5 (InsightFace's convention), so other values
+    are refused rather than recorded without being applied."""
+
+    color_order: Literal["rgb"] = "rgb"
+    mean: float = 0.5
+    std: float = 0.5
+
+    @model_validator(mode="after")
+    def _applied(self) -> Preprocessing:
+        if (self.mean, self.std) != (0.5, 0.5):
+            raise ValueError(
+                "eqm's image pipeline applies mean 0.5 and std 0.5 only ((x/255 - 0.5)/0.5)"
+            )
+        return self
+
+
 class ModelSection(Section):
-    backbone: str = "tiny"
-    embedding_dim: int = Field(512, ge=2)
-    input_size: tuple[int, int] | None = Field(
+    backbone: str = Field("tiny", max_length=40)
+    embedding_dim: int = Field(512, ge=2, le=65536)
+    input_size: tuple[Pixels, Pixels] | None = Field(
         None, description="(height, width) fed to the backbone; null = the data's size"
+    )
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    init_from: Path | None = Field(
+        None, description="run dir or checkpoint whose backbone weights start a new run"
+    )
+    init_head: bool = Field(
+        False, description="with init_from: also load its head (the class count must match)"
     )
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from eqmcli.backbones import BACKBONE_NAMES
-
         if value not in BACKBONE_NAMES:
             choices = ", ".join(BACKBONE_NAMES)
-            raise ValueError(f"unknown backbone {value!r}; choose one of {choices}")
+            raise ValueError(f"unknown backbone {shown(value)}; choose one of {choices}")
         return value
 
 
@@ -112,7 +167,7 @@ class ModelSection(Section):
 class LossSection(Section):
     """The margin head. Unset hyperparameters take the loss's documented defaults."""
 
-    name: str = "eqm"
+    name: str = Field("eqm", max_length=40)
     scale: float | None = None
     margin: float | None = None
     t1: float | None = None
@@ -125,8 +180,6 @@ class LossSection(Section):
 
     @model_validator(mode="after")
     def _resolve(self) -> LossSection:
-        from eqmcli.losses import resolve_hyperparameters
-
         given = {k: v for k, v in self.hyperparameters().items() if v is not None}
         resolved = resolve_hyperparameters(self.name, **given)  # raises ValueError
         for key, value in resolved.items():
@@ -147,7 +200,9 @@ class OptimSection(Section):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "multistep", "poly", "constant"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
-    milestones: list[float] = Field(default_factory=list, description="epochs (multistep)")
+    milestones: list[float] = Field(
+        default_factory=list, max_length=1000, description="epochs (multistep)"
+    )
     decay_factor: float = Field(0.1, gt=0, le=1, description="multistep lr factor")
     power: float = Field(2.0, gt=0, description="polynomial decay power")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr / lr (cosine, poly)")
@@ -158,7 +213,7 @@ class OptimSection(Section):
 class TrainSection(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=2)
-    device: str = "auto"
+    device: str = Field("auto", max_length=40)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 autocast on CUDA, fp32 on CPU"
     )
@@ -173,26 +228,25 @@ class TrainSection(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        from eqmcli.devices import validate_device_string
-
         return validate_device_string(value)
 
 
 # --------------------------------------------------------------------------- eval
 class EvalSection(Section):
     every_epochs: int = Field(1, ge=0, description="0 = no verification during training")
-    sets: list[str] = Field(
+    sets: list[Annotated[str, Field(max_length=MAX_PATH_CHARS)]] = Field(
         default_factory=lambda: ["synthetic"],
+        max_length=100,
         description="'synthetic' (held-out identities) or lfw, cfp_fp, agedb_30, calfw, cplfw",
     )
-    data_root: Path | None = Field(None, description="folder with <name>.bin / lfw/")
+    data_root: RecipePath | None = Field(None, description="folder with <name>.bin / lfw/")
     flip: bool = True
     batch_size: int = Field(256, ge=1)
 
 
 class Recipe(Section):
     name: str = "run"
-    seed: int = 0
+    seed: Seed = 0
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)
@@ -266,18 +320,20 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def _describe(error: dict[str, Any], source: str) -> str:
     loc = tuple(error["loc"])
-    shown = [str(p) for p in loc if p not in ("synthetic", "image-folder", "record")]
-    path = ".".join(shown) or "<top level>"
+    shown_loc = [shown(p, 40) if not isinstance(p, str) else p[:40] for p in loc]
+    path = ".".join(p for p in shown_loc if p not in ("synthetic", "image-folder", "record"))
+    path = path or "<top level>"
     if error["type"] == "extra_forbidden":
         valid = _valid_keys(Recipe, loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = difflib.get_close_matches(str(loc[-1])[:40], valid, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; valid keys: {', '.join(valid)}"
         return f"{source}: unknown key '{path}'{suggestion}"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{source}: '{path}' is required"
     given = error.get("input")
-    shown_input = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
+    quoted = given is not None and not isinstance(given, dict)
+    shown_input = f" (got {shown(given)})" if quoted else ""
     return f"{source}: '{path}': {message}{shown_input}"
 
 
@@ -286,7 +342,7 @@ def recipe_from_mapping(data: dict[str, Any], source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(_describe(exc.errors()[0], source)) from None
+        raise UserError(_describe(exc.errors()[0], source)[:MAX_MESSAGE_CHARS]) from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -294,16 +350,132 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"recipe file not found: {path}")
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_RECIPE_BYTES + 1)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise UserError(f"{path} is larger than {MAX_RECIPE_BYTES // 1024} KiB; not a recipe")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise UserError(f"{path}: a recipe must be a mapping of sections, got {kind}")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start})") from None
+    data = recipe_mapping(text, str(path))
     data.setdefault("name", path.stem)
     apply_overrides(data, overrides or [])
     return recipe_from_mapping(data, source=str(path))
+
+
+def parse_recipe_text(text: str, source: str) -> Recipe:
+    """Validate recipe YAML held in memory (e.g. the copy stored in a checkpoint).
+
+    The same bounded, duplicate-refusing reader as `load_recipe`; every problem is a
+    `UserError` naming ``source``.
+    """
+    if len(text) > MAX_RECIPE_BYTES:
+        raise UserError(f"{source} is larger than {MAX_RECIPE_BYTES // 1024} KiB; not a recipe")
+    return recipe_from_mapping(recipe_mapping(text, source), source=source)
+
+
+def recipe_mapping(text: str, source: str) -> dict[str, Any]:
+    """Recipe YAML text -> its raw mapping, read safely and within bounds.
+
+    Only plain YAML (no tags that build objects); a key repeated in one mapping, an alias
+    that refers to itself, more than `MAX_RECIPE_NODES` values once aliases are expanded,
+    or nesting deeper than Python's recursion limit is a `UserError` naming ``source``.
+    """
+    try:
+        data = _bounded_yaml(text, source)
+    except yaml.MarkedYAMLError as exc:
+        raise UserError(_yaml_problem(exc, source)) from None
+    except yaml.reader.ReaderError as exc:
+        raise UserError(
+            f"{source}: not valid YAML text (character #x{exc.character:04x} at position "
+            f"{exc.position}: {exc.reason})"
+        ) from None
+    except RecursionError:
+        raise UserError(f"{source}: the YAML is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def _bounded_yaml(text: str, source: str) -> Any:
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        _check_expanded_size(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError, source: str) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = (exc.problem or "invalid YAML")[:160]
+    constructing = isinstance(exc, yaml.constructor.ConstructorError)
+    kind = "YAML error" if constructing else "YAML syntax error"
+    return f"{source}: {kind}{where}: {problem}"
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated within one mapping (at any level).
+
+    Plain PyYAML keeps the last of two equal keys, so a second ``loss:`` section would
+    silently replace the first. Keys merged in with ``<<: *anchor`` may be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            with contextlib.suppress(TypeError):  # unhashable: the base class reports it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"the key {shown(key, 40)} appears twice", key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose values, aliases expanded, exceed `MAX_RECIPE_NODES`.
+
+    Sizes are memoized per node, so the check is linear in the text even for an alias bomb
+    (nested aliases that expand to billions of values); an alias inside its own anchor
+    (a recursive structure) is refused too.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise UserError(f"{source}: an alias refers to the value that contains it")
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_RECIPE_NODES:
+                raise UserError(
+                    f"{source}: more than {MAX_RECIPE_NODES:,} values once YAML aliases are "
+                    "expanded; a recipe is far smaller (an alias bomb?)"
+                )
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)

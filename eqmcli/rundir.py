@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from eqmcli.checkpoint import load_checkpoint
 from eqmcli.errors import UserError
-from eqmcli.recipe import Recipe, recipe_from_mapping
+from eqmcli.recipe import Recipe, parse_recipe_text
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -106,7 +105,7 @@ def recipe_from_state(state: dict, source: str) -> Recipe:
     text = state.get("recipe")
     if not isinstance(text, str):
         raise UserError(f"{source} carries no recipe; it was not written by 'eqm train'")
-    return recipe_from_mapping(yaml.safe_load(text), source=f"{source} (stored recipe)")
+    return parse_recipe_text(text, source=f"{source} (stored recipe)")
 
 
 def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> Trained:
