@@ -24,10 +24,11 @@ through its own descriptor with ``os.pread`` (position-independent).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ import torch
 
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_image
 from eqmcli.data.image_folder import SubstitutingDataset, scan_image_folder, split_holdout
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 
 if TYPE_CHECKING:
     from eqmcli.data import TrainData
@@ -49,6 +50,10 @@ _LENGTH_MASK = (1 << 29) - 1
 _IR = struct.Struct("<IfQQ")  # flag, label, id, id2 (24 bytes, as mxnet's native 'IfQQ')
 IR_SIZE = _IR.size
 _IDX_LINES = re.compile(r"(?:[0-9]+\t[0-9]+\r?\n)*(?:[0-9]+\t[0-9]+\r?\n?)?")
+_MAX_IDX_LINE = 42  # bytes of the longest 'key<TAB>offset' line (two 20-digit numbers)
+MIN_RECORD_BYTES = 8 + IR_SIZE  # a record's magic and length words, then its header
+MAX_LABEL = 2**24  # float32 labels hold every integer class number below this exactly
+MAX_PROPERTY_SIDE = 4096  # pixels
 
 
 class CorruptRecordError(DecodeError):
@@ -90,17 +95,42 @@ def unpack_payload(payload: bytes) -> tuple[IRHeader, np.ndarray, bytes]:
 
 
 def record_label(header: IRHeader, labels: np.ndarray) -> int:
-    """The class of an image record: the first extra label when present, else the header's."""
-    return int(labels[0]) if header.flag > 0 else int(header.label)
+    """The class of an image record: the first extra label when present, else the header's.
+
+    Raises `CorruptRecordError` unless it is a whole number in ``[0, MAX_LABEL)`` (a NaN,
+    an infinity or 1e30 is damage, not a class).
+    """
+    value = float(labels[0]) if header.flag > 0 else float(header.label)
+    if not (math.isfinite(value) and value.is_integer() and 0 <= value < MAX_LABEL):
+        raise CorruptRecordError(f"label {value:g} is not a class number in [0, {MAX_LABEL:,})")
+    return int(value)
 
 
 # ------------------------------------------------------------------------- reading
-def read_index(idx_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Parse a ``.idx`` file into (keys, byte offsets), both int64, in file order."""
+def read_index(idx_path: str | Path, rec_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a ``.idx`` file into (keys, byte offsets), both int64, in file order.
+
+    With ``rec_size`` (bytes of the ``.rec``), an index longer than that file could need
+    (a record takes at least 8 bytes) is refused before it is read.
+    """
     idx_path = Path(idx_path)
     if not idx_path.is_file():
         raise UserError(f"record index not found: {idx_path}")
-    text = idx_path.read_text()
+    if rec_size is not None and idx_path.stat().st_size > _MAX_IDX_LINE * (rec_size // 8 + 1):
+        raise UserError(
+            f"{idx_path} is larger than an index of its {rec_size:,}-byte record file can be"
+        )
+    try:
+        text = idx_path.read_text(encoding="ascii")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{idx_path}: not an index (a non-ASCII byte at {exc.start})") from None
+    try:
+        return _parse_index(text, idx_path)
+    except OverflowError:
+        raise UserError(f"{idx_path}: a key or offset beyond 64 bits") from None
+
+
+def _parse_index(text: str, idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
     if _IDX_LINES.fullmatch(text):  # fast path (MS1M's 5.8M lines in ~2 s)
         table = np.asarray(text.split(), dtype=np.int64).reshape(-1, 2)
         return table[:, 0].copy(), table[:, 1].copy()
@@ -115,7 +145,7 @@ def read_index(idx_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             offsets.append(int(offset))
         except ValueError:
             raise UserError(
-                f"{idx_path}:{number}: expected 'key<TAB>offset', got {line!r}"
+                f"{idx_path}:{number}: expected 'key<TAB>offset', got {shown(line)}"
             ) from None
     return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
 
@@ -128,8 +158,8 @@ class RecordFile:
         if not self.rec_path.is_file():
             raise UserError(f"record file not found: {self.rec_path}")
         self.idx_path = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
-        self.keys, self.offsets = read_index(self.idx_path)
         self.size = self.rec_path.stat().st_size
+        self.keys, self.offsets = read_index(self.idx_path, self.size)
         bad = (self.offsets < 0) | (self.offsets + 8 > self.size)
         if bad.any():
             key = int(self.keys[np.argmax(bad)])
@@ -141,6 +171,24 @@ class RecordFile:
         order = np.argsort(self.keys, kind="stable")
         self._sorted_keys = self.keys[order]
         self._sorted_offsets = self.offsets[order]
+        self._refuse_shared_entries(order)
+
+    def _refuse_shared_entries(self, order: np.ndarray) -> None:
+        """Two index lines for one key, or two keys at one offset, are a damaged index (e.g. an
+        image key pointing at an identity record): refused, naming both keys."""
+        repeated = np.flatnonzero(self._sorted_keys[1:] == self._sorted_keys[:-1])
+        if repeated.size:
+            key = int(self._sorted_keys[repeated[0]])
+            raise UserError(f"{self.idx_path} lists key {key} twice")
+        by_offset = np.argsort(self.offsets, kind="stable")
+        sorted_offsets = self.offsets[by_offset]
+        shared = np.flatnonzero(sorted_offsets[1:] == sorted_offsets[:-1])
+        if shared.size:
+            first, second = self.keys[by_offset[shared[0]]], self.keys[by_offset[shared[0] + 1]]
+            raise UserError(
+                f"{self.idx_path} points keys {int(first)} and {int(second)} at the same record "
+                f"(byte {int(sorted_offsets[shared[0]])})"
+            )
         self._fd: int | None = None
         self._pid = -1
 
@@ -197,6 +245,11 @@ class RecordFile:
             if magic != MAGIC:
                 raise CorruptRecordError(f"bad magic 0x{magic:08x} at byte {position}")
             cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
+            if position + 8 + length > self.size:
+                raise CorruptRecordError(
+                    f"truncated record at byte {position}: it claims {length:,} bytes, the file "
+                    f"ends at byte {self.size:,}"
+                )
             expected = (0, 1) if not parts else (2, 3)
             if cflag not in expected:
                 raise CorruptRecordError(f"unexpected continuation flag {cflag} at byte {position}")
@@ -212,8 +265,9 @@ class RecordFile:
             raise UserError(f"{self.idx_path} has no record with key {key}")
         return self.read_at(offset)
 
-    def read_header(self, key: int) -> tuple[IRHeader, np.ndarray]:
-        """Header and extra labels of record ``key`` without reading its whole image."""
+    def read_header(self, key: int) -> tuple[IRHeader, np.ndarray, int]:
+        """Header, extra labels and image length (bytes) of record ``key``, without reading
+        its whole image."""
         offset = self.offset_of(int(key))
         if offset is None:
             raise UserError(f"{self.idx_path} has no record with key {key}")
@@ -226,9 +280,9 @@ class RecordFile:
                 need = IR_SIZE + 4 * header.flag
                 if length >= need and len(head) >= 8 + need:
                     labels = np.frombuffer(head, "<f4", count=header.flag, offset=8 + IR_SIZE)
-                    return header, labels.astype(np.float32)
-        header, labels, _ = unpack_payload(self.read_at(offset))  # multi-part or many labels
-        return header, labels
+                    return header, labels.astype(np.float32), length - need
+        header, labels, image = unpack_payload(self.read_at(offset))  # multi-part, many labels
+        return header, labels, len(image)
 
 
 # ------------------------------------------------------------------------- writing
@@ -291,20 +345,33 @@ class RecordLayout:
 
 
 def read_property(path: str | Path) -> tuple[int, int, int] | None:
-    """``property`` = ``num_classes,H,W`` -> the three ints, or None when the file is absent."""
+    """``property`` = ``num_classes,H,W`` -> the three ints, or None when the file is absent.
+
+    Each must be positive and H, W at most `MAX_PROPERTY_SIDE`; the class count is checked
+    against the records in `read_layout`.
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    text = path.read_text().strip()
+    with path.open("rb") as handle:
+        text = handle.read(256).decode("ascii", errors="replace").strip()
     try:
         c, h, w = (int(v) for v in text.split(","))
     except ValueError:
-        raise UserError(f"{path}: expected 'num_classes,height,width', got {text!r}") from None
+        raise UserError(
+            f"{path}: expected 'num_classes,height,width', got {shown(text)}"
+        ) from None
+    if min(c, h, w) < 1 or max(h, w) > MAX_PROPERTY_SIDE:
+        raise UserError(f"{path}: {c},{h},{w} is not a class count and an image size in pixels")
     return c, h, w
 
 
 def _header_record(rec: RecordFile) -> tuple[int, int] | None:
-    """(a, b) from record 0 when it is a face data-set header (flag 2, no image), else None."""
+    """(a, b) from record 0 when it is a face data-set header (flag 2, no image), else None.
+
+    Images are keys 1..a-1 and identities keys a..b-1; counts that the index could not hold
+    (or that are no whole numbers) are refused before anything is allocated for them.
+    """
     if 0 not in rec:
         return None
     try:
@@ -313,8 +380,20 @@ def _header_record(rec: RecordFile) -> tuple[int, int] | None:
         raise UserError(f"{rec.rec_path}: cannot read record 0: {exc}") from None
     if header.flag != 2 or image:
         return None
-    a, b = int(labels[0]), int(labels[1])
-    return (a, b) if 1 <= a <= b else None
+    first, end = float(labels[0]), float(labels[1])
+    if not all(math.isfinite(v) and v.is_integer() for v in (first, end)):
+        raise UserError(
+            f"{rec.rec_path}: record 0 (the header) holds {first:g}, {end:g}, not record keys"
+        )
+    a, b = int(first), int(end)
+    if not 1 <= a <= b:
+        return None
+    if a - 1 > len(rec) or b - a > len(rec):
+        raise UserError(
+            f"{rec.rec_path}: record 0 claims {a - 1:,} images and {b - a:,} identities, but "
+            f"{rec.idx_path} lists only {len(rec):,} records"
+        )
+    return a, b
 
 
 def read_layout(rec: RecordFile, property_path: str | Path | None = None) -> RecordLayout:
@@ -323,6 +402,9 @@ def read_layout(rec: RecordFile, property_path: str | Path | None = None) -> Rec
     With the header record, images are keys 1..a-1 and identity record ``a + c`` gives the
     key range of class ``c``; without it (or when identity records are missing) every indexed
     record is an image and its header is read for the label (a short read per record).
+    The class count is the header's identities, else one past the largest label, raised to
+    ``property``'s count; a label beyond the header's or ``property``'s count, or a count
+    larger than the index has records, is a `UserError` (never a silently wider classifier).
     """
     prop = read_property(property_path) if property_path is not None else None
     header = _header_record(rec)
@@ -332,20 +414,37 @@ def read_layout(rec: RecordFile, property_path: str | Path | None = None) -> Rec
         labels = _labels_from_identities(rec, a, b)
         if labels is None:
             labels = _labels_from_records(rec, keys)
-        num_classes = b - a
     else:
         keys = rec.keys.copy()
         labels = _labels_from_records(rec, keys)
-        num_classes = int(labels.max()) + 1 if len(labels) else 0
-    if prop is not None:
-        num_classes = max(num_classes, prop[0])
     if len(keys) == 0:
         raise UserError(f"{rec.rec_path} holds no image records")
-    if labels.min() < 0:
-        raise UserError(f"{rec.rec_path}: negative class label {int(labels.min())}")
-    num_classes = max(num_classes, int(labels.max()) + 1)
+    declared = [(b - a, f"record 0 lists {b - a:,} identities")] if header is not None else []
+    if prop is not None:
+        declared.append((prop[0], f"{property_path} lists {prop[0]:,} classes"))
+    num_classes = _class_count(rec, keys, labels, declared)
     size = (prop[1], prop[2]) if prop is not None else None
     return RecordLayout(keys, labels, num_classes, size, header is not None)
+
+
+def _class_count(
+    rec: RecordFile, keys: np.ndarray, labels: np.ndarray, declared: list[tuple[int, str]]
+) -> int:
+    """The class count: the largest of the declared counts and one past the largest label."""
+    top = int(np.argmax(labels))
+    for count, where in declared:
+        if labels[top] >= count:
+            raise UserError(
+                f"{rec.rec_path}: record {int(keys[top])} has class {int(labels[top])} but "
+                f"{where}; labels must be below the class count"
+            )
+    num_classes = max([int(labels[top]) + 1, *(count for count, _ in declared)])
+    if num_classes > len(rec):
+        raise UserError(
+            f"{rec.rec_path}: {num_classes:,} classes cannot come from a file of "
+            f"{len(rec):,} records (damaged labels or property?)"
+        )
+    return num_classes
 
 
 def _labels_from_identities(rec: RecordFile, a: int, b: int) -> np.ndarray | None:
@@ -354,8 +453,11 @@ def _labels_from_identities(rec: RecordFile, a: int, b: int) -> np.ndarray | Non
     for c, key in enumerate(range(a, b)):
         if key not in rec:
             return None
-        head, values = rec.read_header(key)
-        if head.flag < 2:
+        try:
+            head, values, _ = rec.read_header(key)
+        except CorruptRecordError:
+            return None
+        if head.flag < 2 or not np.isfinite(values[:2]).all():
             return None
         start, end = int(values[0]), int(values[1])
         if not 1 <= start <= end <= a:
@@ -370,10 +472,12 @@ def _labels_from_records(rec: RecordFile, keys: np.ndarray) -> np.ndarray:
         if key not in rec:
             raise UserError(f"{rec.idx_path} has no record with key {key}")
         try:
-            head, values = rec.read_header(key)
+            head, values, image_length = rec.read_header(key)
+            if image_length == 0:
+                raise CorruptRecordError("it holds no image (a header or identity record?)")
+            labels[i] = record_label(head, values)
         except CorruptRecordError as exc:
             raise UserError(f"{rec.rec_path}: record {key} is corrupt: {exc}") from None
-        labels[i] = record_label(head, values)
     return labels
 
 
@@ -547,13 +651,6 @@ def _empty_output_dir(path: str | Path) -> Path:
         raise UserError(f"output {path} already exists and is not an empty folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def iter_records(rec: RecordFile) -> Iterator[tuple[int, IRHeader, np.ndarray, bytes]]:
-    """Every indexed record as (key, header, labels, image bytes), in index order."""
-    for key in rec.keys.tolist():
-        header, labels, image = unpack_payload(rec.read(key))
-        yield key, header, labels, image
 
 
 def convert(src: str | Path, dst: str | Path) -> dict[str, Any]:
