@@ -1,9 +1,11 @@
-"""The one exception type for a user's mistake (bad recipe, missing file, corrupt data).
+"""The exception types the CLI turns into one sentence (and a helper to keep it short).
 
 The CLI turns a `UserError` into one clear sentence on stderr and exit code 2; anything
 else is a bug and keeps its traceback. It subclasses `ValueError` so library callers
 (e.g. `build_head` with a bad hyperparameter) can catch the ordinary exception.
 """
+
+from __future__ import annotations
 
 import reprlib
 
@@ -12,8 +14,12 @@ class UserError(ValueError):
     """Bad input from the user: the message names the file, key or value at fault."""
 
 
+class StorageError(UserError):
+    """A file could not be written (disk full, quota, read-only); the previous one is intact."""
+
+
 class TrainingStopped(RuntimeError):
-    """Training cannot go on (e.g. a NaN/Inf loss); the last good checkpoint is intact."""
+    """Training cannot go on (e.g. a NaN/Inf loss); the message says which checkpoint is good."""
 
 
 def shown(value: object, limit: int = 60) -> str:

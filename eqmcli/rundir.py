@@ -2,7 +2,11 @@
 
 ```
 runs/<name>/recipe.yaml  metrics.jsonl  checkpoints/{last,best}.pt  eval/  analysis/  figures/
+             .eqm-run (the marker: "eqm train made this folder")  .eqm-lock (the run's OS lock)
 ```
+
+A folder is recognisably a run directory when it holds the marker and `recipe.yaml`, or
+(runs made before the marker existed) `recipe.yaml` and `checkpoints/`.
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ import torch
 from torch import nn
 
 from eqmcli.checkpoint import load_checkpoint
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 from eqmcli.recipe import Recipe, parse_recipe_text
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+MARKER = ".eqm-run"
+LOCK = ".eqm-lock"
+RUNS_FOLDER = "runs"
 
 
 @dataclass
@@ -64,13 +71,46 @@ class RunPaths:
     def bad_images(self) -> Path:
         return self.root / "bad_images.txt"
 
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    def is_run_directory(self) -> bool:
+        """True for a folder `eqm train` made (marker + recipe, or an older run's recipe +
+        checkpoints/)."""
+        if not self.recipe.is_file():
+            return False
+        return self.marker.is_file() or self.checkpoints.is_dir()
+
+
+def default_run_dir(name: str) -> Path:
+    """`runs/<name>`, for a recipe `name` that is a plain folder name (never a path)."""
+    text = str(name)
+    plain = (
+        text not in ("", ".", "..")
+        and not any(separator in text for separator in ("/", "\\", "\0"))
+        and not Path(text).is_absolute()
+        and len(text.encode("utf-8")) <= 255
+    )
+    if not plain:
+        raise UserError(
+            f"recipe name {shown(text)} is not a plain folder name (no '/', '\\', '..' or "
+            "absolute path): it names the run directory runs/<name>; pass --out DIR to "
+            "choose another place"
+        )
+    return Path(RUNS_FOLDER) / text
+
 
 @dataclass
 class Trained:
     """A trained backbone and head, with the recipe that made them."""
 
     backbone: nn.Module
-    head: nn.Module
+    head: nn.Module | None  # None: an imported backbone that came without class centres
     recipe: Recipe
     run_dir: Path
     checkpoint_path: Path
@@ -116,23 +156,23 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
     checkpoint_path = find_checkpoint(run_or_checkpoint)
     state = load_checkpoint(checkpoint_path)
     recipe = recipe_from_state(state, str(checkpoint_path))
-    if "head" not in state or "weight" not in state["head"]:
-        raise UserError(f"{checkpoint_path} has no classification head to analyze")
     input_size = tuple(int(v) for v in state["input_size"])
-    num_classes, embedding_dim = state["head"]["weight"].shape
     backbone = build_backbone(
         recipe.model.backbone, embedding_dim=recipe.model.embedding_dim, input_size=input_size
     )
     backbone.load_state_dict(state["backbone"])
-    head = build_head(
-        recipe.loss.name,
-        num_classes=int(num_classes),
-        embedding_dim=int(embedding_dim),
-        **recipe.loss.hyperparameters(),
-    )
-    head.load_state_dict(state["head"])
     backbone.to(device).eval()
-    head.to(device).eval()
+    head = None
+    if "weight" in (state.get("head") or {}):  # `eqm import` without --head stores none
+        num_classes, embedding_dim = state["head"]["weight"].shape
+        head = build_head(
+            recipe.loss.name,
+            num_classes=int(num_classes),
+            embedding_dim=int(embedding_dim),
+            **recipe.loss.hyperparameters(),
+        )
+        head.load_state_dict(state["head"])
+        head.to(device).eval()
     return Trained(
         backbone=backbone,
         head=head,

@@ -1,9 +1,16 @@
-"""Learning-rate schedules as a multiplier of the base lr, per optimizer step."""
+"""Learning-rate schedules: the lr of optimizer step t is `optim.lr × multiplier(t)`.
+
+The lr is a pure function of the step and the recipe, set on the optimizer before each
+step (`LrSchedule.apply`), so a resumed run (even with a changed schedule or batch size)
+needs nothing but its step count.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+
+import torch
 
 from eqmcli.recipe import OptimSection
 
@@ -34,3 +41,26 @@ def lr_multiplier(
         return 1.0
 
     return multiplier
+
+
+class LrSchedule:
+    """The recipe's schedule over a run of `total_steps` optimizer steps."""
+
+    def __init__(self, optim: OptimSection, steps_per_epoch: int, total_steps: int) -> None:
+        self.base_lr = optim.lr
+        self.multiplier = lr_multiplier(optim, steps_per_epoch, total_steps)
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        return self.base_lr * self.multiplier(step)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set every parameter group's lr to that of step `step`; returns it."""
+        lr = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self, step: int) -> dict[str, float | int]:
+        """What a checkpoint records of the schedule (the step decides everything else)."""
+        return {"step": step, "base_lr": self.base_lr}

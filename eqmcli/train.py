@@ -7,8 +7,6 @@ stops anywhere and resumes from its checkpoint sees exactly the batches it would
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -21,22 +19,22 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
+from eqmcli.atomic import atomic_write_text
 from eqmcli.checkpoint import load_checkpoint
 from eqmcli.devices import autocast, autocast_dtype
-from eqmcli.distributed import (
-    NullMetrics,
-    build_training_head,
-    init_distributed,
-    rescale_resumed_step,
-    set_scheduler_step,
-)
+from eqmcli.distributed import build_training_head, init_distributed, rescale_resumed_step
 from eqmcli.errors import TrainingStopped, UserError
-from eqmcli.recipe import Recipe
+from eqmcli.recipe import OptimSection, Recipe
 from eqmcli.rundir import RunPaths, recipe_from_state
-from eqmcli.schedule import lr_multiplier
-
-#: Recipe sections that must not change when a run is resumed.
-FROZEN_ON_RESUME = ("data", "model", "loss", "seed")
+from eqmcli.schedule import LrSchedule
+from eqmcli.training.run_state import (
+    Change,
+    MetricsLog,
+    PreparedRun,
+    describe_changes,
+    prepare_run_dir,
+    resume_changes,
+)
 
 
 class EpochSampler(Sampler[int]):
@@ -94,39 +92,6 @@ class TrainSummary:
     resumed_from_step: int | None = None
 
 
-def prepare_run_dir(out_dir: Path, *, resume: bool, force: bool) -> RunPaths:
-    """Refuse to reuse a non-empty run directory unless resuming or forced to start over."""
-    if resume and force:
-        raise UserError("--resume and --force contradict each other; pass only one")
-    paths = RunPaths(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"run directory {out_dir} exists and is a file")
-    occupied = out_dir.is_dir() and any(out_dir.iterdir())
-    if resume:
-        if not paths.last.is_file():
-            raise UserError(f"cannot resume: {paths.last} does not exist")
-    elif occupied:
-        if not force:
-            raise UserError(
-                f"run directory {out_dir} is not empty; pass --resume to continue it "
-                "or --force to start over"
-            )
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return paths
-
-
-def _check_resumable(recipe: Recipe, state: dict[str, Any], source: str) -> None:
-    stored = recipe_from_state(state, source).model_dump(mode="json")
-    given = recipe.model_dump(mode="json")
-    changed = [key for key in FROZEN_ON_RESUME if stored[key] != given[key]]
-    if changed:
-        raise UserError(
-            f"cannot resume {source}: the recipe's {', '.join(changed)} section(s) differ from "
-            "the ones the run was started with"
-        )
-
-
 @contextmanager
 def _graceful_interrupt() -> Iterator[dict[str, bool]]:
     """First Ctrl-C sets a flag (the loop saves and stops); a second one aborts at once."""
@@ -150,39 +115,33 @@ def _graceful_interrupt() -> Iterator[dict[str, bool]]:
             signal.signal(signal.SIGINT, previous)
 
 
-class MetricsLog:
-    """Append-only `metrics.jsonl` writer (one JSON object per line)."""
-
-    def __init__(self, path: Path, keep_until_step: int | None = None) -> None:
-        self.path = path
-        if keep_until_step is not None and path.is_file():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= keep_until_step
-            ]
-            path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
+def optimizer_settings(optim: OptimSection) -> dict[str, float]:
+    """The per-group hyperparameters the recipe sets (besides the lr, which the schedule sets)."""
+    if optim.name == "sgd":
+        return {"momentum": optim.momentum, "weight_decay": optim.weight_decay}
+    return {"weight_decay": optim.weight_decay}
 
 
 def build_optimizer(recipe: Recipe, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay) or AdamW over backbone and head parameters."""
     optim = recipe.optim
+    settings = optimizer_settings(optim)
     if optim.name == "sgd":
-        return torch.optim.SGD(
-            parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
-        )
-    return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+        return torch.optim.SGD(parameters, lr=optim.lr, **settings)
+    return torch.optim.AdamW(parameters, lr=optim.lr, **settings)
+
+
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, optim: OptimSection) -> None:
+    """Overwrite the hyperparameters a restored optimizer state brought back with the recipe's."""
+    for group in optimizer.param_groups:
+        group.update(optimizer_settings(optim))
 
 
 def _verification_sets(recipe: Recipe) -> list[Any]:
     """The recipe's `eval.sets`, loaded once before training starts (fails early if missing)."""
-    from eqmcli.evaluate import recipe_sources, resolve_data_root
+    from eqmcli.evaluate import load_training_sets
 
-    return [source.load() for source in recipe_sources(recipe, resolve_data_root(None, recipe))]
+    return load_training_sets(recipe)
 
 
 def _progress_fields(stats: dict[str, float]) -> str:
@@ -262,20 +221,69 @@ def train(
     progress: bool = True,
     console: Any = None,
 ) -> TrainSummary:
-    """Train `recipe` into `out_dir`; see the module docstring for the resume guarantee."""
+    """Train `recipe` into `out_dir`; see the module docstring for the resume guarantee.
+
+    The run directory is locked for the whole run (`RunLock`); `console` (rich) receives
+    the progress bar and one-line notes (what --force removed, what a resume changed).
+    """
+    out_dir = Path(out_dir)
+    dist_ctx, device = init_distributed(recipe.train.device, recipe.train.distributed)
+    prepared: PreparedRun | None = None
+    try:
+        prepared = dist_ctx.on_main(
+            lambda: prepare_run_dir(out_dir, resume=resume, force=force,
+                                    data_roots=training_data_roots(recipe))
+        )
+        dist_ctx.barrier()
+        if prepared is not None:
+            _report_preparation(prepared, console)
+        return _train(recipe, RunPaths(out_dir), dist_ctx, device, resume=resume,
+                      progress=progress, console=console)
+    finally:
+        if prepared is not None:
+            prepared.lock.release()
+        dist_ctx.close()
+
+
+def training_data_roots(recipe: Recipe) -> list[Path]:
+    """The folders the training data is read from (none for synthetic data)."""
+    root = getattr(recipe.data.train, "root", None)
+    return [Path(root)] if root is not None else []
+
+
+def _say(console: Any, text: str) -> None:
+    if console is not None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+
+def _report_preparation(prepared: PreparedRun, console: Any) -> None:
+    if prepared.removed:
+        _say(console, f"--force: removed {', '.join(prepared.removed)} from {prepared.paths.root}")
+    if prepared.cleaned:
+        _say(console, f"removed {len(prepared.cleaned)} temporary file(s) left by a crash")
+
+
+def _train(
+    recipe: Recipe,
+    paths: RunPaths,
+    dist_ctx: Any,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool,
+    console: Any,
+) -> TrainSummary:
     from eqmcli.backbones import build_backbone
     from eqmcli.data import build_train_data
     from eqmcli.data.loader import make_loader
     from eqmcli.data.transforms import random_flip_mask, to_model_input
-    out_dir = Path(out_dir)
-    dist_ctx, device = init_distributed(recipe.train.device, recipe.train.distributed)
-    prepared = dist_ctx.on_main(lambda: prepare_run_dir(out_dir, resume=resume, force=force))
-    paths = prepared if prepared is not None else RunPaths(out_dir)
-    dist_ctx.barrier()
+    out_dir = paths.root
     state: dict[str, Any] | None = None
+    changes: list[Change] = []
     if resume:
         state = load_checkpoint(paths.last)
-        _check_resumable(recipe, state, str(paths.last))
+        changes = resume_changes(recipe_from_state(state, str(paths.last)), recipe,
+                                 str(paths.last))
 
     amp_dtype = autocast_dtype(recipe.train.precision, device)
     channels_last = recipe.train.channels_last
@@ -306,9 +314,7 @@ def train(
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, [*backbone.parameters(), *head.parameters()])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(recipe.optim, steps_per_epoch, total_steps)
-    )
+    schedule = LrSchedule(recipe.optim, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     step = 0
@@ -319,24 +325,32 @@ def train(
         optimizer.load_state_dict(
             dist_ctx.local_optimizer_state(state["optimizer"], optimizer, head)
         )
-        scheduler.load_state_dict(state["scheduler"])
+        apply_optimizer_settings(optimizer, recipe.optim)  # the recipe's, not the saved ones
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         step = rescale_resumed_step(
             state, len(data.dataset), batch_size * dist_ctx.world_size, steps_per_epoch
         )
-        if step != int(state["step"]):
-            set_scheduler_step(scheduler, optimizer, step)
         head.draws = step  # Partial FC draws continue where they stopped
         best_accuracy = state.get("best_accuracy")
     resumed_from = step if state is not None else None
+    resumes = list(state.get("resumes", [])) if state is not None else []
 
     if dist_ctx.is_main:
-        paths.recipe.write_text(recipe.to_yaml())
-    metrics = (
-        MetricsLog(paths.metrics, keep_until_step=step if state is not None else None)
-        if dist_ctx.is_main else NullMetrics()
+        atomic_write_text(paths.recipe, recipe.to_yaml())
+    metrics = MetricsLog(
+        paths.metrics if dist_ctx.is_main else None,
+        keep_until_step=step if state is not None else None,
     )
+    for note in metrics.notes:
+        _say(console, note)
+    if resumed_from is not None:
+        record = {"kind": "resume", "step": step, "changed": [c.to_dict() for c in changes]}
+        metrics.write(record)
+        resumes.append(record)
+        if changes and dist_ctx.is_main:
+            _say(console, f"resuming at step {step} with changed settings (applied from "
+                          f"here on, recorded in metrics.jsonl): {describe_changes(changes)}")
     wrapped_backbone = dist_ctx.wrap_backbone(backbone, device)
     forward_backbone = torch.compile(wrapped_backbone) if recipe.train.compile else wrapped_backbone
     forward_head = dist_ctx.wrap_head(head, device)
@@ -346,7 +360,7 @@ def train(
             "backbone": backbone.state_dict(),
             "head": dist_ctx.head_state(head),
             "optimizer": dist_ctx.optimizer_state(optimizer, head),
-            "scheduler": scheduler.state_dict(),
+            "scheduler": schedule.state_dict(step),
             "scaler": scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "epoch": epoch,
@@ -357,6 +371,7 @@ def train(
             "recipe": recipe.to_yaml(),
             "world_size": dist_ctx.world_size,
             "global_batch": batch_size * dist_ctx.world_size,
+            "resumes": resumes,
         }
 
     sampler = EpochSampler(
@@ -411,6 +426,7 @@ def train(
                     images, device, flip_mask=flip, channels_last=channels_last, size=input_size
                 )
                 labels = labels.to(device, non_blocking=True)
+                schedule.apply(optimizer, step)
                 with autocast(device, amp_dtype):
                     embeddings = forward_backbone(inputs)
                     loss = forward_head(embeddings, labels)
@@ -422,7 +438,6 @@ def train(
                 non_finite |= ~torch.isfinite(loss.detach())
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
                 step += 1
                 epoch_steps += 1
                 epoch_loss_sum += loss.detach()
@@ -438,7 +453,7 @@ def train(
                         "epoch": epoch + 1,
                         "step": step,
                         "loss": float(loss.detach()),
-                        "lr": optimizer.param_groups[0]["lr"],
+                        "lr": schedule.lr(step),  # the lr of the next step
                         "img_per_s": round(speed, 1),
                         **{k: float(v) for k, v in head.last_stats.items()},
                     }
@@ -489,7 +504,6 @@ def train(
                 dist_ctx.save_checkpoint(checkpoint_state(epoch + 1), paths.best)
             dist_ctx.save_checkpoint(checkpoint_state(epoch + 1), paths.last)
     seconds = time.perf_counter() - started
-    dist_ctx.close()
     return TrainSummary(
         run_dir=out_dir,
         epochs_done=step // steps_per_epoch,

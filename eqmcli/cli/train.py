@@ -12,6 +12,8 @@ from rich.table import Table
 from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.errors import TrainingStopped
 from eqmcli.recipe import Recipe, load_recipe
+from eqmcli.rundir import default_run_dir
+from eqmcli.training.run_state import resume_command
 
 if TYPE_CHECKING:
     from eqmcli.train import TrainSummary
@@ -88,7 +90,7 @@ def train_command(
         return
     from eqmcli.train import train
 
-    out_dir = out or Path("runs") / recipe.name
+    out_dir = out or default_run_dir(recipe.name)
     try:
         summary = train(recipe, out_dir, resume=resume, force=force, progress=progress,
                         console=console)
@@ -98,8 +100,8 @@ def train_command(
     if summary.interrupted:
         err_console.print(
             f"Interrupted at step {summary.steps}; checkpoint saved. Resume with:\n"
-            f"  eqm train {recipe_path} --out {out_dir} --resume",
-            highlight=False,
+            f"  {resume_command(recipe_path, out_dir, overrides)}",
+            highlight=False, soft_wrap=True,  # never break the command over lines
         )
         raise typer.Exit(130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports

@@ -1,0 +1,77 @@
+"""Whole-file writes that never leave a half-written file: a temporary sibling, renamed.
+
+The temporary file is `.NAME.<random>.tmp` beside `NAME`, created with mode 0o666 so the
+user's umask applies exactly as for any other file the run writes (`tempfile.mkstemp`
+would make it 0o600). A failed write (disk full, quota, read-only file system) removes
+the temporary file, leaves the previous `NAME` untouched and raises `StorageError` with
+one sentence.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from eqmcli.errors import StorageError
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh `.NAME.<random>.tmp` path in the folder of `path`."""
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMPORARY_SUFFIX}"
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files of `atomic_write` left in `folder` by a process that died mid-write."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        entry for entry in folder.iterdir()
+        if entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX)
+        and entry.is_file()
+    )
+
+
+def storage_error(path: Path, error: OSError) -> StorageError:
+    """One sentence for a failed write of `path`: the reason, and that the old file is intact."""
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = f"{reason.lower()} on the device holding {path.parent}"
+    kept = "the previous version is intact" if path.exists() else "nothing was written"
+    return StorageError(f"could not write {path}: {reason}; {kept}")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> Path:
+    """Call `write(stream)` on a temporary sibling of `path`, then rename it over `path`.
+
+    `sync` flushes the data to the disk before the rename (checkpoints); a crash at any
+    moment leaves either the old file or the new one, never a mixture.
+    """
+    path = Path(path)
+    temporary = temporary_sibling(path)
+    try:
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            if sync:
+                os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise storage_error(path, error) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, sync: bool = False) -> Path:
+    """Write `text` (UTF-8) to `path` through a temporary sibling."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda stream: stream.write(data), sync=sync)

@@ -1,0 +1,1 @@
+"""The training core behind `eqm train` and `eqm bench train`."""

@@ -1,0 +1,297 @@
+"""The run directory while a run owns it: preparation, the OS lock, resume checks, metrics.
+
+- `prepare_run_dir` checks the output path before creating anything, takes the run's
+  exclusive lock (`RunLock`, an OS `flock` that dies with the process) and then decides:
+  a new run needs an empty folder, `--resume` needs `checkpoints/last.pt`, `--force`
+  empties a folder only when it is recognisably a run directory
+  (`RunPaths.is_run_directory`).
+- `resume_changes` compares the recipe a run was started with and the one given now: the
+  sections that define the experiment are frozen, everything else is applied from the
+  resumed step on and recorded (a `"resume"` record in `metrics.jsonl`).
+- `MetricsLog` appends one JSON object per line; on resume it drops the records after
+  the checkpoint's step and a line cut off by a crash.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eqmcli.atomic import atomic_write_text, stale_temporaries
+from eqmcli.errors import UserError, shown
+from eqmcli.recipe import Recipe
+from eqmcli.rundir import LOCK, MARKER, RunPaths
+
+#: Recipe keys (dotted prefixes) that define the experiment: a resume may not change them.
+FROZEN_ON_RESUME = ("data.train", "model", "loss", "seed", "optim.name")
+#: Keys that never matter for a resume (the recipe's name only names the default folder).
+IGNORED_ON_RESUME = ("name",)
+NAME_MAX = 255  # bytes per path component on the usual Linux file systems
+PATH_MAX = 4096
+
+
+class RunLock:
+    """An exclusive `flock` on `RUN/.eqm-lock`, held for the life of the run.
+
+    The kernel releases it when the process ends, however it ends (kill -9 included), so a
+    lock is never stale; the file keeps the holder's PID and host for the message.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise `UserError` naming the process that holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"run directory {self.path.parent} is in use by another eqm process "
+                f"({shown(holder, 80)[1:-1]}); wait for it to finish or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock back (idempotent)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass
+class PreparedRun:
+    """A run directory this process owns: its paths, its held lock, what was cleaned."""
+
+    paths: RunPaths
+    lock: RunLock
+    removed: list[str] = field(default_factory=list)  # entries --force deleted
+    cleaned: list[str] = field(default_factory=list)  # stale temporary files deleted
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_path(out_dir: Path, data_roots: Sequence[Path] = ()) -> None:
+    """Refuse, before anything is created, an output path that cannot or must not be used.
+
+    Too-long names, a file where a folder is needed, and a folder inside the training data
+    (`data_roots`) are each one sentence.
+    """
+    absolute = Path(os.path.abspath(out_dir))
+    if any(len(part.encode()) > NAME_MAX for part in absolute.parts) or (
+        len(str(absolute).encode()) >= PATH_MAX
+    ):
+        raise UserError(
+            f"the run directory path {shown(str(out_dir), 80)} is too long for the file "
+            f"system (at most {NAME_MAX} bytes per name, {PATH_MAX} in all)"
+        )
+    resolved = absolute.resolve()
+    for root in data_roots:
+        if _inside(resolved, Path(root).resolve()):
+            raise UserError(
+                f"run directory {out_dir} lies inside the training data {root}; choose an "
+                "--out outside it, so no run file is ever mistaken for data"
+            )
+    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == resolved else f" ({existing} is a file)"
+        raise UserError(f"run directory {out_dir} cannot be created: a file is in the way{where}")
+
+
+def prepare_run_dir(
+    out_dir: Path, *, resume: bool, force: bool, data_roots: Sequence[Path] = ()
+) -> PreparedRun:
+    """Check, create and lock `out_dir` for a new run, a resume or a forced restart.
+
+    Returns the held lock (the caller releases it when the run ends). A user mistake or a
+    busy directory raises `UserError`; nothing is deleted unless `force` and the folder is
+    recognisably a run directory.
+    """
+    if resume and force:
+        raise UserError("--resume and --force contradict each other; pass only one")
+    check_output_path(out_dir, data_roots)
+    paths = RunPaths(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(paths.lock)
+        lock.acquire()
+    except OSError as error:
+        raise UserError(f"cannot use run directory {out_dir}: {error.strerror}") from None
+    try:
+        removed = _claim(paths, resume=resume, force=force, data_roots=data_roots)
+        cleaned = []
+        for folder in (paths.root, paths.checkpoints):
+            for stale in stale_temporaries(folder):
+                stale.unlink()
+                cleaned.append(stale.name)
+        if not paths.marker.is_file():
+            atomic_write_text(paths.marker, "made by 'eqm train'; see eqmcli/rundir.py\n")
+    except OSError as error:
+        lock.release()
+        raise UserError(f"cannot use run directory {out_dir}: {error.strerror}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return PreparedRun(paths, lock, removed, cleaned)
+
+
+def _claim(
+    paths: RunPaths, *, resume: bool, force: bool, data_roots: Sequence[Path]
+) -> list[str]:
+    """Check what `paths.root` holds against the mode; with `force`, empty it. Returns what
+    was removed."""
+    entries = sorted(e for e in paths.root.iterdir() if e.name not in (LOCK, MARKER))
+    if resume:
+        if not paths.last.is_file():
+            raise UserError(f"cannot resume: {paths.last} does not exist")
+        return []
+    if not entries:
+        return []
+    if not force:
+        raise UserError(
+            f"run directory {paths.root} is not empty; pass --resume to continue it "
+            "or --force to start over"
+        )
+    if not paths.is_run_directory():
+        raise UserError(
+            f"--force refused: {paths.root} does not look like an eqm run directory (no "
+            f"{MARKER} marker with recipe.yaml); delete it yourself or choose another --out"
+        )
+    root = paths.root.resolve()
+    for inner in (Path.cwd(), *data_roots):
+        if _inside(Path(inner).resolve(), root):
+            raise UserError(f"--force refused: {paths.root} contains {inner}, which would be lost")
+    removed = []
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            removed.append(entry.name + "/")
+        else:
+            entry.unlink()
+            removed.append(entry.name)
+    return removed
+
+
+# ---------------------------------------------------------------------------- resume
+@dataclass(frozen=True)
+class Change:
+    """A recipe key whose value differs between the checkpoint and the resumed run."""
+
+    key: str
+    before: Any
+    after: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "before": self.before, "after": self.after}
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _matches(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def resume_changes(stored: Recipe, given: Recipe, source: str) -> list[Change]:
+    """The settings changed since the run started, or `UserError` if a frozen one changed.
+
+    Frozen: `FROZEN_ON_RESUME` (the data, model, loss, seed and optimizer type). Every
+    other change (learning rate, schedule, batch size, workers, logging, device, ...) is
+    allowed; the trainer applies it from the resumed step on and records it.
+    """
+    before = _flatten(stored.model_dump(mode="json"))
+    after = _flatten(given.model_dump(mode="json"))
+    changes = [
+        Change(key, before.get(key), after.get(key))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key) and not _matches(key, IGNORED_ON_RESUME)
+    ]
+    frozen = [c for c in changes if _matches(c.key, FROZEN_ON_RESUME)]
+    if frozen:
+        named = ", ".join(
+            f"{c.key} ({shown(c.before, 30)} -> {shown(c.after, 30)})" for c in frozen[:3]
+        )
+        more = f" and {len(frozen) - 3} more" if len(frozen) > 3 else ""
+        raise UserError(
+            f"cannot resume {source}: {named}{more} changed since the run started; the data, "
+            "model, loss, seed and optimizer type are fixed for a run (start a new run "
+            "with another --out instead)"
+        )
+    return changes
+
+
+def describe_changes(changes: Sequence[Change]) -> str:
+    """`optim.lr 0.1 -> 0.01, ...` (values bounded) for the console."""
+    return ", ".join(f"{c.key} {shown(c.before, 30)} -> {shown(c.after, 30)}" for c in changes)
+
+
+def resume_command(recipe_path: Path | str, out_dir: Path | str, overrides: Sequence[str]) -> str:
+    """The shell command that resumes a run, with every `--set` override, quoted for sh."""
+    words = ["eqm", "train", str(recipe_path), "--out", str(out_dir), "--resume"]
+    for override in overrides:
+        words += ["--set", override]
+    return shlex.join(words)
+
+
+# --------------------------------------------------------------------------- metrics
+class MetricsLog:
+    """Append-only `metrics.jsonl` (one JSON object per line); `path=None` writes nothing.
+
+    With `keep_until_step` (a resume), records after that step are dropped, and so is a
+    line that is not JSON (cut off by a crash or a full disk); `notes` says what was dropped.
+    """
+
+    def __init__(self, path: Path | None, keep_until_step: int | None = None) -> None:
+        self.path = path
+        self.notes: list[str] = []
+        if path is not None and keep_until_step is not None and path.is_file():
+            self._keep_until(path, keep_until_step)
+
+    def _keep_until(self, path: Path, step: int) -> None:
+        kept: list[str] = []
+        broken = 0
+        for raw in path.read_bytes().splitlines():
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:  # includes UnicodeDecodeError
+                broken += 1
+                continue
+            if not isinstance(record, dict):
+                broken += 1
+            elif not isinstance(record.get("step", 0), int) or record.get("step", 0) <= step:
+                kept.append(raw.decode("utf-8"))
+        if broken:
+            self.notes.append(
+                f"{path}: dropped {broken} unreadable line(s) (cut off by an earlier crash)"
+            )
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append `record` as one line."""
+        if self.path is not None:
+            with self.path.open("a") as stream:
+                stream.write(json.dumps(record) + "\n")
