@@ -54,6 +54,11 @@ class EvalReport:
     resized_from: tuple[int, int] | None = None
     input_size: tuple[int, int] | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per result whose statistics the data cannot support."""
+        return [f"{r.benchmark}: {r.result.warning}" for r in self.results if r.result.warning]
+
     def to_json(self) -> dict[str, Any]:
         """``{benchmark: result}``: the same dicts as the ``eval/<benchmark>.json`` files."""
         return {r.benchmark: r.to_dict() for r in self.results}
@@ -108,29 +113,85 @@ def pairs_source(pairs_file: str | Path, images_root: str | Path | None) -> Benc
     )
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    """A user's value quoted for a message, cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _synthetic_source(recipe: Recipe) -> BenchmarkSource:
+    train = recipe.data.train
+    if train.kind != "synthetic":
+        raise UserError(
+            f"eval.sets asks for 'synthetic' but data.train is '{train.kind}'; "
+            "name a benchmark, a pairs file or a .bin file in eval.sets instead"
+        )
+    return BenchmarkSource(
+        "synthetic", "held-out synthetic identities", lambda: synthetic_verification_set(train)
+    )
+
+
+def file_source(entry: str, data_root: Path | None) -> BenchmarkSource:
+    """An ``eval.sets`` entry naming a file: an InsightFace ``.bin`` or a pairs file.
+
+    A relative path is looked up under ``data_root`` first, then the current folder; a
+    pairs file's own relative image paths are taken from its folder.
+    """
+    path = Path(entry).expanduser()
+    if not path.is_absolute() and data_root is not None and (data_root / path).is_file():
+        path = data_root / path
+    if not path.is_file():
+        raise UserError(
+            f"eval.sets entry {_shown(entry)} is neither a built-in set (synthetic, "
+            f"{', '.join(BENCHMARK_NAMES)}) nor an existing pairs file or .bin file"
+        )
+    path = path.resolve()
+    if path.suffix == ".bin":
+        return BenchmarkSource(
+            path.stem, str(path), lambda: readers.read_bin(path, name=path.stem)
+        )
+    return pairs_source(path, None)
+
+
 def recipe_sources(recipe: Recipe, data_root: Path | None) -> list[BenchmarkSource]:
-    """The recipe's own ``eval.sets`` ('synthetic' = its held-out synthetic identities)."""
+    """The recipe's own ``eval.sets``: 'synthetic' (its held-out synthetic identities), a
+    built-in benchmark name, or the path of a pairs file or ``.bin`` file."""
     sources = []
-    for name in recipe.eval.sets:
-        if name == "synthetic":
-            train = recipe.data.train
-            if train.kind != "synthetic":
-                raise UserError(
-                    f"eval.sets asks for 'synthetic' but data.train is '{train.kind}'; "
-                    "name a benchmark flag (--lfw, ...) or --pairs instead"
-                )
-
-            def load(source: Any = train) -> VerificationSet:
-                return synthetic_verification_set(source)
-
-            sources.append(BenchmarkSource("synthetic", "held-out synthetic identities", load))
+    for entry in recipe.eval.sets:
+        if entry == "synthetic":
+            sources.append(_synthetic_source(recipe))
+        elif entry in BENCHMARK_NAMES:
+            sources.append(find_benchmark(entry, data_root))
         else:
-            sources.append(find_benchmark(name, data_root))
+            sources.append(file_source(entry, data_root))
     if not sources:
         raise UserError(
             "the recipe's eval.sets is empty: name a benchmark (--lfw, ...) or --pairs FILE"
         )
+    names = [source.name for source in sources]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(
+            f"eval.sets names two sets called {_shown(repeated[0])}: each set's results go "
+            "to eval/<name>.json, so the names must differ"
+        )
     return sources
+
+
+def load_training_sets(recipe: Recipe) -> list[VerificationSet]:
+    """The recipe's ``eval.sets`` loaded for verification during training.
+
+    Loaded once before training starts, so a missing file fails early. A set holding only
+    matched or only mismatched pairs is refused: its accuracy cannot pick ``best.pt``.
+    """
+    sets = [source.load() for source in recipe_sources(recipe, resolve_data_root(None, recipe))]
+    for vset in sets:
+        if vset.issame.all() or not vset.issame.any():
+            only = "matched" if vset.issame.all() else "mismatched"
+            raise UserError(
+                f"eval.sets: every pair of set {_shown(vset.name)} is {only}; verification during "
+                "training needs both matched and mismatched pairs"
+            )
+    return sets
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,19 +423,109 @@ def figure_curves(runs: Sequence[Path]) -> Figure:
 
 
 # ---------------------------------------------------------------------------- roc
-def figure_roc(runs: Sequence[Path]) -> Figure:
-    """ROC curves (TAR % vs FAR, log FAR axis) from `eval/*.json`: one panel per benchmark."""
+def _roc_legend(result: dict[str, Any]) -> str:
+    """The numbers beside a run's name in a ROC legend: accuracy (or TAR@1e-4) and AUC."""
+    acc, auc = result.get("accuracy"), result.get("auc")
+    tar = (result.get("tar_at_far") or {}).get("1e-04")
+    parts = [
+        f"acc {100 * acc:.2f}%" if acc is not None else "",
+        f"TAR@FAR=1e-4 {100 * tar:.2f}%" if acc is None and tar is not None else "",
+        f"AUC {auc:.4f}" if auc is not None else "",
+    ]
+    return ", ".join(part for part in parts if part)
+
+
+#: Fewest mismatched pairs for a drawable ROC: with fewer, the lowest non-zero FAR is
+#: above 0.1 and the log-FAR axis shows a step or two, not a curve.
+MIN_ROC_NEGATIVES = 10
+
+
+def _negatives(result: dict[str, Any], far: np.ndarray) -> int:
+    """The number of mismatched pairs behind a ROC: the file's count, else 1 / smallest FAR."""
+    count = result.get("negatives")
+    if isinstance(count, int):
+        return count
+    positive = far[far > 0]
+    return int(round(1.0 / positive.min())) if positive.size else 0
+
+
+def roc_degenerate(result: dict[str, Any]) -> str | None:
+    """Why the ROC of an eval result cannot be drawn as a curve (a phrase), or None."""
+    points = _roc_points(result)
+    if points is None:
+        return "it holds no ROC points"
+    far, _ = points
+    negatives = _negatives(result, far)
+    if negatives < MIN_ROC_NEGATIVES:
+        return (
+            f"it rests on {negatives} mismatched pairs (at least {MIN_ROC_NEGATIVES} are "
+            "needed for a curve on a log FAR axis)"
+        )
+    if not ((far > 0) & (far < 1)).any():
+        return "it has no point with 0 < FAR < 1 (every score tied)"
+    return None
+
+
+@dataclass
+class RocSelection:
+    """The ROC curves to draw per set: (run label, run index, result); and the sets skipped."""
+
+    curves: dict[str, list[tuple[str, int, dict[str, Any]]]]
+    skipped: list[str]
+
+
+def select_rocs(runs: Sequence[Path], sets: Sequence[str] | None = None) -> RocSelection:
+    """Every run's `eval/*.json` with ROC points, limited to `sets` when given.
+
+    A result whose ROC is degenerate (`roc_degenerate`) is left out with a note; a set
+    named in `sets` that no run has evaluated is a `UserError` listing the sets there are.
+    """
     names = _labels(runs)
-    curves: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+    found: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
     for i, (run, name) in enumerate(zip(runs, names, strict=True)):
         for path in _eval_files(run):
             result = _read_json(path)
             if _roc_points(result) is not None:
-                bench = str(result.get("benchmark") or path.stem)
-                curves.setdefault(bench, []).append((name, i, result))
-    benches = sorted(curves)
+                found.setdefault(str(result.get("benchmark") or path.stem), []).append(
+                    (name, i, result)
+                )
+    wanted = list(dict.fromkeys(sets)) if sets else sorted(found)
+    unknown = [name for name in wanted if name not in found]
+    if unknown:
+        have = ", ".join(sorted(found)) or "none"
+        raise UserError(
+            f"no run has ROC points for the set {unknown[0]!r:.60} (eval/<set>.json); "
+            f"sets with ROC points: {have}"
+        )
+    selection = RocSelection(curves={}, skipped=[])
+    for bench in wanted:
+        for name, i, result in found[bench]:
+            why = roc_degenerate(result)
+            if why is None:
+                selection.curves.setdefault(bench, []).append((name, i, result))
+            else:
+                selection.skipped.append(f"roc: skipped set '{bench}' of run {name}: {why}")
+    return selection
+
+
+def figure_roc(runs: Sequence[Path], sets: Sequence[str] | None = None) -> Figure:
+    """ROC curves (TAR % vs FAR, log FAR axis) from `eval/*.json`: one panel per set.
+
+    `sets` chooses the sets (default: every set with ROC points); degenerate ROCs are
+    left out (see `select_rocs`).
+    """
+    return draw_roc(select_rocs(runs, sets))
+
+
+def draw_roc(selection: RocSelection) -> Figure:
+    """The ROC figure of the selected curves (a `UserError` when none is drawable)."""
+    curves = selection.curves
+    benches = list(curves)
     if not benches:
-        raise UserError("no eval/*.json file of these runs holds ROC points; run 'eqm eval'")
+        reason = f" ({selection.skipped[0]})" if selection.skipped else ""
+        raise UserError(
+            f"no eval/*.json file of these runs holds a drawable ROC; run 'eqm eval'{reason}"
+        )
     fig = _new_figure(5.2 * len(benches) + 0.4, 4.6)
     axes = fig.subplots(1, len(benches), squeeze=False, sharey=True)[0]
     for ax, bench in zip(axes, benches, strict=True):
@@ -443,16 +534,7 @@ def figure_roc(runs: Sequence[Path]) -> Figure:
             far, tar = _roc_points(result)  # type: ignore[misc]
             keep = far > 0
             low = min(low, float(far[keep].min()) if keep.any() else 1.0)
-            acc = result.get("accuracy")
-            auc = result.get("auc")
-            extra = ", ".join(
-                part
-                for part in (
-                    f"acc {100 * acc:.2f}%" if acc is not None else "",
-                    f"AUC {auc:.4f}" if auc is not None else "",
-                )
-                if part
-            )
+            extra = _roc_legend(result)
             ax.plot(
                 far[keep],
                 100.0 * tar[keep],
@@ -598,11 +680,17 @@ FIGURE_FUNCTIONS: dict[str, Callable[[Sequence[Path]], Figure]] = {
 
 
 def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write `stem.png` (150 dpi) and `stem.pdf` into `out_dir`; returns both paths."""
+    """Write `stem.png` (150 dpi) and `stem.pdf` into `out_dir` (each through a temporary
+    sibling, renamed into place); returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=DPI)
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            fig.savefig(temporary, dpi=DPI, format=path.suffix[1:])
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
     return paths
 
 
@@ -619,13 +707,16 @@ def make_figures(
     runs: Sequence[str | Path],
     figures: Sequence[str] | None = None,
     out: str | Path | None = None,
+    *,
+    sets: Sequence[str] | None = None,
 ) -> PlotReport:
     """Draw `figures` (default: every figure the runs' files allow) for one or more runs.
 
     Output: `out`, else the first run's `figures/`. With one run the files are `<figure>.png`
     / `.pdf`; with several, `<figure>-<run1>-vs-<run2>....png`. A figure asked for
     explicitly whose input file is missing is a `UserError` naming that file; a default one
-    is skipped with a note.
+    is skipped with a note. `sets` limits the ROC figure to those evaluation sets; sets
+    whose ROC is degenerate are skipped with a note.
     """
     paths = [Path(r) for r in runs]
     if not paths:
@@ -638,6 +729,8 @@ def make_figures(
     for name in wanted:
         if name not in FIGURE_FUNCTIONS:
             raise UserError(f"unknown figure {name!r}; choose from {', '.join(FIGURES)}")
+    if sets and "roc" not in wanted:
+        raise UserError("--sets chooses the sets of the roc figure; add --figure roc")
     out_dir = Path(out) if out is not None else RunPaths(paths[0]).figures_dir
     names = _labels(paths)
     suffix = "" if len(paths) == 1 else "-" + "-vs-".join(n.replace("/", "_") for n in names)
@@ -649,6 +742,14 @@ def make_figures(
                 raise UserError(f"cannot draw {name}: missing {missing[0]}")
             report.skipped.append(f"{name}: skipped, missing {missing[0]}")
             continue
-        fig = FIGURE_FUNCTIONS[name](paths)
+        if name == "roc":
+            selection = select_rocs(paths, sets)
+            report.skipped.extend(selection.skipped)
+            if not selection.curves and not explicit:
+                report.skipped.append("roc: skipped, no set has a drawable ROC")
+                continue
+            fig = draw_roc(selection)
+        else:
+            fig = FIGURE_FUNCTIONS[name](paths)
         report.written[name] = save_figure(fig, out_dir, f"{name}{suffix}")
     return report

@@ -237,7 +237,8 @@ class EvalSection(Section):
     sets: list[Annotated[str, Field(max_length=MAX_PATH_CHARS)]] = Field(
         default_factory=lambda: ["synthetic"],
         max_length=100,
-        description="'synthetic' (held-out identities) or lfw, cfp_fp, agedb_30, calfw, cplfw",
+        description="'synthetic' (held-out identities), lfw, cfp_fp, agedb_30, calfw, cplfw, "
+        "or the path of a pairs file or an InsightFace .bin (relative: under data_root first)",
     )
     data_root: RecipePath | None = Field(None, description="folder with <name>.bin / lfw/")
     flip: bool = True

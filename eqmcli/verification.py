@@ -40,16 +40,18 @@ class VerificationResult:
 
     Accuracies, TAR, FAR and EER are fractions in [0, 1]; thresholds are cosine similarities.
     A statistic that the data cannot support (TAR@FAR with too few negative pairs, AUC/EER
-    with a single class) is ``None``, never 0.
+    with a single class) is ``None``, never 0. With a single class (only matched or only
+    mismatched pairs) accuracy is meaningless too (any threshold beyond the scores is
+    "perfect"): accuracy, its std and the thresholds are None and ``warning`` says why.
     """
 
     pairs: int
     positives: int
     negatives: int
     folds: int
-    accuracy: float
-    accuracy_std: float
-    threshold: float
+    accuracy: float | None
+    accuracy_std: float | None
+    threshold: float | None
     fold_accuracies: list[float]
     fold_thresholds: list[float]
     auc: float | None
@@ -58,6 +60,7 @@ class VerificationResult:
     tar_at_far: dict[str, float | None]
     tar_thresholds: dict[str, float | None]
     roc: dict[str, list[float]] = field(default_factory=dict)
+    warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (plain floats/ints/lists; non-finite numbers become None)."""
@@ -223,6 +226,9 @@ def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
             "verification scores contain NaN or infinite values (did the model diverge?)"
         )
 
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not (n_pos and n_neg):
+        return _single_class_result(s.size, n_pos, n_neg, folds)
     fold_accuracies, fold_thresholds = [], []
     for start, stop in fold_bounds(s.size, folds):
         train = np.ones(s.size, dtype=bool)
@@ -230,25 +236,9 @@ def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
         threshold, _ = best_threshold(s[train], y[train])
         fold_thresholds.append(threshold)
         fold_accuracies.append(accuracy_at(s[start:stop], y[start:stop], threshold))
-
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    auc = eer = eer_threshold = None
-    tar_at_far: dict[str, float | None] = {far_key(f): None for f in FAR_TARGETS}
-    tar_thresholds: dict[str, float | None] = {far_key(f): None for f in FAR_TARGETS}
-    roc: dict[str, list[float]] = {"far": [], "tar": [], "threshold": []}
-    if n_pos and n_neg:
-        far, tar, thresholds = roc_curve(s, y)
-        auc = float(_trapezoid(tar, far))
-        eer, eer_threshold = _eer(far, tar, thresholds)
-        tar_at_far, tar_thresholds = operating_points(far, tar, thresholds, n_neg, FAR_TARGETS)
-        keep = _downsample(far, MAX_ROC_POINTS)
-        finite = np.where(np.isfinite(thresholds), thresholds, np.nan)
-        roc = {
-            "far": far[keep].tolist(),
-            "tar": tar[keep].tolist(),
-            "threshold": finite[keep].tolist(),
-        }
-
+    far, tar, thresholds = roc_curve(s, y)
+    eer, eer_threshold = _eer(far, tar, thresholds)
+    tar_at_far, tar_thresholds = operating_points(far, tar, thresholds, n_neg, FAR_TARGETS)
     return VerificationResult(
         pairs=int(s.size),
         positives=n_pos,
@@ -259,12 +249,54 @@ def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
         threshold=float(np.mean(fold_thresholds)),
         fold_accuracies=[float(a) for a in fold_accuracies],
         fold_thresholds=[float(t) for t in fold_thresholds],
-        auc=auc,
+        auc=float(_trapezoid(tar, far)),
         eer=eer,
         eer_threshold=eer_threshold,
         tar_at_far=tar_at_far,
         tar_thresholds=tar_thresholds,
-        roc=roc,
+        roc=roc_points(far, tar, thresholds),
+    )
+
+
+def roc_points(
+    far: np.ndarray, tar: np.ndarray, thresholds: np.ndarray, limit: int = MAX_ROC_POINTS
+) -> dict[str, list[float]]:
+    """At most ~``limit`` ROC points for a JSON file: ``{far, tar, threshold}`` lists
+    (fractions; cosine thresholds, the +inf of the first point written as NaN -> null)."""
+    keep = _downsample(far, limit)
+    finite = np.where(np.isfinite(thresholds), thresholds, np.nan)
+    return {
+        "far": far[keep].tolist(),
+        "tar": tar[keep].tolist(),
+        "threshold": finite[keep].tolist(),
+    }
+
+
+def _single_class_result(
+    pairs: int, positives: int, negatives: int, folds: int
+) -> VerificationResult:
+    """The result for pairs of one class only: nothing but the counts is defined."""
+    only = "matched" if positives else "mismatched"
+    return VerificationResult(
+        pairs=pairs,
+        positives=positives,
+        negatives=negatives,
+        folds=folds,
+        accuracy=None,
+        accuracy_std=None,
+        threshold=None,
+        fold_accuracies=[],
+        fold_thresholds=[],
+        auc=None,
+        eer=None,
+        eer_threshold=None,
+        tar_at_far={far_key(f): None for f in FAR_TARGETS},
+        tar_thresholds={far_key(f): None for f in FAR_TARGETS},
+        roc={"far": [], "tar": [], "threshold": []},
+        warning=(
+            f"all {pairs} pairs are {only}: accuracy, AUC, EER and TAR@FAR need both matched "
+            "and mismatched pairs, so none is reported"
+        ),
     )
 
 

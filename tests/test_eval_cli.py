@@ -20,6 +20,11 @@ from tests.conftest import TINY_RECIPE
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     """A run directory with checkpoints/last.pt of an (untrained) tiny 24 px model."""
+    return make_checkpoint_run(tmp_path)
+
+
+def make_checkpoint_run(tmp_path: Path) -> Path:
+    """`tmp_path/run` with checkpoints/last.pt of an (untrained) tiny 24 px model."""
     from eqmcli.backbones import build_backbone
     from eqmcli.checkpoint import save_checkpoint
     from eqmcli.losses import build_head

@@ -176,3 +176,46 @@ def test_plot_cli_errors_exit_2(tmp_path):
     assert result.exit_code == 2 and "run directory not found" in result.output + result.stderr
     result = CliRunner().invoke(app, ["plot", str(run), "-f", "fig6", "--out", str(tmp_path)])
     assert result.exit_code == 0 and (tmp_path / "fig6.png").is_file()
+
+
+def _add_toy_eval(run, name: str = "toy", negatives: int = 5) -> None:
+    """An eval file of a 10-pair toy set: its ROC has steps of 1/5, no curve."""
+    far = np.linspace(0.0, 1.0, negatives + 1)
+    result = {
+        "benchmark": name,
+        "accuracy": 0.8,
+        "negatives": negatives,
+        "roc": {"far": far.tolist(), "tar": np.sqrt(far).tolist(), "threshold": []},
+    }
+    (run / "eval" / f"{name}.json").write_text(json.dumps(result))
+
+
+def test_roc_skips_degenerate_sets_and_says_so(tmp_path):
+    from eqmcli.cli import app
+
+    run = make_run(tmp_path, "am")
+    _add_toy_eval(run)
+    titles = [ax.get_title() for ax in figure_roc([run]).get_axes()]
+    assert titles == ["ROC: lfw", "ROC: synthetic"]
+    result = CliRunner().invoke(app, ["plot", str(run), "--figure", "roc"])
+    assert result.exit_code == 0, result.output
+    note = result.stderr.replace("\n", " ")
+    assert "skipped set 'toy'" in note and "5 mismatched pairs" in note
+
+
+def test_roc_sets_option_chooses_the_panels(tmp_path):
+    from eqmcli.cli import app
+
+    run = make_run(tmp_path, "am")
+    _add_toy_eval(run)
+    titles = [ax.get_title() for ax in figure_roc([run], sets=["synthetic"]).get_axes()]
+    assert titles == ["ROC: synthetic"]
+    result = CliRunner().invoke(app, ["plot", str(run), "-f", "roc", "--sets", "lfw"])
+    assert result.exit_code == 0, result.output
+    assert (run / "figures" / "roc.png").is_file()
+    result = CliRunner().invoke(app, ["plot", str(run), "-f", "roc", "--sets", "cfp_fp"])
+    assert result.exit_code == 2 and "cfp_fp" in result.stderr and "lfw" in result.stderr
+    result = CliRunner().invoke(app, ["plot", str(run), "-f", "roc", "--sets", "toy"])
+    assert result.exit_code == 2 and "5 mismatched pairs" in result.stderr.replace("\n", " ")
+    result = CliRunner().invoke(app, ["plot", str(run), "-f", "curves", "--sets", "lfw"])
+    assert result.exit_code == 2 and "--figure roc" in result.stderr

@@ -22,6 +22,10 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return NOT_REPORTED if value is None else f"{100.0 * value:.{digits}f}"
 
 
+def _accuracy(mean: float | None, std: float | None) -> str:
+    return NOT_REPORTED if mean is None or std is None else f"{_pct(mean)} ± {_pct(std)}"
+
+
 def render_table(results: list[SetEvaluation]) -> Any:
     """A rich table of results: accuracies/TAR/EER as percentages, thresholds in cosine units."""
     flip = any(r.flip for r in results)
@@ -50,12 +54,12 @@ def render_table(results: list[SetEvaluation]) -> Any:
         row = [
             evaluation.benchmark,
             f"{r.pairs:,}",
-            f"{_pct(r.accuracy)} ± {_pct(r.accuracy_std)}",
+            _accuracy(r.accuracy, r.accuracy_std),
         ]
         if flip:
             row.append(_pct(evaluation.noflip.accuracy if evaluation.noflip else None))
         row += [
-            f"{r.threshold:.4f}",
+            NOT_REPORTED if r.threshold is None else f"{r.threshold:.4f}",
             _pct(r.tar_at_far.get("1e-03")),
             _pct(r.tar_at_far.get("1e-04")),
             NOT_REPORTED if r.auc is None else f"{r.auc:.4f}",
@@ -129,6 +133,8 @@ def eval_command(
             f"[yellow]Note:[/] test images ({h}×{w}) were resized to the model's "
             f"input size ({mh}×{mw})."
         )
+    for warning in report.warnings:
+        err_console.print(f"[yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return

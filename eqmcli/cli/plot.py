@@ -21,15 +21,23 @@ def plot_command(
     out: Path | None = typer.Option(
         None, "--out", help="output folder; default: the first run's figures/"
     ),
+    sets: list[str] | None = typer.Option(
+        None,
+        "--sets",
+        help="roc: only these evaluation sets (repeatable or comma-separated, e.g. lfw,ijbb); "
+        "default: every set with a drawable ROC",
+    ),
 ) -> None:
     """Draw Fig. 5/6-style imbalance plots, training curves, ROC and the Fig. 1 sphere.
 
     Several runs are drawn side by side or overlaid, named by their directory names.
+    The ROC figure skips sets whose ROC is degenerate (too few mismatched pairs), saying so.
     """
     from eqmcli.errors import UserError
     from eqmcli.plots import make_figures
 
-    report = make_figures(runs, figure or None, out)
+    chosen = [name.strip() for item in sets or [] for name in item.split(",") if name.strip()]
+    report = make_figures(runs, figure or None, out, sets=chosen or None)
     for note in report.skipped:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for name, paths in report.written.items():
