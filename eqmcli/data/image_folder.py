@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
+from eqmcli.data.staging import refuse_incomplete
 from eqmcli.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}")
+    refuse_incomplete(root)
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
     if not class_dirs:
         raise UserError(f"image folder {root} has no class sub-folders (expected root/<id>/<img>)")

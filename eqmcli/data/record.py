@@ -35,9 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_image
 from eqmcli.data.image_folder import SubstitutingDataset, scan_image_folder, split_holdout
+from eqmcli.data.staging import refuse_incomplete, staged_output_dir
 from eqmcli.errors import UserError, shown
 
 if TYPE_CHECKING:
@@ -514,7 +516,9 @@ def record_paths(root: str | Path) -> tuple[Path, Path, Path]:
     """(train.rec, train.idx, property) of a record folder; a ``.rec`` path is accepted too."""
     root = Path(root).expanduser()
     if root.suffix == ".rec":
+        refuse_incomplete(root.parent)
         return root, root.with_suffix(".idx"), root.parent / "property"
+    refuse_incomplete(root)
     if not root.is_dir():
         raise UserError(f"record folder not found: {root}")
     rec = root / "train.rec"
@@ -589,12 +593,13 @@ def folder_to_record(folder: str | Path, out_dir: str | Path) -> dict[str, int]:
     records 1..N the images class by class in `scan_image_folder` order (flag 0, label =
     class, id = key, id2 = 0, the file bytes stored unchanged), then one identity record per
     class (flag 2, labels (first key, one past last key), id = key, no image). ``property``
-    is ``C,H,W`` with the size of the first image. Returns counts for display.
+    is ``C,H,W`` with the size of the first image. The three files appear together or not
+    at all (`staged_output_dir`). Returns counts for display.
     """
-    from PIL import Image
-
     classes, files, labels = scan_image_folder(folder)
-    folder, out_dir = Path(folder), _empty_output_dir(out_dir)
+    folder, out_path = Path(folder), Path(out_dir).expanduser()
+    if out_path.resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"output {out_path} lies inside the image folder {folder}")
     n, c = len(files), len(classes)
     try:
         with Image.open(folder / files[0]) as first:
@@ -602,18 +607,25 @@ def folder_to_record(folder: str | Path, out_dir: str | Path) -> dict[str, int]:
     except Exception as exc:
         raise UserError(f"cannot read image {folder / files[0]}: {exc}") from None
     a = n + 1
-    with RecordWriter(out_dir / "train.rec", out_dir / "train.idx") as writer:
-        writer.write(0, pack_payload([float(a), float(a + c)], id=0))
-        for key, rel in enumerate(files, start=1):
-            data = (folder / rel).read_bytes()
-            writer.write(key, pack_payload(float(labels[key - 1]), data, id=key))
-        starts = np.searchsorted(labels, np.arange(c + 1)) + 1
-        for cls in range(c):
-            key = a + cls
-            span = [float(starts[cls]), float(starts[cls + 1])]
-            writer.write(key, pack_payload(span, id=key))
-    (out_dir / "property").write_text(f"{c},{height},{width}\n")
+    with staged_output_dir(out_path) as staging:
+        with RecordWriter(staging / "train.rec", staging / "train.idx") as writer:
+            writer.write(0, pack_payload([float(a), float(a + c)], id=0))
+            for key, rel in enumerate(files, start=1):
+                writer.write(key, pack_payload(float(labels[key - 1]), _read(folder / rel), id=key))
+            starts = np.searchsorted(labels, np.arange(c + 1)) + 1
+            for cls in range(c):
+                key = a + cls
+                span = [float(starts[cls]), float(starts[cls + 1])]
+                writer.write(key, pack_payload(span, id=key))
+        (staging / "property").write_text(f"{c},{height},{width}\n")
     return {"images": n, "classes": c, "height": height, "width": width}
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 _IMAGE_SUFFIXES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG", ".png"), (b"BM", ".bmp"))
@@ -623,34 +635,29 @@ def record_to_folder(rec_dir: str | Path, out_dir: str | Path) -> dict[str, int]
     """Write every image record of ``rec_dir`` to ``out_dir/<class>/<key>.<ext>``.
 
     Class folders are zero-padded class numbers (so their sorted order is the label order)
-    and files are zero-padded record keys; image bytes are written unchanged. A corrupt
-    record raises `UserError` naming its key.
+    and files are zero-padded record keys; image bytes are written unchanged. The folder
+    appears whole or not at all (`staged_output_dir`). A corrupt record, or one without an
+    image, raises `UserError` naming its key.
     """
     rec_path, idx_path, prop_path = record_paths(rec_dir)
     rec = RecordFile(rec_path, idx_path)
     layout = read_layout(rec, prop_path)
-    out_dir = _empty_output_dir(out_dir)
     class_width = max(len(str(layout.num_classes - 1)), 1)
     key_width = max(len(str(int(layout.keys.max()))), 8)
-    for key, label in zip(layout.keys.tolist(), layout.labels.tolist(), strict=True):
-        try:
-            _, _, image = unpack_payload(rec.read(key))
-        except CorruptRecordError as exc:
-            raise UserError(f"{rec_path}: record {key} is corrupt: {exc}") from None
-        suffix = next((s for magic, s in _IMAGE_SUFFIXES if image.startswith(magic)), ".img")
-        class_dir = out_dir / f"{label:0{class_width}d}"
-        class_dir.mkdir(exist_ok=True)
-        (class_dir / f"{key:0{key_width}d}{suffix}").write_bytes(image)
+    with staged_output_dir(out_dir) as staging:
+        for key, label in zip(layout.keys.tolist(), layout.labels.tolist(), strict=True):
+            try:
+                _, _, image = unpack_payload(rec.read(key))
+                if not image:
+                    raise CorruptRecordError("it holds no image")
+            except CorruptRecordError as exc:
+                raise UserError(f"{rec_path}: record {key} is corrupt: {exc}") from None
+            suffix = next((s for magic, s in _IMAGE_SUFFIXES if image.startswith(magic)), ".img")
+            class_dir = staging / f"{label:0{class_width}d}"
+            class_dir.mkdir(exist_ok=True)
+            (class_dir / f"{key:0{key_width}d}{suffix}").write_bytes(image)
     rec.close()
     return {"images": len(layout.keys), "classes": int(np.unique(layout.labels).size)}
-
-
-def _empty_output_dir(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError(f"output {path} already exists and is not an empty folder")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def convert(src: str | Path, dst: str | Path) -> dict[str, Any]:
