@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 
+from eqmcli.cli.align import align_command
 from eqmcli.cli.common import user_errors
 
 app = typer.Typer(help="Inspect, convert and package data sets.", no_args_is_help=True)
+app.command("align")(align_command)
 
 
 # ------------------------------------------------------------------ stats / convert
