@@ -42,7 +42,7 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     reason = os.strerror(error.errno) if error.errno else str(error)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         reason = f"{reason.lower()} on the device holding {path.parent}"
-    kept = "the previous version is intact" if path.exists() else "nothing was written"
+    kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
     return StorageError(f"could not write {path}: {reason}; {kept}")
 
 

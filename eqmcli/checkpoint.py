@@ -1,37 +1,34 @@
-"""Checkpoint files: atomic writes, safe (`weights_only`) reads, one clear error if corrupt."""
+"""Checkpoint files: atomic writes, safe (`weights_only`) reads, one clear error if corrupt.
+
+A checkpoint is written through `eqmcli.atomic.atomic_write` (temporary sibling, fsync,
+rename): a crash or a full disk leaves the previous file intact, and the file's mode
+follows the user's umask like every other run file.
+"""
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from eqmcli.atomic import atomic_write
 from eqmcli.errors import UserError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` to a temporary file beside `path`, then rename it over `path`.
 
-    A crash mid-write leaves the previous file untouched, never a half-written one.
+    A crash mid-write leaves the previous file untouched, never a half-written one; a
+    failed write (e.g. no space left) raises `StorageError` saying so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda stream: torch.save(state, stream))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -43,7 +40,45 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable eqm checkpoint ({first_line})") from None
+        raise UserError(f"{path} is not a readable eqm checkpoint ({first_line[:200]})") from None
     if not isinstance(state, dict) or "backbone" not in state:
         raise UserError(f"{path} is not an eqm checkpoint (no 'backbone' weights in it)")
     return state
+
+
+def require_fields(state: Mapping[str, Any], fields: Iterable[str], source: str | Path) -> None:
+    """`UserError` naming the first of `fields` that `state` lacks."""
+    for name in fields:
+        if name not in state:
+            raise UserError(
+                f"{source} lacks '{name}': it is damaged or was not written by 'eqm train'"
+            )
+
+
+def load_weights(
+    module: nn.Module, weights: Any, source: str | Path, part: str, recipe_says: str = ""
+) -> None:
+    """`module.load_state_dict(weights)`, or one sentence naming the first mismatch.
+
+    `part` names what is loaded ("backbone", "head"); `recipe_says` the recipe settings
+    the module was built from, e.g. "model.backbone tiny, model.embedding_dim 16".
+    """
+    if not isinstance(weights, Mapping):
+        raise UserError(f"{source}: its {part} weights are not a state dict")
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [key for key in expected if key in weights and
+             tuple(getattr(weights[key], "shape", ())) != tuple(expected[key].shape)]
+    if wrong:
+        key = wrong[0]
+        problem = (f"'{key}' has shape {tuple(weights[key].shape)}, the recipe's model needs "
+                   f"{tuple(expected[key].shape)}")
+    elif missing or unexpected:
+        key = (missing or unexpected)[0]
+        problem = f"'{key[:80]}' is {'missing' if missing else 'not part of that model'}"
+    else:
+        module.load_state_dict(weights)
+        return
+    recipe = f"the stored recipe ({recipe_says})" if recipe_says else "the stored recipe"
+    raise UserError(f"{source}: {recipe} disagrees with its {part} weights: {problem}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eqmcli.checkpoint import load_checkpoint
+from eqmcli.checkpoint import load_checkpoint, load_weights, require_fields
 from eqmcli.errors import UserError, shown
 from eqmcli.recipe import Recipe, parse_recipe_text
 
@@ -148,6 +148,18 @@ def recipe_from_state(state: dict, source: str) -> Recipe:
     return parse_recipe_text(text, source=f"{source} (stored recipe)")
 
 
+def stored_input_size(state: dict, source: str | Path) -> tuple[int, int]:
+    """The checkpoint's `input_size` as (height, width) pixels, or one sentence if malformed."""
+    value = state.get("input_size")
+    try:
+        height, width = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: 'input_size' {shown(value)} is not [height, width]") from None
+    if min(height, width) < 1:
+        raise UserError(f"{source}: 'input_size' {shown(value)} is not a positive size")
+    return height, width
+
+
 def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> Trained:
     """Rebuild the backbone and head of a run (or checkpoint file) in eval mode on `device`."""
     from eqmcli.backbones import build_backbone
@@ -156,22 +168,30 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
     checkpoint_path = find_checkpoint(run_or_checkpoint)
     state = load_checkpoint(checkpoint_path)
     recipe = recipe_from_state(state, str(checkpoint_path))
-    input_size = tuple(int(v) for v in state["input_size"])
+    require_fields(state, ("input_size",), checkpoint_path)
+    input_size = stored_input_size(state, checkpoint_path)
+    model = recipe.model
     backbone = build_backbone(
-        recipe.model.backbone, embedding_dim=recipe.model.embedding_dim, input_size=input_size
+        model.backbone, embedding_dim=model.embedding_dim, input_size=input_size
     )
-    backbone.load_state_dict(state["backbone"])
+    load_weights(backbone, state["backbone"], checkpoint_path, "backbone",
+                 f"model.backbone {model.backbone}, embedding_dim {model.embedding_dim}")
     backbone.to(device).eval()
     head = None
     if "weight" in (state.get("head") or {}):  # `eqm import` without --head stores none
         num_classes, embedding_dim = state["head"]["weight"].shape
+        if embedding_dim != model.embedding_dim:
+            raise UserError(
+                f"{checkpoint_path}: the stored recipe disagrees with its head weights: "
+                f"model.embedding_dim is {model.embedding_dim}, the head's is {embedding_dim}"
+            )
         head = build_head(
             recipe.loss.name,
             num_classes=int(num_classes),
             embedding_dim=int(embedding_dim),
             **recipe.loss.hyperparameters(),
         )
-        head.load_state_dict(state["head"])
+        load_weights(head, state["head"], checkpoint_path, "head", f"loss.name {recipe.loss.name}")
         head.to(device).eval()
     return Trained(
         backbone=backbone,
@@ -179,7 +199,7 @@ def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cp
         recipe=recipe,
         run_dir=run_dir_of_checkpoint(checkpoint_path),
         checkpoint_path=checkpoint_path,
-        input_size=(input_size[0], input_size[1]),
+        input_size=input_size,
         epoch=int(state.get("epoch", 0)),
         step=int(state.get("step", 0)),
     )

@@ -7,10 +7,8 @@ stops anywhere and resumes from its checkpoint sees exactly the batches it would
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,13 +18,14 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from eqmcli.atomic import atomic_write_text
-from eqmcli.checkpoint import load_checkpoint
+from eqmcli.checkpoint import load_checkpoint, load_weights, require_fields
 from eqmcli.devices import autocast, autocast_dtype
 from eqmcli.distributed import build_training_head, init_distributed, rescale_resumed_step
 from eqmcli.errors import TrainingStopped, UserError
 from eqmcli.recipe import OptimSection, Recipe
 from eqmcli.rundir import RunPaths, recipe_from_state
 from eqmcli.schedule import LrSchedule
+from eqmcli.training.interrupts import stop_on_signals
 from eqmcli.training.run_state import (
     Change,
     MetricsLog,
@@ -34,7 +33,11 @@ from eqmcli.training.run_state import (
     describe_changes,
     prepare_run_dir,
     resume_changes,
+    with_absolute_paths,
 )
+
+#: What a checkpoint must hold for training to resume from it.
+CHECKPOINT_FIELDS = ("backbone", "head", "optimizer", "scaler", "rng", "step", "recipe")
 
 
 class EpochSampler(Sampler[int]):
@@ -89,30 +92,19 @@ class TrainSummary:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     best_accuracy: float | None = None
     interrupted: bool = False
+    stop_signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted by a signal
     resumed_from_step: int | None = None
 
 
-@contextmanager
-def _graceful_interrupt() -> Iterator[dict[str, bool]]:
-    """First Ctrl-C sets a flag (the loop saves and stops); a second one aborts at once."""
-    flag = {"stop": False}
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag["stop"]:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    try:
-        signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave SIGINT alone
-        previous = None
-    try:
-        yield flag
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+def diverged_message(epoch: int, step: int, paths: RunPaths, saved_step: int | None) -> str:
+    """Why training stopped on a NaN/Inf loss, and which checkpoint (if any) is good."""
+    what = f"the loss became NaN/Inf in epoch {epoch + 1} (step <= {step}); training stopped"
+    advice = "Lower optim.lr, set optim.grad_clip, or check the data"
+    if saved_step is None:
+        return (f"{what} before any checkpoint was written, so there is none to resume from. "
+                f"{advice}, then start again (--force)")
+    return (f"{what}; {paths.last} still holds the last good checkpoint (step {saved_step}). "
+            f"{advice}, then resume it (--resume --set optim.lr=...)")
 
 
 def optimizer_settings(optim: OptimSection) -> dict[str, float]:
@@ -227,6 +219,7 @@ def train(
     the progress bar and one-line notes (what --force removed, what a resume changed).
     """
     out_dir = Path(out_dir)
+    recipe = with_absolute_paths(recipe)  # recorded so, the run finds its data from anywhere
     dist_ctx, device = init_distributed(recipe.train.device, recipe.train.distributed)
     prepared: PreparedRun | None = None
     try:
@@ -282,6 +275,7 @@ def _train(
     changes: list[Change] = []
     if resume:
         state = load_checkpoint(paths.last)
+        require_fields(state, CHECKPOINT_FIELDS, paths.last)
         changes = resume_changes(recipe_from_state(state, str(paths.last)), recipe,
                                  str(paths.last))
 
@@ -320,7 +314,7 @@ def _train(
     step = 0
     best_accuracy: float | None = None
     if state is not None:
-        backbone.load_state_dict(state["backbone"])
+        load_weights(backbone, state["backbone"], paths.last, "backbone")
         dist_ctx.load_head_state(head, state["head"])
         optimizer.load_state_dict(
             dist_ctx.local_optimizer_state(state["optimizer"], optimizer, head)
@@ -396,15 +390,13 @@ def _train(
     interrupted = False
     non_finite = torch.zeros((), dtype=torch.bool, device=device)
 
+    saved = {"step": int(state["step"]) if state is not None else None}
+
     def stop_if_non_finite(epoch: int) -> None:
         if dist_ctx.any(non_finite):
-            raise TrainingStopped(
-                f"the loss became NaN/Inf in epoch {epoch + 1} (step <= {step}); training stopped "
-                f"and {paths.last} still holds the last good checkpoint. Lower optim.lr, "
-                "set optim.grad_clip, or check the data"
-            )
+            raise TrainingStopped(diverged_message(epoch, step, paths, saved["step"]))
 
-    with _graceful_interrupt() as interrupt, bar:
+    with stop_on_signals() as interrupt, bar:
         task = bar.add_task(
             "train", total=total_steps, completed=step, epoch=start_epoch + 1, loss="-",
             lr="-", speed="-", stats="",
@@ -463,8 +455,8 @@ def _train(
                         speed=f"{speed:,.0f}", stats=_progress_fields(head.last_stats),
                     )
                 bar.update(task, completed=step)
-                if interrupt["stop"] if not dist_ctx.active else (
-                    step % recipe.train.log_every == 0 and dist_ctx.any(interrupt["stop"])
+                if interrupt.requested if not dist_ctx.active else (
+                    step % recipe.train.log_every == 0 and dist_ctx.any(interrupt.requested)
                 ):
                     interrupted = True
                     break
@@ -472,6 +464,7 @@ def _train(
             train_seconds += time.perf_counter() - epoch_started
             if interrupted:
                 dist_ctx.save_checkpoint(checkpoint_state(epoch), paths.last)
+                saved["step"] = step
                 break
             metrics.write(
                 {
@@ -503,6 +496,7 @@ def _train(
             if improved:
                 dist_ctx.save_checkpoint(checkpoint_state(epoch + 1), paths.best)
             dist_ctx.save_checkpoint(checkpoint_state(epoch + 1), paths.last)
+            saved["step"] = step
     seconds = time.perf_counter() - started
     return TrainSummary(
         run_dir=out_dir,
@@ -513,5 +507,6 @@ def _train(
         evaluations=evaluations,
         best_accuracy=best_accuracy,
         interrupted=interrupted,
+        stop_signal=interrupt.name if interrupted else None,
         resumed_from_step=resumed_from,
     )

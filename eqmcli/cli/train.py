@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,11 +100,12 @@ def train_command(
         raise typer.Exit(1) from None
     if summary.interrupted:
         err_console.print(
-            f"Interrupted at step {summary.steps}; checkpoint saved. Resume with:\n"
+            f"Interrupted ({summary.stop_signal}) at step {summary.steps}; checkpoint saved. "
+            "Resume with:\n"
             f"  {resume_command(recipe_path, out_dir, overrides)}",
             highlight=False, soft_wrap=True,  # never break the command over lines
         )
-        raise typer.Exit(130)
+        raise typer.Exit(128 + signal.Signals[summary.stop_signal or "SIGINT"].value)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         _render_summary(summary)
 

@@ -8,6 +8,7 @@ float happen on the training device (``eqmcli.data.transforms.to_model_input``).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,13 @@ def collate_uint8(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tens
     return images, labels
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Worker init: Ctrl-C / SIGTERM sent to the whole process group (a terminal, Slurm) are
+    left to the main process, which checkpoints at the next step and then ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: Dataset,
     *,
@@ -76,7 +84,10 @@ def make_loader(
         raise ValueError(f"num_workers must be >= 0, got {workers}")
     extra: dict[str, Any] = {}
     if workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": 4}
+        extra = {
+            "persistent_workers": True, "prefetch_factor": 4,
+            "worker_init_fn": ignore_stop_signals,
+        }
     return DataLoader(
         dataset,
         batch_size=batch_size,

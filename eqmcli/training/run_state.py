@@ -221,8 +221,8 @@ def resume_changes(stored: Recipe, given: Recipe, source: str) -> list[Change]:
     other change (learning rate, schedule, batch size, workers, logging, device, ...) is
     allowed; the trainer applies it from the resumed step on and records it.
     """
-    before = _flatten(stored.model_dump(mode="json"))
-    after = _flatten(given.model_dump(mode="json"))
+    before = _flatten(with_absolute_paths(stored).model_dump(mode="json"))
+    after = _flatten(with_absolute_paths(given).model_dump(mode="json"))
     changes = [
         Change(key, before.get(key), after.get(key))
         for key in sorted(before.keys() | after.keys())
@@ -240,6 +240,23 @@ def resume_changes(stored: Recipe, given: Recipe, source: str) -> list[Change]:
             "with another --out instead)"
         )
     return changes
+
+
+def with_absolute_paths(recipe: Recipe) -> Recipe:
+    """`recipe` with `data.train.root` and `eval.data_root` made absolute (from the cwd).
+
+    Recorded this way, a run's recipe finds its data from any working directory.
+    """
+    data, evaluation = recipe.data, recipe.eval
+    root = getattr(data.train, "root", None)
+    if root is not None:
+        train = data.train.model_copy(update={"root": Path(os.path.abspath(root))})
+        data = data.model_copy(update={"train": train})
+    if evaluation.data_root is not None:
+        evaluation = evaluation.model_copy(
+            update={"data_root": Path(os.path.abspath(evaluation.data_root))}
+        )
+    return recipe.model_copy(update={"data": data, "eval": evaluation})
 
 
 def describe_changes(changes: Sequence[Change]) -> str:
