@@ -23,8 +23,9 @@ from eqmcli.data.synthetic import synthetic_verification_set
 from eqmcli.data.verification import VerificationSet
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
+from eqmcli.interop.models import load_model as load_any_model
 from eqmcli.recipe import Recipe
-from eqmcli.rundir import RunPaths, Trained, load_trained
+from eqmcli.rundir import RunPaths, Trained
 from eqmcli.verification import SetEvaluation, evaluate_set
 
 BENCHMARK_NAMES: tuple[str, ...] = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
@@ -209,8 +210,9 @@ def write_result(run_dir: Path, result: SetEvaluation) -> Path:
 
 
 def load_model(target: str | Path, device: torch.device) -> Trained:
-    """The model to evaluate: a run directory (its ``checkpoints/last.pt``) or a checkpoint file."""
-    return load_trained(target, device=device)
+    """The model to evaluate: a run directory (its ``checkpoints/last.pt``), a checkpoint file
+    or an ``.onnx`` file (its results go to ``eval/`` beside it)."""
+    return load_any_model(target, device=device)
 
 
 def run_evaluation(

@@ -32,6 +32,7 @@ def test_names_and_default_sizes() -> None:
         "sphere20",
         "sphere64",
         "mobilefacenet",
+        "mbf",
         "tiny",
     }
     assert default_input_size("iresnet50") == (112, 112)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from eqmcli.backbones.iresnet import IResNet
-from eqmcli.backbones.mobilefacenet import MobileFaceNet
+from eqmcli.backbones.mobilefacenet import ARCFACE_MBF_LAYOUT, MobileFaceNet
 from eqmcli.backbones.sphere import SphereNet
 from eqmcli.backbones.tiny import TinyNet
 from eqmcli.errors import UserError
@@ -42,6 +42,13 @@ _REGISTRY: dict[str, tuple[_Factory, tuple[int, int]]] = {
     "sphere20": (lambda d, s: SphereNet(20, embedding_dim=d, input_size=s), (112, 96)),
     "sphere64": (lambda d, s: SphereNet(64, embedding_dim=d, input_size=s), (112, 96)),
     "mobilefacenet": (lambda d, s: MobileFaceNet(embedding_dim=d, input_size=s), (112, 112)),
+    # arcface_torch's MobileFaceNet ("mbf"): the paper's layout at twice the width
+    "mbf": (
+        lambda d, s: MobileFaceNet(
+            embedding_dim=d, input_size=s, layout=ARCFACE_MBF_LAYOUT, name="mbf"
+        ),
+        (112, 112),
+    ),
     "tiny": (lambda d, s: TinyNet(embedding_dim=d, input_size=s), (48, 48)),
 }
 

@@ -29,6 +29,11 @@ def _register() -> None:
 
     app.command("analyze")(analyze.analyze_command)
     app.command("plot")(plot.plot_command)
+    from eqmcli.cli import embed, models
+
+    app.command("embed")(embed.embed_command)
+    app.command("export")(models.export_command)
+    app.add_typer(models.import_app, name="import")
 
 
 _register()

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from eqmcli.errors import UserError
 
@@ -18,8 +19,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str) -> typer.Exit:
-    """Print one error sentence to stderr and return the exit-2 exception to raise."""
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one error sentence to stderr and return the exit-2 exception to raise.
+
+    The sentence is printed as plain text: brackets in it (``eqmcli[onnx]``, a path such as
+    ``runs/[a]``) are not rich markup."""
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 

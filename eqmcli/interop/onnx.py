@@ -1,0 +1,242 @@
+"""ONNX in and out: export a run's backbone, and run an ``.onnx`` file as a backbone.
+
+The exported graph is the backbone alone: input ``input``, float32 ``N x 3 x H x W`` already
+normalized as the run's recipe says (``(x/255 - 0.5)/0.5``, RGB), output ``embedding``,
+float32 ``N x d`` (raw, not L2-normalized). The metadata (``eqm.*`` keys) records the colour
+order, normalization, input size and embedding size, and the run's resolved recipe, so
+``eqm eval model.onnx`` finds the run's own verification pairs.
+
+onnx, onnxruntime and onnxscript are the optional ``[onnx]`` extra; without them every
+function here raises a `UserError` that says how to install it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eqmcli.atomic import temporary_sibling
+from eqmcli.data.transforms import to_model_input
+from eqmcli.errors import UserError
+from eqmcli.recipe import EvalSection, Recipe
+from eqmcli.rundir import Trained, load_trained, recipe_from_state
+
+INSTALL_HINT = 'pip install "eqmcli[onnx]" (or pip install -e ".[onnx]" in a checkout)'
+INPUT_NAME = "input"
+OUTPUT_NAME = "embedding"
+DEFAULT_OPSET = 18
+PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| on the raw embedding, fp32
+RECIPE_KEY = "eqm.recipe"
+
+
+def require_onnx() -> tuple[Any, Any]:
+    """The ``onnx`` and ``onnxruntime`` modules, or a `UserError` saying how to install them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"ONNX support needs the optional [onnx] extra: {INSTALL_HINT}") from None
+    return onnx, onnxruntime
+
+
+def model_metadata(trained: Trained) -> dict[str, str]:
+    """The ``eqm.*`` metadata of an exported run: preprocessing, sizes, provenance, recipe."""
+    model = trained.recipe.model
+    pre = model.preprocessing
+    height, width = trained.input_size
+    return {
+        "eqm.color_order": pre.color_order.upper(),
+        "eqm.normalization": f"(x / 255 - {pre.mean}) / {pre.std}",
+        "eqm.mean": ",".join([str(pre.mean)] * 3),
+        "eqm.std": ",".join([str(pre.std)] * 3),
+        "eqm.input_layout": "NCHW float32",
+        "eqm.input_size": f"{height},{width}",
+        "eqm.embedding_dim": str(model.embedding_dim),
+        "eqm.output": "raw embedding (not L2-normalized)",
+        "eqm.backbone": model.backbone,
+        "eqm.source": str(trained.checkpoint_path),
+        RECIPE_KEY: trained.recipe.to_yaml(),
+    }
+
+
+@dataclass
+class OnnxExport:
+    """What `export_onnx` wrote and how closely onnxruntime reproduces torch (fp32)."""
+
+    path: Path
+    opset: int
+    batch: int | None  # None: dynamic batch size
+    input_size: tuple[int, int]
+    embedding_dim: int
+    max_abs_diff: float
+    checked_images: int
+    metadata: dict[str, str]
+
+
+def _parse_batch(batch: str | int) -> int | None:
+    if isinstance(batch, int) or str(batch).isdigit():
+        if int(batch) < 1:
+            raise UserError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+        return int(batch)
+    if batch != "dynamic":
+        raise UserError(f"--batch must be 'dynamic' or a positive integer, got {str(batch)[:40]!r}")
+    return None
+
+
+def _torch_export(backbone: nn.Module, path: Path, example: torch.Tensor, opset: int,
+                  dynamic: bool) -> None:
+    """torch.onnx's exporter (torch.export based), one self-contained file at ``path``."""
+    shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)
+            torch.onnx.export(
+                backbone, (example,), str(path), input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
+                external_data=False, dynamic_shapes=shapes, verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
+
+
+def _session(path: Path, ort: Any) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _parity(backbone: nn.Module, session: Any, sizes: list[int], input_size: tuple[int, int],
+            seed: int) -> tuple[float, int]:
+    """max |onnxruntime - torch| over random uint8 images in batches of ``sizes``."""
+    generator = torch.Generator().manual_seed(seed)
+    worst, count = 0.0, 0
+    for size in sizes:
+        images = torch.randint(0, 256, (size, 3, *input_size), dtype=torch.uint8,
+                               generator=generator)
+        x = to_model_input(images, "cpu")
+        with torch.no_grad():
+            expected = backbone(x)
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        worst = max(worst, float((torch.from_numpy(got) - expected).abs().max()))
+        count += size
+    return worst, count
+
+
+def export_onnx(
+    run: str | Path,
+    out: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: str | int = "dynamic",
+    seed: int = 0,
+) -> OnnxExport:
+    """Export a run's backbone (fp32, eval mode) to ``out`` and verify it with onnxruntime.
+
+    The file is written to a temporary sibling and renamed into place only after the
+    metadata is added, the model passes ``onnx.checker`` and onnxruntime's embeddings of
+    random images are within `PARITY_TOLERANCE` of torch's.
+    """
+    onnx, ort = require_onnx()
+    fixed = _parse_batch(batch)
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder of --onnx {out} does not exist")
+    trained = load_trained(run, "cpu")
+    backbone = trained.backbone.float().eval()
+    example = torch.zeros((fixed or 2, 3, *trained.input_size))
+    temporary = temporary_sibling(out)
+    try:
+        _torch_export(backbone, temporary, example, opset, dynamic=fixed is None)
+        model = onnx.load(str(temporary))
+        metadata = model_metadata(trained)
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model)
+        onnx.save(model, str(temporary))
+        sizes = [fixed] if fixed else [1, 4]
+        worst, count = _parity(backbone, _session(temporary, ort), sizes, trained.input_size, seed)
+        if not worst <= PARITY_TOLERANCE:
+            raise UserError(
+                f"the ONNX export of {trained.checkpoint_path} differs from torch by "
+                f"{worst:.2e} (> {PARITY_TOLERANCE:g}) on random images; nothing was written"
+            )
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return OnnxExport(
+        path=out, opset=opset, batch=fixed, input_size=trained.input_size,
+        embedding_dim=trained.recipe.model.embedding_dim, max_abs_diff=worst,
+        checked_images=count, metadata=metadata,
+    )
+
+
+class OnnxBackbone(nn.Module):
+    """An ``.onnx`` embedding model run by onnxruntime on the CPU, used like a backbone:
+    float ``(B, 3, H, W)`` -> ``(B, d)`` on the input's device. A model exported with a fixed
+    batch size gets its input in chunks of that size (the last one padded)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        _, ort = require_onnx()
+        self.path = Path(path)
+        try:
+            self.session = _session(self.path, ort)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise UserError(f"{self.path} is not a readable ONNX model ({first})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = inputs[0].shape
+        if len(inputs) != 1 or len(outputs) < 1 or len(shape) != 4 or shape[1] != 3:
+            raise UserError(f"{self.path} is not an embedding model (one N x 3 x H x W input)")
+        if not all(isinstance(n, int) for n in shape[2:]):
+            raise UserError(f"{self.path} has no fixed input height and width")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        self.input_size = (int(shape[2]), int(shape[3]))
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _run(self, array: Any) -> Any:
+        return self.session.run([self.output_name], {self.input_name: array})[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().float().contiguous().cpu().numpy()
+        if self.fixed_batch is None:
+            return torch.from_numpy(self._run(array)).to(x.device)
+        n, step = array.shape[0], self.fixed_batch
+        parts = []
+        for start in range(0, n, step):
+            chunk = torch.from_numpy(array[start : start + step])
+            padded = torch.cat([chunk, chunk.new_zeros((step - len(chunk), *chunk.shape[1:]))])
+            parts.append(torch.from_numpy(self._run(padded.numpy()))[: len(chunk)])
+        return torch.cat(parts).to(x.device)
+
+
+def load_onnx(path: str | Path) -> Trained:
+    """An ``.onnx`` file as a `Trained` model (no head). Its recipe is the one stored by
+    `export_onnx`; a model from elsewhere gets a recipe with no eval sets, so ``eqm eval``
+    asks for ``--lfw``/``--pairs``. Results of ``eqm eval`` go beside the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX model not found: {path}")
+    backbone = OnnxBackbone(path)
+    stored = backbone.metadata.get(RECIPE_KEY)
+    if stored:
+        recipe = recipe_from_state({"recipe": stored}, str(path))
+    else:
+        recipe = Recipe(eval=EvalSection(sets=[]))
+    return Trained(
+        backbone=backbone, head=None, recipe=recipe, run_dir=path.parent, checkpoint_path=path,
+        input_size=backbone.input_size, epoch=0, step=0,
+    )

@@ -1,0 +1,188 @@
+"""`eqm import insightface` / `eqm export --insightface`: arcface_torch weights in and out.
+
+The arcface_torch stand-ins (``tests/interop_helpers.py``) are independent modules with
+InsightFace's parameter names and architecture; their ``state_dict`` is what a
+``backbone.pth`` holds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eqmcli.checkpoint import load_checkpoint
+from eqmcli.rundir import load_trained
+
+sys.path.insert(0, str(Path(__file__).parent))
+from interop_helpers import (  # noqa: E402
+    ArcIResNet,
+    ArcMobileFaceNet,
+    invoke,
+    randomized,
+    write_images,
+)
+
+REFERENCES = {"r18": lambda: ArcIResNet((2, 2, 2, 2)), "mbf": ArcMobileFaceNet}
+
+
+def save_reference(tmp_path: Path, arch: str, seed: int = 0) -> tuple[torch.nn.Module, Path]:
+    net = randomized(REFERENCES[arch](), seed)
+    path = tmp_path / f"{arch}_backbone.pth"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+@pytest.mark.parametrize("arch", ["r18", "mbf"])
+def test_imported_model_gives_insightface_embeddings(tmp_path: Path, arch: str) -> None:
+    """Same images, same embeddings as the arcface_torch-named module (max |Δ| <= 1e-5 fp32)."""
+    reference, weights = save_reference(tmp_path, arch)
+    run = tmp_path / "run"
+    code, out = invoke("import", "insightface", weights, "--arch", arch, "--out", run)
+    assert code == 0, out
+    images = write_images(tmp_path / "images", 4)
+    code, out = invoke("embed", run, tmp_path / "images", "--out", tmp_path / "f.npy", "--raw",
+                       "--device", "cpu")
+    assert code == 0, out
+    ours = torch.from_numpy(np.load(tmp_path / "f.npy"))
+    listed = (tmp_path / "f.paths.txt").read_text().split()
+    assert listed == [str(p) for p in images]
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(p))) for p in images])
+    x = (pixels.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5  # InsightFace: RGB, mean/std 0.5
+    with torch.no_grad():
+        theirs = reference(x)
+    assert ours.dtype == torch.float32 and ours.shape == theirs.shape
+    assert float((ours - theirs).abs().max()) <= 1e-5
+    recipe = load_trained(run).recipe
+    assert recipe.model.preprocessing.color_order == "rgb"
+    assert (recipe.model.preprocessing.mean, recipe.model.preprocessing.std) == (0.5, 0.5)
+    assert (run / "imported.json").is_file() and (run / "recipe.yaml").is_file()
+
+
+def write_shards(folder: Path, centres: torch.Tensor, world: int) -> None:
+    """Partial FC's split: rank r holds C // W + (r < C % W) consecutive rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    total = centres.shape[0]
+    start = 0
+    for rank in range(world):
+        rows = total // world + int(rank < total % world)
+        shard = {
+            "epoch": 3, "global_step": 100,
+            "state_dict_softmax_fc": {"weight": centres[start : start + rows].clone()},
+            "state_optimizer": {}, "state_lr_scheduler": {"last_epoch": 3},
+        }
+        torch.save(shard, folder / f"checkpoint_gpu_{rank}.pt")
+        start += rows
+
+
+@pytest.mark.parametrize("world", [3, 11])
+def test_head_shards_are_reassembled_in_rank_order(tmp_path: Path, world: int) -> None:
+    """3 shards, and 11 (where file-name order 0, 1, 10, 2, ... is not rank order)."""
+    _, weights = save_reference(tmp_path, "mbf")
+    centres = torch.randn(3 * world + 2, 512, generator=torch.Generator().manual_seed(1))
+    write_shards(tmp_path / "shards", centres, world)
+    run = tmp_path / "run"
+    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out", run,
+                       "--head", str(tmp_path / "shards" / "checkpoint_gpu_*.pt"))
+    assert code == 0, out
+    head = load_trained(run).head
+    assert head is not None and torch.equal(head.weight.detach(), centres)
+    assert f"{centres.shape[0]:,} class centres from {world} shard(s)" in out
+
+
+def test_missing_shard_or_foreign_rows_are_refused(tmp_path: Path) -> None:
+    _, weights = save_reference(tmp_path, "mbf")
+    write_shards(tmp_path / "shards", torch.randn(10, 512), 3)
+    (tmp_path / "shards" / "checkpoint_gpu_1.pt").unlink()
+    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out",
+                       tmp_path / "run", "--head", tmp_path / "shards")
+    assert code == 2 and "checkpoint_gpu_1.pt" in out and "missing" in out
+    write_shards(tmp_path / "shards", torch.randn(10, 512), 3)
+    torch.save({"state_dict_softmax_fc": {"weight": torch.randn(1, 512)}},
+               tmp_path / "shards" / "checkpoint_gpu_0.pt")
+    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out",
+                       tmp_path / "run", "--head", tmp_path / "shards")
+    assert code == 2 and "checkpoint_gpu_0.pt: rank 0 holds 1 class centres" in out
+    assert not (tmp_path / "run").exists(), "nothing is written for a refused import"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ("drop", "'layers.3.layers.1.layers.0.layers.1.running_mean' is missing"),
+        ("extra", "unknown tensor 'projection.weight'"),
+        ("shape", "tensor 'features.layers.2.weight' has shape (128, 512)"),
+    ],
+)
+def test_missing_extra_or_misshaped_tensor_is_refused_by_name(
+    tmp_path: Path, change: str, named: str
+) -> None:
+    net = randomized(ArcMobileFaceNet())
+    state = net.state_dict()
+    if change == "drop":
+        del state["layers.3.layers.1.layers.0.layers.1.running_mean"]
+    elif change == "extra":
+        state["projection.weight"] = torch.zeros(4, 4)
+    else:
+        state["features.layers.2.weight"] = torch.zeros(128, 512)
+    torch.save(state, tmp_path / "bad.pth")
+    run = tmp_path / "run"
+    code, out = invoke("import", "insightface", tmp_path / "bad.pth", "--arch", "mbf", "--out", run)
+    assert code == 2 and named in out and "Traceback" not in out
+    assert not run.exists()
+
+
+def test_missing_batchnorm_counters_are_accepted(tmp_path: Path) -> None:
+    """num_batches_tracked has no effect on the function; some exported files drop it."""
+    net = randomized(ArcMobileFaceNet())
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")
+    code, out = invoke("import", "insightface", tmp_path / "ddp.pth", "--arch", "mbf", "--out",
+                       tmp_path / "run")
+    assert code == 0, out
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    _, weights = save_reference(tmp_path, "mbf")
+    code, out = invoke("import", "insightface", weights, "--arch", "r200", "--out", tmp_path / "a")
+    assert code == 2 and "--arch 'r200' is not one of r18, r34, r50, r100, mbf" in out
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out",
+                       tmp_path / "taken")
+    assert code == 2 and "not an empty folder" in out
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    code, out = invoke("import", "insightface", tmp_path / "none.pth", "--arch", "mbf", "--out",
+                       tmp_path / "b")
+    assert code == 2 and "none.pth" in out
+
+
+def test_export_insightface_is_the_inverse_mapping(tmp_path: Path) -> None:
+    net, weights = save_reference(tmp_path, "mbf")
+    run = tmp_path / "run"
+    assert invoke("import", "insightface", weights, "--arch", "mbf", "--out", run)[0] == 0
+    code, out = invoke("export", run, "--insightface", tmp_path / "back.pth")
+    assert code == 0, out
+    exported = torch.load(tmp_path / "back.pth", weights_only=True)
+    original = net.state_dict()
+    assert set(exported) == set(original)
+    assert all(torch.equal(exported[k], original[k]) for k in original)
+    reloaded = ArcMobileFaceNet()
+    reloaded.load_state_dict(exported)  # strict: loads into arcface_torch's module tree
+
+
+def test_input_size_mismatch_names_the_tensor_and_export_needs_a_target(tmp_path: Path) -> None:
+    _, weights = save_reference(tmp_path, "mbf")
+    run = tmp_path / "run"
+    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out", run,
+                       "--input-size", "64")  # the 7x7 GDC kernel does not fit 64 px
+    assert code == 2 and "'features.layers.0.layers.0.weight' has shape (512, 1, 7, 7)" in out
+    assert invoke("import", "insightface", weights, "--arch", "mbf", "--out", run)[0] == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["input_size"] == [112, 112] and "head" not in state
+    code, out = invoke("export", run)
+    assert code == 2 and "--onnx" in out and "--insightface" in out
