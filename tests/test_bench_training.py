@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eqmcli.benchmarks.head_cost import benchmark_head_cost, estimate_bytes, parse_classes
-from eqmcli.benchmarks.suite import run_all
-from eqmcli.benchmarks.training import TrainConfig, benchmark_training, default_configs
 from eqmcli.cli import app
 from eqmcli.errors import UserError
+from eqmcli.perf.head_cost import benchmark_head_cost, estimate_bytes, parse_classes
+from eqmcli.perf.suite import run_all
+from eqmcli.perf.training import TrainConfig, benchmark_training, default_configs
 
 TINY_TRAIN = ["--backbone", "tiny", "--size", "24", "--batch", "4", "--classes", "10",
               "--steps", "1", "--warmup", "0", "--device", "cpu", "--no-compile"]
@@ -134,3 +134,14 @@ def test_cli_bench_extract_reports_images_per_second():
     )
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and "tiny 24x24" in result.output
+
+
+def test_cli_bench_head_memory_halves_per_rank_bytes(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    result = CliRunner().invoke(app, ["bench", "head-memory", "--classes", "64", "--dim", "8",
+                                      "--batch", "8", "--world-sizes", "1,2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["world_size"] for r in rows] == [1, 2] and [r["classes"] for r in rows] == [64, 32]
+    assert rows[0]["weight_bytes"] == 64 * 8 * 4 == 2 * rows[1]["weight_bytes"]
+    assert rows[1]["momentum_bytes"] == rows[1]["grad_bytes"] == rows[1]["weight_bytes"]

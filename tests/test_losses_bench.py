@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eqmcli.benchmarks.heads import benchmark_heads
 from eqmcli.cli import app
 from eqmcli.errors import UserError
+from eqmcli.perf.heads import benchmark_heads
 
 
 def test_benchmark_rows_are_relative_to_normface_measured_in_the_same_run() -> None:

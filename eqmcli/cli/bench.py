@@ -1,18 +1,150 @@
-"""`eqm bench ...`: micro-benchmarks (loss heads; more subcommands join this sub-app)."""
+"""`eqm bench ...`: parse options, call one `eqmcli.perf` function, render its tables here."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.table import Table
 
 from eqmcli.cli.common import console, user_errors
+from eqmcli.devices import resolve_device
+from eqmcli.errors import UserError
+from eqmcli.perf.extraction import benchmark_extraction
+from eqmcli.perf.head_cost import HeadCostResult, benchmark_head_cost, parse_classes
+from eqmcli.perf.head_memory import HeadMemoryRow, measure_head_memory
+from eqmcli.perf.heads import benchmark_heads
+from eqmcli.perf.pipeline import pipeline_benchmark, results_to_dict
+from eqmcli.perf.suite import PartResult, run_all
+from eqmcli.perf.training import TrainBenchResult, benchmark_training
 
 app = typer.Typer(help="Micro-benchmarks: time the building blocks.", no_args_is_help=True)
 
+CLOCK_HELP = "wall, or cpu (this process's CPU time: steadier on a busy host)"
+MIB = 2**20
 
+
+# ------------------------------------------------------------------------ tables
+def heads_table(payload: dict[str, Any]) -> Table:
+    """Loss heads: ms per fwd+bwd and the ratio to NormFace."""
+    s = payload["settings"]
+    clock = f"{s['clock']} clock, " if "clock" in s else ""
+    table = Table(
+        title=f"Loss heads, fwd+bwd: C={s['num_classes']}, d={s['embedding_dim']}, "
+        f"B={s['batch_size']}, {clock}median of {s['repeats']} interleaved rounds"
+    )
+    for name in ("head", "ms / step", "vs normface"):
+        table.add_column(name, justify="left" if name == "head" else "right")
+    for row in payload["rows"]:
+        table.add_row(row["name"], f"{row['ms']:.1f}", f"{row['ratio']:.2f}x")
+    return table
+
+
+def pipeline_table(summary: dict[str, Any]) -> Table:
+    """Input pipeline: images/s per source and worker count."""
+    s = summary.get("settings", {})
+    size = s.get("image_size", 112)
+    table = Table(
+        title=f"Input pipeline: {size}x{size} JPEGs, {summary['cpus']} CPUs "
+        f"(default workers: {summary['default_num_workers']})"
+    )
+    for name in ("source", "workers", "images/s"):
+        table.add_column(name, justify="left" if name == "source" else "right")
+    for r in summary["results"]:
+        mark = " (default)" if r["is_default"] else ""
+        table.add_row(r["source"], f"{r['num_workers']}{mark}", f"{r['images_per_s']:,.0f}")
+    return table
+
+
+def train_table(result: TrainBenchResult) -> Table:
+    """Training step: one row per configuration, ratios against eager fp32."""
+    s, env = result.settings, result.environment
+    table = Table(
+        title=f"Training step: {s['backbone']} {s['size'][0]}x{s['size'][1]} + {s['head']} "
+        f"(C={s['classes']}), batch {s['batch']}, {env['device_name']} ({env['device']}), "
+        f"{s['threads']} thread(s), {s['clock']} clock, median of {s['steps']} interleaved steps"
+    )
+    for name, justify in (("config", "left"), ("ms / step", "right"), ("images/s", "right"),
+                          ("vs fp32 eager", "right"), ("first loss", "right"),
+                          ("warm-up s", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in result.rows:
+        if row.skipped:
+            table.add_row(row.config, "-", "-", "skipped", "-", "-")
+            continue
+        loss = f"{row.first_loss:.4f}" if row.loss_finite else "[red]non-finite[/]"
+        table.add_row(
+            row.config, f"{row.ms_per_step:.1f}", f"{row.images_per_s:,.0f}",
+            f"{row.speedup:.2f}x", loss, f"{row.warmup_s:.1f}",
+        )
+    return table
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:,.0f}"
+
+
+def head_cost_table(result: HeadCostResult) -> Table:
+    """Head cost: ms and MiB per class count."""
+    s, env = result.settings, result.environment
+    table = Table(
+        title=f"Head cost, fwd+bwd: {s['head']}, d={s['dim']}, B={s['batch']}, "
+        f"{env['device_name']} ({env['device']}), median of {s['repeats']}; MiB"
+    )
+    for name in ("classes", "ms / step", "W", "grad W", "saved for bwd", "peak", "estimate"):
+        table.add_column(name, justify="right")
+    for row in result.rows:
+        if row.skipped:
+            table.add_row(f"{row.classes:,}", "skipped", "-", "-", "-", "-",
+                          _mib(row.estimated_bytes))
+            continue
+        table.add_row(
+            f"{row.classes:,}", f"{row.ms:.1f}", _mib(row.weight_bytes), _mib(row.grad_bytes),
+            _mib(row.saved_bytes), _mib(row.peak_bytes), _mib(row.estimated_bytes),
+        )
+    return table
+
+
+def head_memory_table(rows: list[HeadMemoryRow], classes: int, dim: int, batch: int) -> Table:
+    """Sharded head: MiB per rank (largest shard) for each world size."""
+    table = Table(title=f"Sharded EqM head per rank: C={classes:,}, d={dim}, global batch "
+                        f"{batch}, fp32, MiB on the rank with the largest shard")
+    for name in ("ranks", "classes", "weight", "momentum", "grad", "activations", "total",
+                 "x 1 rank"):
+        table.add_column(name, justify="right")
+    first = rows[0].total_bytes * rows[0].world_size if rows else 1
+    for row in rows:
+        table.add_row(
+            str(row.world_size), f"{row.classes:,}", *(f"{b / MIB:,.1f}" for b in (
+                row.weight_bytes, row.momentum_bytes, row.grad_bytes, row.activation_bytes,
+                row.total_bytes)), f"{row.total_bytes / first:.3f}",
+        )
+    return table
+
+
+PART_TABLES = {
+    "pipeline": pipeline_table,
+    "heads": heads_table,
+}
+
+
+def _write_json(json_path: Path | None, payload: dict) -> None:
+    """Write `payload` as indented JSON to `json_path` (when given) and say so."""
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"wrote {json_path}")
+
+
+def _notes(notes: list[str], prefix: str = "note") -> None:
+    for note in notes:
+        console.print(f"{prefix}: {note}", highlight=False)
+
+
+# ---------------------------------------------------------------------- commands
 @app.command("heads")
 @user_errors
 def heads_command(
@@ -27,48 +159,23 @@ def heads_command(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)"
     ),
-    clock: str = typer.Option(
-        "wall", "--clock", help="wall, or cpu (this process's CPU time: steadier on a busy host)"
-    ),
+    clock: str = typer.Option("wall", "--clock", help=CLOCK_HELP),
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
     """Forward+backward time of each loss head relative to NormFace, same inputs."""
-    from rich.table import Table
-
-    from eqmcli.benchmarks.heads import benchmark_heads
-
     started = time.perf_counter()
     rows = benchmark_heads(
-        head,
-        num_classes=classes,
-        embedding_dim=dim,
-        batch_size=batch,
-        device=device,
-        repeats=repeats,
-        threads=threads,
-        clock=clock,
+        head, num_classes=classes, embedding_dim=dim, batch_size=batch, device=device,
+        repeats=repeats, threads=threads, clock=clock,
     )
     elapsed = time.perf_counter() - started
-    table = Table(
-        title=f"Loss heads, fwd+bwd: C={classes}, d={dim}, B={batch}, {device}, "
-        f"{clock} clock, median of {repeats} interleaved rounds"
-    )
-    table.add_column("head")
-    table.add_column("ms / step", justify="right")
-    table.add_column("vs normface", justify="right")
-    for row in rows:
-        table.add_row(row.name, f"{row.ms:.1f}", f"{row.ratio:.2f}x")
-    console.print(table)
+    settings = {"num_classes": classes, "embedding_dim": dim, "batch_size": batch,
+                "repeats": repeats, "clock": clock}
+    console.print(heads_table({"settings": settings, "rows": [r.to_dict() for r in rows]}))
     console.print(f"benchmark took {elapsed:.1f} s")
     payload = {
-        "classes": classes,
-        "dim": dim,
-        "batch": batch,
-        "device": device,
-        "repeats": repeats,
-        "threads": threads,
-        "clock": clock,
-        "seconds": elapsed,
+        "classes": classes, "dim": dim, "batch": batch, "device": device, "repeats": repeats,
+        "threads": threads, "clock": clock, "seconds": elapsed,
         "rows": [row.to_dict() for row in rows],
     }
     _write_json(json_path, payload)
@@ -87,17 +194,9 @@ def pipeline_command(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="keep/reuse the generated data here (default: a temp folder)"
     ),
-    clock: str = typer.Option(
-        "wall", "--clock", help="wall, or cpu (this process's CPU time: steadier on a busy host)"
-    ),
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
     """Input-pipeline images/s from a .rec and an image folder of JPEGs, per worker count."""
-
-    from eqmcli.benchmarks.pipeline import pipeline_benchmark, results_to_dict
-    from eqmcli.benchmarks.suite import pipeline_table
-    from eqmcli.errors import UserError
-
     try:
         counts = [int(w) for w in workers.split(",")] if workers else None
     except ValueError:
@@ -108,21 +207,11 @@ def pipeline_command(
         counts, num_images=images, batch_size=batch, image_size=size, epochs=epochs, root=data_dir
     )
     summary = results_to_dict(results)
+    summary["settings"] = {"num_images": images, "batch_size": batch, "image_size": size}
     table = pipeline_table(summary)
-    table.title = (
-        f"Input pipeline: {images} JPEGs of {size}x{size}, batch {batch}, "
-        f"{summary['cpus']} CPUs (default workers: {summary['default_num_workers']})"
-    )
+    table.title = f"{table.title}; {images} images, batch {batch}"
     console.print(table)
     _write_json(json_path, summary)
-
-
-def _write_json(json_path: Path | None, payload: dict) -> None:
-    """Write `payload` as indented JSON to `json_path` (when given) and say so."""
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2) + "\n")
-        console.print(f"wrote {json_path}")
 
 
 @app.command("train")
@@ -155,21 +244,16 @@ def train_command(
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads for torch (default: torch's choice)"
     ),
-    clock: str = typer.Option(
-        "wall", "--clock", help="wall, or cpu (this process's CPU time: steadier on a busy host)"
-    ),
+    clock: str = typer.Option("wall", "--clock", help=CLOCK_HELP),
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
-    """Training images/s (backbone + head + SGD) per precision / channels_last / compile."""
-    from eqmcli.benchmarks.training import benchmark_training, train_table
-
+    """Images/s of the training step `eqm train` runs, per precision / channels_last / compile."""
     result = benchmark_training(
         backbone=backbone, head=head, classes=classes, batch=batch, size=size, steps=steps,
         warmup=warmup, device=device, include_compile=compile_, threads=threads, clock=clock,
     )
     console.print(train_table(result))
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+    _notes(result.notes)
     console.print(f"benchmark took {result.seconds:.1f} s")
     _write_json(json_path, result.to_dict())
 
@@ -188,16 +272,33 @@ def head_cost_command(
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
     """Head-only fwd+bwd time and peak memory for large C (sizes that do not fit are skipped)."""
-    from eqmcli.benchmarks.head_cost import benchmark_head_cost, head_cost_table, parse_classes
-
     result = benchmark_head_cost(
         parse_classes(classes), head=head, dim=dim, batch=batch, device=device, repeats=repeats
     )
     console.print(head_cost_table(result))
     console.print(f"peak memory: {result.peak_method}", highlight=False)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
+    _notes(result.notes)
     _write_json(json_path, result.to_dict())
+
+
+@app.command("head-memory")
+@user_errors
+def head_memory_command(
+    classes: int = typer.Option(85_742, "--classes", help="number of classes C (MS1M)"),
+    dim: int = typer.Option(512, "--dim", help="embedding dimension d"),
+    batch: int = typer.Option(512, "--batch", help="global batch (all ranks)"),
+    world_sizes: str = typer.Option("1,2,4", "--world-sizes", help="comma-separated rank counts"),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
+) -> None:
+    """Per-rank bytes of the class-sharded head (CPU processes with Gloo)."""
+    try:
+        sizes = tuple(int(n) for n in world_sizes.split(","))
+    except ValueError:
+        raise UserError(f"--world-sizes {world_sizes!r} is not a comma-separated list") from None
+    rows = measure_head_memory(classes, dim, batch, sizes)
+    console.print(head_memory_table(rows, classes, dim, batch))
+    _write_json(json_path, {"benchmark": "head-memory", "classes": classes, "dim": dim,
+                            "batch": batch, "rows": [row.to_dict() for row in rows]})
 
 
 @app.command("all")
@@ -210,16 +311,19 @@ def all_command(
     json_path: Path | None = typer.Option(None, "--json", help="write the combined JSON here"),
 ) -> None:
     """Every benchmark with device-appropriate settings: one table per part, one JSON."""
-    from eqmcli.benchmarks.suite import run_all
 
-    def report(part: str, table: object) -> None:
-        console.print(table)
+    def report(part: str, result: PartResult) -> None:
+        if isinstance(result, TrainBenchResult):
+            console.print(train_table(result))
+        elif isinstance(result, HeadCostResult):
+            console.print(head_cost_table(result))
+        else:
+            console.print(PART_TABLES[part](result))
 
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
     combined = run_all(device, parts=chosen, report=report)
     for part, payload in combined["parts"].items():
-        for note in payload.get("notes", []):
-            console.print(f"note ({part}): {note}", highlight=False)
+        _notes(payload.get("notes", []), f"note ({part})")
     console.print(f"benchmark took {combined['seconds']:.1f} s")
     _write_json(json_path, combined)
 
@@ -235,9 +339,6 @@ def extract_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
 ) -> None:
     """Embedding-extraction images/s (what `eqm eval` and `eqm analyze` spend their time on)."""
-    from eqmcli.devices import resolve_device
-    from eqmcli.embed import benchmark_extraction
-
     resolved = resolve_device(device)
     rate = benchmark_extraction(
         backbone, input_size=(size, size), batch_size=batch, batches=batches,

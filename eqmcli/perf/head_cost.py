@@ -24,6 +24,7 @@ running out of memory.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,8 @@ import torch
 
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
+from eqmcli.losses import build_head, canonical_name
+from eqmcli.perf.timing import environment
 
 DEFAULT_CLASSES: tuple[int, ...] = (10575, 85742, 1_000_000)
 """CASIA-WebFace, MS1M(-ArcFace), and a million identities."""
@@ -99,8 +102,6 @@ def available_bytes(device: torch.device) -> int:
     fields = _proc_kib(Path("/proc/meminfo"), ("MemAvailable",))
     if "MemAvailable" in fields:
         return int(fields["MemAvailable"] * 1024 * CPU_MEMORY_FRACTION)
-    import os
-
     pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return int(pages * CPU_MEMORY_FRACTION)
 
@@ -160,9 +161,6 @@ def benchmark_head_cost(
     seed: int = 0,
 ) -> HeadCostResult:
     """Time and memory of `head`'s fwd+bwd for each class count (see the module docstring)."""
-    from eqmcli.benchmarks.training import environment
-    from eqmcli.losses import canonical_name
-
     started = time.perf_counter()
     canonical_name(head)
     for name, value, minimum in (("dim", dim, 1), ("batch", batch, 1), ("repeats", repeats, 1),
@@ -217,8 +215,6 @@ def _measure(
     method: str,
 ) -> None:
     """Fill `row` with the time and memory of one class count."""
-    from eqmcli.losses import build_head
-
     cuda = device.type == "cuda"
     embeddings = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
     labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
@@ -276,31 +272,3 @@ def _measure(
     row.saved_bytes = sum(saved.values())
     row.ms = statistics.median(times)
     row.samples = len(times)
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:,.0f}"
-
-
-def head_cost_table(result: HeadCostResult) -> Any:
-    """A rich Table of a `HeadCostResult` (one row per class count; sizes in MiB)."""
-    from rich.table import Table
-
-    s, env = result.settings, result.environment
-    table = Table(
-        title=f"Head cost, fwd+bwd: {s['head']}, d={s['dim']}, B={s['batch']}, "
-        f"{env['device_name']} ({env['device']}), median of {s['repeats']}; MiB"
-    )
-    for name in ("classes", "ms / step", "W", "grad W", "saved for bwd", "peak",
-                 "estimate"):
-        table.add_column(name, justify="right")
-    for row in result.rows:
-        if row.skipped:
-            table.add_row(f"{row.classes:,}", "skipped", "-", "-", "-", "-",
-                          _mib(row.estimated_bytes))
-            continue
-        table.add_row(
-            f"{row.classes:,}", f"{row.ms:.1f}", _mib(row.weight_bytes), _mib(row.grad_bytes),
-            _mib(row.saved_bytes), _mib(row.peak_bytes), _mib(row.estimated_bytes),
-        )
-    return table

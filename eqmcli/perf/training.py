@@ -23,7 +23,6 @@ with the reason, not an error.
 from __future__ import annotations
 
 import copy
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from torch import nn
 
 from eqmcli.devices import autocast, resolve_device
 from eqmcli.errors import UserError
+from eqmcli.perf.timing import environment, timing_setup
 
 #: settings used when an option is left out: (CUDA, CPU)
 CUDA_DEFAULTS: dict[str, Any] = {
@@ -120,31 +120,6 @@ class TrainBenchResult:
             "notes": self.notes,
             "seconds": self.seconds,
         }
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Device name, torch version, CPU threads: what makes runs comparable."""
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else (platform.processor() or platform.machine())
-    )
-    if device.type == "cpu":
-        try:
-            for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    return {
-        "device": str(device),
-        "device_name": name,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 def _sync(device: torch.device) -> None:
@@ -264,8 +239,6 @@ def benchmark_training(
     times this process's CPU seconds instead of wall seconds (steadier on a busy host,
     honest with `threads=1`; CPU only).
     """
-    from eqmcli.benchmarks import timing_setup
-
     with timing_setup(clock, threads) as timer:
         return _benchmark_training(
             backbone, head, classes, batch, size, steps, warmup, device, include_compile,
@@ -388,29 +361,3 @@ def _benchmark_training(
 
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
-
-
-def train_table(result: TrainBenchResult) -> Any:
-    """A rich Table of a `TrainBenchResult` (one row per configuration)."""
-    from rich.table import Table
-
-    s, env = result.settings, result.environment
-    table = Table(
-        title=f"Training step: {s['backbone']} {s['size'][0]}x{s['size'][1]} + {s['head']} "
-        f"(C={s['classes']}), batch {s['batch']}, {env['device_name']} ({env['device']}), "
-        f"{s['threads']} thread(s), {s['clock']} clock, median of {s['steps']} interleaved steps"
-    )
-    for name, justify in (("config", "left"), ("ms / step", "right"), ("images/s", "right"),
-                          ("vs fp32 eager", "right"), ("first loss", "right"),
-                          ("warm-up s", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for row in result.rows:
-        if row.skipped:
-            table.add_row(row.config, "-", "-", "skipped", "-", "-")
-            continue
-        loss = f"{row.first_loss:.4f}" if row.loss_finite else "[red]non-finite[/]"
-        table.add_row(
-            row.config, f"{row.ms_per_step:.1f}", f"{row.images_per_s:,.0f}",
-            f"{row.speedup:.2f}x", loss, f"{row.warmup_s:.1f}",
-        )
-    return table

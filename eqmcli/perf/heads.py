@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from eqmcli.benchmarks import timing_setup
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
 from eqmcli.losses import LOSS_NAMES, build_head, canonical_name
+from eqmcli.perf.timing import timing_setup
 
 BASELINE = "normface"
 

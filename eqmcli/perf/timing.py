@@ -1,10 +1,12 @@
-"""Micro-benchmarks behind `eqm bench ...` (each module exposes one core function)."""
+"""What every benchmark shares: the clock, the CPU thread count, the machine description."""
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -31,3 +33,28 @@ def timing_setup(clock: str, threads: int | None) -> Iterator[Callable[[], float
         yield CLOCKS[clock]
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device name, torch version, CPU threads: what makes runs comparable."""
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine())
+    )
+    if device.type == "cpu":
+        try:
+            for line in open("/proc/cpuinfo", encoding="utf-8"):  # noqa: SIM115
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }

@@ -19,6 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder
+from eqmcli.data.loader import available_cpus, default_num_workers, make_loader
+from eqmcli.data.record import RecordDataset, RecordFile, folder_to_record, read_layout
+
 
 @dataclass
 class PipelineResult:
@@ -60,8 +64,6 @@ def make_jpeg_folder(
 
 def time_loader(dataset: Any, *, num_workers: int, batch_size: int, epochs: int = 1) -> float:
     """Seconds to iterate ``epochs`` full epochs after one warm-up epoch (same workers)."""
-    from eqmcli.data.loader import make_loader
-
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers)
     for _ in loader:  # warm-up: start the (persistent) workers, fill the page cache
         pass
@@ -88,10 +90,6 @@ def pipeline_benchmark(
     ``workers`` defaults to 0..`default_num_workers()` (at least 0, 1, 2). ``root`` keeps
     the generated data there instead of a temporary folder.
     """
-    from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder
-    from eqmcli.data.loader import default_num_workers
-    from eqmcli.data.record import RecordDataset, RecordFile, folder_to_record, read_layout
-
     default = default_num_workers()
     counts = sorted(set(workers)) if workers is not None else list(range(max(default, 2) + 1))
     with tempfile.TemporaryDirectory(prefix="eqm-bench-") as tmp:
@@ -124,8 +122,6 @@ def pipeline_benchmark(
 
 def results_to_dict(results: Sequence[PipelineResult]) -> dict[str, Any]:
     """JSON-ready summary, with the machine's CPU count and the default worker count."""
-    from eqmcli.data.loader import available_cpus, default_num_workers
-
     return {
         "benchmark": "pipeline",
         "cpus": available_cpus(),

@@ -17,6 +17,12 @@ from typing import Any
 import torch
 
 from eqmcli.devices import resolve_device
+from eqmcli.errors import UserError
+from eqmcli.perf.head_cost import HeadCostResult, benchmark_head_cost
+from eqmcli.perf.heads import benchmark_heads
+from eqmcli.perf.pipeline import pipeline_benchmark, results_to_dict
+from eqmcli.perf.timing import environment
+from eqmcli.perf.training import TrainBenchResult, benchmark_training
 
 PARTS: tuple[str, ...] = ("pipeline", "train", "heads", "head-cost")
 
@@ -37,40 +43,10 @@ SUITE_SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
 }
 
-Reporter = Callable[[str, Any], None]
-"""Called with (part name, rich Table) as each part finishes."""
-
-
-def pipeline_table(summary: dict[str, Any]) -> Any:
-    """A rich Table of `eqmcli.benchmarks.pipeline.results_to_dict` output."""
-    from rich.table import Table
-
-    table = Table(
-        title=f"Input pipeline: 112x112 JPEGs, {summary['cpus']} CPUs "
-        f"(default workers: {summary['default_num_workers']})"
-    )
-    for name in ("source", "workers", "images/s"):
-        table.add_column(name, justify="left" if name == "source" else "right")
-    for r in summary["results"]:
-        mark = " (default)" if r["is_default"] else ""
-        table.add_row(r["source"], f"{r['num_workers']}{mark}", f"{r['images_per_s']:,.0f}")
-    return table
-
-
-def heads_table(payload: dict[str, Any]) -> Any:
-    """A rich Table of the heads part (ms per fwd+bwd and ratio to NormFace)."""
-    from rich.table import Table
-
-    s = payload["settings"]
-    table = Table(
-        title=f"Loss heads, fwd+bwd: C={s['num_classes']}, d={s['embedding_dim']}, "
-        f"B={s['batch_size']}, median of {s['repeats']} interleaved rounds"
-    )
-    for name in ("head", "ms / step", "vs normface"):
-        table.add_column(name, justify="left" if name == "head" else "right")
-    for row in payload["rows"]:
-        table.add_row(row["name"], f"{row['ms']:.1f}", f"{row['ratio']:.2f}x")
-    return table
+PartResult = TrainBenchResult | HeadCostResult | dict[str, Any]
+Reporter = Callable[[str, PartResult], None]
+"""Called with (part name, its result) as each part finishes: a `TrainBenchResult` for
+"train", a `HeadCostResult` for "head-cost", the JSON-ready payload for the others."""
 
 
 def run_all(
@@ -83,14 +59,8 @@ def run_all(
     """Run `parts` with the device's settings; returns the JSON-ready combined result.
 
     `overrides` replaces keyword arguments of a part (e.g. tiny settings in tests);
-    `report(part, table)` is called as each part finishes. Times are seconds.
+    `report(part, result)` is called as each part finishes. Times are seconds.
     """
-    from eqmcli.benchmarks.head_cost import benchmark_head_cost, head_cost_table
-    from eqmcli.benchmarks.heads import benchmark_heads
-    from eqmcli.benchmarks.pipeline import pipeline_benchmark, results_to_dict
-    from eqmcli.benchmarks.training import benchmark_training, environment, train_table
-    from eqmcli.errors import UserError
-
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(
@@ -108,24 +78,25 @@ def run_all(
     for part in parts:
         kwargs = {**SUITE_SETTINGS[part][index], **(overrides or {}).get(part, {})}
         part_started = time.perf_counter()
-        if part == "pipeline":
-            payload = results_to_dict(pipeline_benchmark(None, **kwargs))
-            payload["settings"] = kwargs
-            table = pipeline_table(payload)
-        elif part == "train":
-            result = benchmark_training(device=str(target), **kwargs)
-            payload, table = result.to_dict(), train_table(result)
-        elif part == "heads":
-            rows = benchmark_heads(None, device=str(target), **kwargs)
-            payload = {"benchmark": "heads", "settings": kwargs,
-                       "rows": [row.to_dict() for row in rows]}
-            table = heads_table(payload)
-        else:
-            cost = benchmark_head_cost(device=str(target), **kwargs)
-            payload, table = cost.to_dict(), head_cost_table(cost)
+        result = _run_part(part, str(target), kwargs)
+        payload = result if isinstance(result, dict) else result.to_dict()
         payload["seconds"] = time.perf_counter() - part_started
         combined["parts"][part] = payload
         if report is not None:
-            report(part, table)
+            report(part, result)
     combined["seconds"] = time.perf_counter() - started
     return combined
+
+
+def _run_part(part: str, device: str, kwargs: dict[str, Any]) -> PartResult:
+    """One part's result (see `Reporter`)."""
+    if part == "pipeline":
+        payload = results_to_dict(pipeline_benchmark(None, **kwargs))
+        payload["settings"] = kwargs
+        return payload
+    if part == "train":
+        return benchmark_training(device=device, **kwargs)
+    if part == "heads":
+        rows = benchmark_heads(None, device=device, **kwargs)
+        return {"benchmark": "heads", "settings": kwargs, "rows": [row.to_dict() for row in rows]}
+    return benchmark_head_cost(device=device, **kwargs)

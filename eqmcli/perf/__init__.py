@@ -1,0 +1,1 @@
+"""Performance measurements behind `eqm bench ...` (timings and peak memory)."""
