@@ -348,3 +348,45 @@ def extract_command(
         f"{backbone} {size}x{size}, batch {batch}, {'flip-test' if flip else 'no flip'}, "
         f"{resolved}: {rate:,.1f} images/s"
     )
+
+
+@app.command("analysis")
+@user_errors
+def analysis_command(
+    classes: int = typer.Option(85742, "--classes", help="number of class centres C (MS1M)"),
+    dim: int = typer.Option(512, "--dim", help="embedding dimension d"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto"),
+    block: int | None = typer.Option(None, "--block", help="block side (default per device)"),
+    check: bool = typer.Option(
+        False, "--check/--no-check", help="also run the plain float64 search and compare"
+    ),
+    seed: int = typer.Option(0, "--seed", help="seed of the random centres"),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the result here"),
+) -> None:
+    """Time and peak extra memory of the per-class margin (nearest class centre) search."""
+    from rich.table import Table
+
+    from eqmcli.perf.analysis import benchmark_nearest_centers
+
+    result = benchmark_nearest_centers(
+        classes, dim, device=device, block=block, check=check, seed=seed
+    )
+    table = Table(
+        title=f"Nearest class centre of every class: C={classes:,}, d={dim}, {result.device}, "
+        f"{result.threads} threads, blocks of {result.block}"
+    )
+    for name in ("search", "wall s", "CPU s", "peak extra MiB", "classes differing"):
+        table.add_column(name, justify="left" if name == "search" else "right")
+    peak = result.peak_extra_bytes
+    table.add_row(
+        "float32 blocks + float64 re-check", f"{result.seconds:.1f}",
+        f"{result.cpu_seconds:.1f}", "-" if peak is None else f"{peak / 2**20:,.0f}", "",
+    )
+    if result.exact_seconds is not None:
+        table.add_row(
+            "plain float64 (reference)", f"{result.exact_seconds:.1f}",
+            f"{result.exact_cpu_seconds:.1f}", "", f"{result.mismatches:,}",
+        )
+    console.print(table)
+    console.print(f"peak memory: {result.peak_method}", highlight=False)
+    _write_json(json_path, result.to_dict())
