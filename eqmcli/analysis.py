@@ -21,6 +21,7 @@ measures the verification-time embedding f(x) + f(flip x) instead.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -30,9 +31,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
+from eqmcli.atomic import atomic_write, atomic_write_text
+from eqmcli.data import TrainData, build_train_data
+from eqmcli.devices import resolve_device
+from eqmcli.embed import extract_embeddings
 from eqmcli.errors import UserError
 from eqmcli.nearest import nearest_centers_cosine
+from eqmcli.recipe import Recipe
+from eqmcli.rundir import RunPaths, Trained, load_trained
 
 DEFAULT_T1 = 0.5
 """Hard-sample threshold (cosine) used when the run is not EqM and no --t1 is given."""
@@ -87,22 +95,26 @@ class PerClassTable:
         return int(self.class_id.shape[0])
 
     def to_csv(self, path: Path) -> None:
-        """Write one header line and one row per class (floats with 6 decimals)."""
+        """Write one header line and one row per class (floats with 6 decimals).
+
+        The file is written to a temporary sibling and renamed into place.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         names = self.columns()
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(names)
-            cols = [getattr(self, name) for name in names]
-            for i in range(len(self)):
-                row = []
-                for name, col in zip(names, cols, strict=True):
-                    value = col[i]
-                    if name in self.INT_COLUMNS:
-                        row.append(str(int(value)))
-                    else:
-                        row.append("" if math.isnan(value) else f"{float(value):.6f}")
-                writer.writerow(row)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(names)
+        cols = [getattr(self, name) for name in names]
+        for i in range(len(self)):
+            row = []
+            for name, col in zip(names, cols, strict=True):
+                value = col[i]
+                if name in self.INT_COLUMNS:
+                    row.append(str(int(value)))
+                else:
+                    row.append("" if math.isnan(value) else f"{float(value):.6f}")
+            writer.writerow(row)
+        atomic_write_text(path, text.getvalue())
 
     @classmethod
     def from_csv(cls, path: Path) -> PerClassTable:
@@ -388,8 +400,6 @@ def dataset_labels(dataset: Any) -> np.ndarray:
     Uses a `labels` or `targets` attribute (following `torch.utils.data.Subset` indices);
     otherwise reads every item (slow: it decodes each image once).
     """
-    from torch.utils.data import Subset
-
     if isinstance(dataset, Subset):
         return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
     for name in ("labels", "targets"):
@@ -451,9 +461,56 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def _train_centers(trained: Trained, train_data: TrainData) -> torch.Tensor:
+    """The head's class centres (C, d) float32 on the CPU, checked against the data."""
+    weight = getattr(trained.head, "weight", None) if trained.head is not None else None
+    if weight is None:
+        raise UserError(f"{trained.checkpoint_path} has no classification head to analyze")
+    centers = weight.detach().float().cpu()
+    if centers.shape[0] != train_data.num_classes:
+        raise UserError(
+            f"the head of {trained.checkpoint_path} has {centers.shape[0]} classes but the "
+            f"run's training data has {train_data.num_classes}"
+        )
+    class_sizes = np.asarray(train_data.class_sizes, dtype=np.int64)
+    if (class_sizes == 0).any():
+        raise _empty_class_error(np.flatnonzero(class_sizes == 0), " in the training data")
+    return centers
+
+
+def _split_dataset(train_data: TrainData, split: str) -> Any:
+    """The dataset of `split` ('train' or 'test'); a `UserError` when it is missing."""
+    if split == "train":
+        return train_data.dataset
+    if split != "test":
+        raise UserError(f"--split must be 'train' or 'test', got {split!r}")
+    if train_data.test_dataset is None or len(train_data.test_dataset) == 0:
+        raise UserError(
+            "the run's data has no test split; set data.train.test_images_per_class "
+            "(synthetic) or data.train.holdout_fraction (image-folder, record) and retrain, "
+            "or use --split train"
+        )
+    return train_data.test_dataset
+
+
+def _write_outputs(
+    out_dir: Path, table: PerClassTable, summary: dict[str, Any], features: dict | None
+) -> tuple[Path, Path, Path | None]:
+    """per_class.csv, summary.json and (when given) features.npz, each renamed into place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, summary_path = out_dir / "per_class.csv", out_dir / "summary.json"
+    table.to_csv(csv_path)
+    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    if features is None:
+        return csv_path, summary_path, None
+    features_path = out_dir / "features.npz"
+    atomic_write(features_path, lambda stream: np.savez_compressed(stream, **features))
+    return csv_path, summary_path, features_path
+
+
 def analyze_trained(
-    trained: Any,
-    train_data: Any,
+    trained: Trained,
+    train_data: TrainData,
     *,
     head_classes: int = 80,
     split: Literal["train", "test"] = "train",
@@ -466,59 +523,28 @@ def analyze_trained(
     chunk_size: int = 4096,
     progress: bool = True,
 ) -> AnalysisResult:
-    """Analyze an already loaded run (`eqmcli.rundir.Trained`) on its `TrainData`.
+    """Analyze an already loaded run on its `TrainData`.
 
     Embeds the chosen split, computes `per_class_statistics` with `n_images` = each class's
     training size, and writes `analysis/per_class.csv`, `analysis/summary.json` and (for
-    embedding dimension <= 3) `analysis/features.npz` under `trained.run_dir`.
+    embedding dimension <= 3) `analysis/features.npz` under `trained.run_dir` (the test
+    split: under `analysis/test/`).
     """
-    from torch.utils.data import Subset
-
-    from eqmcli.devices import resolve_device
-    from eqmcli.embed import extract_embeddings
-
     if head_classes < 1:
         raise UserError(f"--head-classes must be at least 1, got {head_classes}")
-    weight = getattr(trained.head, "weight", None) if trained.head is not None else None
-    if weight is None:
-        raise UserError(f"{trained.checkpoint_path} has no classification head to analyze")
-    centers = weight.detach().float().cpu()
-    num_classes = centers.shape[0]
-    if num_classes != train_data.num_classes:
-        raise UserError(
-            f"the head of {trained.checkpoint_path} has {num_classes} classes but the run's "
-            f"training data has {train_data.num_classes}"
-        )
-    class_sizes = np.asarray(train_data.class_sizes, dtype=np.int64)
-    if (class_sizes == 0).any():
-        raise _empty_class_error(np.flatnonzero(class_sizes == 0), " in the training data")
-
-    if split == "train":
-        dataset = train_data.dataset
-    elif split == "test":
-        dataset = train_data.test_dataset
-        if dataset is None or len(dataset) == 0:
-            raise UserError(
-                "the run's data has no test split; set data.train.test_images_per_class "
-                "(synthetic) or data.train.holdout_fraction (image-folder, record) and retrain, "
-                "or use --split train"
-            )
-    else:
-        raise UserError(f"--split must be 'train' or 'test', got {split!r}")
-
+    centers = _train_centers(trained, train_data)
+    dataset = _split_dataset(train_data, split)
     t1_value, t1_source = resolve_t1(trained, t1)
     labels = dataset_labels(dataset)
-    counts = np.bincount(labels, minlength=num_classes) if labels.size else np.zeros(num_classes)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise _empty_class_error(empty, f" in the {split} split")
+    counts = np.bincount(labels, minlength=centers.shape[0])
+    if (counts == 0).any():
+        raise _empty_class_error(np.flatnonzero(counts == 0), f" in the {split} split")
     indices = sample_per_class(labels, max_per_class, seed)
-    images = Subset(dataset, indices.tolist())
 
     torch_device = resolve_device(device) if isinstance(device, str) else device
     emb = extract_embeddings(
         trained.backbone,
-        images,
+        Subset(dataset, indices.tolist()),
         batch_size=batch_size,
         device=torch_device,
         input_size=trained.input_size,
@@ -527,24 +553,17 @@ def analyze_trained(
         progress=progress,
     )
     features = emb.flip if flip and emb.flip is not None else emb.plain
-    sample_labels = labels[indices]
+    class_sizes = np.asarray(train_data.class_sizes, dtype=np.int64)
     table = per_class_statistics(
-        features,
-        sample_labels,
-        centers,
-        t1=t1_value,
-        chunk_size=chunk_size,
-        class_sizes=class_sizes,
-        device=torch_device,
+        features, labels[indices], centers, t1=t1_value, chunk_size=chunk_size,
+        class_sizes=class_sizes, device=torch_device,
     )
-
-    recipe = trained.recipe
     summary: dict[str, Any] = {
         "run": str(trained.run_dir),
         "checkpoint": str(trained.checkpoint_path),
-        "loss": getattr(getattr(recipe, "loss", None), "name", None),
+        "loss": getattr(getattr(trained.recipe, "loss", None), "name", None),
         "split": split,
-        "num_classes": int(num_classes),
+        "num_classes": int(centers.shape[0]),
         "embedding_dim": int(centers.shape[1]),
         "samples": int(indices.size),
         "max_per_class": max_per_class,
@@ -555,26 +574,18 @@ def analyze_trained(
         "angles": "degrees",
         **summarize(table, head_classes=head_classes),
     }
-
-    # the training split is the default one; other splits get their own folder
-    out_dir = Path(trained.run_dir) / "analysis"
-    if split != "train":
-        out_dir = out_dir / split
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = out_dir / "per_class.csv"
-    summary_path = out_dir / "summary.json"
-    table.to_csv(csv_path)
-    summary_path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-    features_path = None
+    out_dir = RunPaths(Path(trained.run_dir)).analysis_dir
+    features_npz = None
     if centers.shape[1] <= 3:
-        features_path = out_dir / "features.npz"
-        np.savez_compressed(
-            features_path,
-            embeddings=_unit(_as_tensor(features)).numpy(),
-            labels=sample_labels,
-            centers=_unit(centers).numpy(),
-            class_sizes=class_sizes,
-        )
+        features_npz = {
+            "embeddings": _unit(_as_tensor(features)).numpy(),
+            "labels": labels[indices],
+            "centers": _unit(centers).numpy(),
+            "class_sizes": class_sizes,
+        }
+    csv_path, summary_path, features_path = _write_outputs(
+        out_dir if split == "train" else out_dir / split, table, summary, features_npz
+    )
     return AnalysisResult(
         table=table,
         summary=json.loads(json.dumps(summary, default=_json_default)),
@@ -583,6 +594,33 @@ def analyze_trained(
         summary_path=summary_path,
         features_path=features_path,
     )
+
+
+def train_source(recipe: Recipe, recipe_origin: Path, data_root: Path | None = None) -> Any:
+    """The run's `data.train` source, with its folder replaced by `data_root` when given.
+
+    A file-backed source (image-folder, record) whose folder does not exist is a
+    `UserError` that names the folder, where it was recorded and `--data-root`;
+    `data_root` for synthetic data (no files) is a `UserError` too.
+    """
+    source = recipe.data.train
+    root = getattr(source, "root", None)
+    if data_root is not None:
+        if root is None:
+            raise UserError(
+                f"--data-root {data_root} was given but the run's data.train is "
+                f"{source.kind} (rendered, no files)"
+            )
+        if not Path(data_root).is_dir():
+            raise UserError(f"--data-root {data_root} is not a folder")
+        return source.model_copy(update={"root": Path(data_root)})
+    if root is not None and not Path(root).is_dir():
+        where = "" if Path(root).is_absolute() else f" (relative to {Path.cwd()})"
+        raise UserError(
+            f"the run's training data folder {root}{where}, data.train.root in "
+            f"{recipe_origin}, does not exist; pass --data-root DIR to point at the data"
+        )
+    return source
 
 
 def analyze_run(
@@ -596,26 +634,25 @@ def analyze_run(
     seed: int = 0,
     flip: bool = False,
     batch_size: int = 256,
+    data_root: Path | None = None,
     progress: bool = True,
 ) -> AnalysisResult:
     """Load a run (directory or checkpoint), rebuild its training data and analyze it.
 
-    See `analyze_trained` for what is computed and written. A missing run directory, a
+    `data_root` replaces the run's `data.train.root` (its image folder or record folder),
+    e.g. when the recorded path was relative or the data moved. See `analyze_trained`
+    for what is computed and written. A missing run directory or data folder, a
     checkpoint without a head, an empty class or a missing test split is a `UserError`.
     """
     path = Path(run)
     if not path.exists():
         raise UserError(f"run directory or checkpoint not found: {path}")
-    from eqmcli.data import build_train_data
-    from eqmcli.devices import resolve_device
-    from eqmcli.rundir import load_trained
-
     torch_device = resolve_device(device)
     trained = load_trained(path, str(torch_device))
-    train_data = build_train_data(trained.recipe.data.train)
+    source = train_source(trained.recipe, trained.checkpoint_path, data_root)
     return analyze_trained(
         trained,
-        train_data,
+        build_train_data(source),
         head_classes=head_classes,
         split=split,
         max_per_class=max_per_class,
@@ -630,7 +667,7 @@ def analyze_run(
 
 def load_summary(run: str | Path) -> dict[str, Any]:
     """Read `RUN/analysis/summary.json` (a `UserError` naming the file when missing)."""
-    path = Path(run) / "analysis" / "summary.json"
+    path = RunPaths(Path(run)).analysis_dir / "summary.json"
     if not path.is_file():
         raise UserError(f"analysis summary not found: {path}; run 'eqm analyze {run}' first")
     return json.loads(path.read_text())

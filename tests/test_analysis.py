@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -200,9 +198,7 @@ def _stand_in_run(tmp_path, *, dim=3, classes=5, head=True, loss="eqm", test=Tru
 
 @pytest.fixture
 def fake_extract(monkeypatch):
-    import eqmcli.embed
-
-    monkeypatch.setattr(eqmcli.embed, "extract_embeddings", _fake_extract)
+    monkeypatch.setattr(analysis, "extract_embeddings", _fake_extract)
 
 
 def test_analyze_trained_writes_files_consistent_with_the_core(tmp_path, fake_extract):
@@ -256,9 +252,7 @@ def _invoke(args):
 
 @pytest.fixture
 def cli_run(tmp_path, monkeypatch, fake_extract):
-    """A run directory whose loading is served by stand-ins (patched rundir / data)."""
-    import eqmcli.rundir
-
+    """A run directory whose loading is served by stand-ins (patched loading / data)."""
     state = {}
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -266,12 +260,12 @@ def cli_run(tmp_path, monkeypatch, fake_extract):
     def load_trained(path, device="cpu"):
         return state["trained"]
 
-    data_module = sys.modules.get("eqmcli.data") or types.ModuleType("eqmcli.data")
-    monkeypatch.setitem(sys.modules, "eqmcli.data", data_module)
-    monkeypatch.setattr(
-        data_module, "build_train_data", lambda source: state["data"], raising=False
-    )
-    monkeypatch.setattr(eqmcli.rundir, "load_trained", load_trained)
+    def build_train_data(source):
+        state["source"] = source
+        return state["data"]
+
+    monkeypatch.setattr(analysis, "build_train_data", build_train_data)
+    monkeypatch.setattr(analysis, "load_trained", load_trained)
 
     def set_run(**kwargs):
         state["trained"], state["data"] = _stand_in_run(run, **kwargs)
@@ -335,3 +329,43 @@ def test_trained_run_matches_brute_force(tiny_recipe_path, tmp_path):
         np.testing.assert_allclose(getattr(table, key), ref[key], atol=1e-3, err_msg=key)
     np.testing.assert_array_equal(table.nearest_class, ref["nearest"])
     assert Path(result.summary_path).is_file()
+
+
+# ------------------------------------------------------------ --data-root (issue 10)
+def _folder_recipe(root: str):
+    from eqmcli.recipe import recipe_from_mapping
+
+    return recipe_from_mapping({"data": {"train": {"kind": "image-folder", "root": root,
+                                                   "holdout_fraction": 0.2}}})
+
+
+def test_relative_data_root_from_another_directory_names_data_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = _folder_recipe("faces")
+    with pytest.raises(UserError, match=r"faces \(relative to .*\).*--data-root DIR"):
+        analysis.train_source(recipe, tmp_path / "run/checkpoints/last.pt")
+
+
+def test_data_root_replaces_the_recorded_root(tmp_path):
+    (tmp_path / "moved").mkdir()
+    source = analysis.train_source(_folder_recipe("faces"), tmp_path / "x.pt", tmp_path / "moved")
+    assert source.root == tmp_path / "moved" and source.holdout_fraction == 0.2
+    with pytest.raises(UserError, match="--data-root .* is not a folder"):
+        analysis.train_source(_folder_recipe("faces"), tmp_path / "x.pt", tmp_path / "nope")
+    from eqmcli.recipe import Recipe
+
+    with pytest.raises(UserError, match="synthetic"):
+        analysis.train_source(Recipe(), tmp_path / "x.pt", tmp_path / "moved")
+
+
+def test_cli_data_root_reaches_the_data_builder(cli_run, tmp_path, monkeypatch):
+    run, state = cli_run()
+    state["trained"].recipe = _folder_recipe("faces")
+    monkeypatch.chdir(tmp_path)
+    code, out = _invoke(["analyze", str(run), "--device", "cpu"])
+    assert code == 2 and "--data-root" in out and "Traceback" not in out
+    (tmp_path / "data").mkdir()
+    code, out = _invoke(["analyze", str(run), "--device", "cpu", "--data-root",
+                         str(tmp_path / "data")])
+    assert code == 0, out
+    assert state["source"].root == tmp_path / "data"

@@ -11,7 +11,9 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from eqmcli.analysis import analyze_run
 from eqmcli.cli.common import console, user_errors
+from eqmcli.errors import UserError
 
 
 def _fmt(value: float | None, spec: str = ".2f", scale: float = 1.0) -> str:
@@ -112,6 +114,11 @@ def analyze_command(
     seed: int = typer.Option(0, "--seed", help="seed of the per-class sample"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    data_root: Path | None = typer.Option(
+        None, "--data-root",
+        help="the training data folder (image folder or .rec folder) when the run's "
+        "recorded data.train.root is not valid here (moved data, a relative path)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print summary.json only, on stdout"),
 ) -> None:
     """Per-class intra-class scope, inter-class margin and accuracy vs class size.
@@ -119,9 +126,6 @@ def analyze_command(
     Writes RUN/analysis/per_class.csv, summary.json (and features.npz for 2-D/3-D
     embeddings, for 'eqm plot --figure sphere').
     """
-    from eqmcli.analysis import analyze_run
-    from eqmcli.errors import UserError
-
     if split not in ("train", "test"):
         raise UserError(f"--split must be 'train' or 'test', got {split!r}")
     result = analyze_run(
@@ -134,6 +138,7 @@ def analyze_command(
         seed=seed,
         flip=flip,
         batch_size=batch_size,
+        data_root=data_root,
         progress=not as_json,
     )
     if as_json:
