@@ -64,14 +64,15 @@ class VerificationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (plain floats/ints/lists; non-finite numbers become None)."""
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and non-finite floats as None."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -92,6 +93,21 @@ def fold_bounds(n: int, folds: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def _fold_masks(n: int, folds: int, fold_of: np.ndarray | None) -> list[np.ndarray]:
+    """One boolean test mask per fold: contiguous blocks, or the groups of ``fold_of``."""
+    if fold_of is None:
+        masks = []
+        for start, stop in fold_bounds(n, folds):
+            mask = np.zeros(n, dtype=bool)
+            mask[start:stop] = True
+            masks.append(mask)
+        return masks
+    labels = np.asarray(fold_of).reshape(-1)
+    if labels.size != n:
+        raise UserError(f"{labels.size} fold labels for {n} pairs: they must match")
+    return [labels == value for value in np.unique(labels)]
 
 
 def best_threshold(scores: np.ndarray, issame: np.ndarray) -> tuple[float, float]:
@@ -202,8 +218,15 @@ def operating_points(
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
 
 
+def roc_auc(far: np.ndarray, tar: np.ndarray) -> float:
+    """Area under the ROC (trapezoids over the exact ROC points of `roc_curve`)."""
+    return float(_trapezoid(tar, far))
+
+
 # ---------------------------------------------------------------------------- verify
-def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
+def verify(
+    scores: Any, issame: Any, folds: int = 10, fold_of: np.ndarray | None = None
+) -> VerificationResult:
     """Run the verification protocol on cosine ``scores`` (P,) with ground truth ``issame`` (P,).
 
     Pairs are split into ``folds`` contiguous blocks (no shuffle). For each fold the
@@ -211,11 +234,15 @@ def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
     the mean and population std of the fold accuracies, per-fold accuracies and
     thresholds (cosine units), their mean threshold, TAR at FAR 1e-3 / 1e-4 (only where
     the number of negative pairs is >= 1/FAR, else None), ROC AUC, EER and ROC points.
+    ``fold_of`` (P,) assigns each pair to a fold explicitly (e.g. YouTube Faces' official
+    splits); ``folds`` is then the number of distinct values in it.
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(issame).astype(bool).reshape(-1)
     if s.shape != y.shape:
         raise UserError(f"{s.size} scores but {y.size} issame labels: they must match")
+    test_sets = _fold_masks(s.size, folds, fold_of)
+    folds = len(test_sets)
     if folds < 2 or s.size < folds:
         raise UserError(
             f"verification needs at least 2 folds and one pair per fold "
@@ -230,12 +257,10 @@ def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
     if not (n_pos and n_neg):
         return _single_class_result(s.size, n_pos, n_neg, folds)
     fold_accuracies, fold_thresholds = [], []
-    for start, stop in fold_bounds(s.size, folds):
-        train = np.ones(s.size, dtype=bool)
-        train[start:stop] = False
-        threshold, _ = best_threshold(s[train], y[train])
+    for test in test_sets:
+        threshold, _ = best_threshold(s[~test], y[~test])
         fold_thresholds.append(threshold)
-        fold_accuracies.append(accuracy_at(s[start:stop], y[start:stop], threshold))
+        fold_accuracies.append(accuracy_at(s[test], y[test], threshold))
     far, tar, thresholds = roc_curve(s, y)
     eer, eer_threshold = _eer(far, tar, thresholds)
     tar_at_far, tar_thresholds = operating_points(far, tar, thresholds, n_neg, FAR_TARGETS)
@@ -249,7 +274,7 @@ def verify(scores: Any, issame: Any, folds: int = 10) -> VerificationResult:
         threshold=float(np.mean(fold_thresholds)),
         fold_accuracies=[float(a) for a in fold_accuracies],
         fold_thresholds=[float(t) for t in fold_thresholds],
-        auc=float(_trapezoid(tar, far)),
+        auc=roc_auc(far, tar),
         eer=eer,
         eer_threshold=eer_threshold,
         tar_at_far=tar_at_far,
@@ -362,7 +387,7 @@ class SetEvaluation:
             "step": self.step,
         }
         out.update({k: v for k, v in provenance.items() if v is not None})
-        return _json_safe(out)
+        return json_safe(out)
 
 
 def evaluate_set(

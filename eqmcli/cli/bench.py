@@ -390,3 +390,38 @@ def analysis_command(
     console.print(table)
     console.print(f"peak memory: {result.peak_method}", highlight=False)
     _write_json(json_path, result.to_dict())
+
+
+@app.command("protocols")
+@user_errors
+def protocols_command(
+    ijb: bool = typer.Option(True, "--ijb/--no-ijb", help="IJB-C 1:1 aggregation + scoring"),
+    megaface: bool = typer.Option(
+        True, "--megaface/--no-megaface", help="MegaFace 3.5k probes x 1M distractors search"
+    ),
+    scale: float = typer.Option(1.0, "--scale", min=1e-4, max=1.0, help="fraction of the sizes"),
+    dim: int = typer.Option(512, "--dim", help="feature dimension d"),
+    json_path: Path | None = typer.Option(None, "--json", help="also write the results here"),
+) -> None:
+    """Time and peak extra memory of IJB-C scoring and MegaFace search on random features."""
+    from eqmcli.perf.protocols import benchmark_ijb_scale, benchmark_megaface_scale
+
+    results = ([benchmark_ijb_scale(scale, dim)] if ijb else []) + (
+        [benchmark_megaface_scale(scale, dim)] if megaface else []
+    )
+    table = Table(title=f"Benchmark protocols at scale {scale:g} (random features, d={dim})")
+    for name in ("benchmark", "sizes", "wall s", "CPU s", "peak extra MiB", "parts (s)"):
+        numeric = name in ("wall s", "CPU s", "peak extra MiB")
+        table.add_column(name, justify="right" if numeric else "left")
+    for r in results:
+        peak = r.peak_extra_bytes
+        table.add_row(
+            r.benchmark, ", ".join(f"{k} {v:,}" for k, v in r.sizes.items()),
+            f"{r.seconds:.1f}", f"{r.cpu_seconds:.1f}",
+            "-" if peak is None else f"{peak / 2**20:,.0f}",
+            ", ".join(f"{k} {v:.1f}" for k, v in r.parts.items()),
+        )
+    console.print(table)
+    if results:
+        console.print(f"peak memory: {results[0].peak_method}", highlight=False)
+    _write_json(json_path, {"benchmark": "protocols", "results": [r.to_dict() for r in results]})

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from eqmcli.atomic import atomic_write, atomic_write_text
 from eqmcli.data.decode import DecodeError, decode_file
@@ -64,6 +66,12 @@ TEMPLATES: dict[str, Template] = {
     "sphereface-112x96": Template("sphereface-112x96", (112, 96), _SPHEREFACE_POINTS),
 }
 DEFAULT_TEMPLATE = "arcface-112"
+
+
+def template_for_input(input_size: tuple[int, int]) -> Template:
+    """The template matching a model input: 112x96 crops for (112, 96) models, else the
+    112x112 ArcFace crop (resized to the model input by the extractor)."""
+    return TEMPLATES["sphereface-112x96" if tuple(input_size) == (112, 96) else "arcface-112"]
 
 
 def get_template(name: str) -> Template:
@@ -122,6 +130,29 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, template: Template) -> 
     """Align a uint8 ``(H, W, 3)`` image by its 5 (or at least 2) landmarks onto ``template``:
     a uint8 ``(template H, template W, 3)`` crop."""
     return warp_to_template(image, similarity_matrix(landmarks, template), template.size)
+
+
+class AlignedImages(Dataset):
+    """Image files aligned on the fly by their landmarks: item i -> uint8 (3, H, W) crop of
+    ``template`` (a file that cannot be decoded is a `UserError` naming it)."""
+
+    def __init__(self, paths: list[Path], landmarks: np.ndarray, template: Template) -> None:
+        if len(paths) != len(landmarks):
+            raise ValueError("one set of landmarks per image is needed")
+        self.paths = [str(p) for p in paths]
+        self.landmarks = np.asarray(landmarks, dtype=np.float64)
+        self.template = template
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        try:
+            image = decode_file(self.paths[index]).permute(1, 2, 0).numpy()
+            crop = align_face(image, self.landmarks[index], self.template)
+        except (DecodeError, ValueError) as exc:
+            raise UserError(f"{self.paths[index]}: cannot be aligned ({exc})") from None
+        return torch.from_numpy(crop).permute(2, 0, 1).contiguous()
 
 
 # --------------------------------------------------------------------- landmark files
