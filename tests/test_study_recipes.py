@@ -1,10 +1,8 @@
 """The imbalance-study recipes: they validate (`eqm train --dry-run`, no data needed), the
-AM / EqM pairs differ only in their loss, and the data has the long tail the study needs.
-Also the pure parts of `benchmarks/eqm_sweep.py` (pair parsing, selection, table)."""
+AM / EqM pairs differ only in their loss, and the data has the long tail the study needs."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -105,49 +103,3 @@ def test_casia_recipes_follow_the_sphereface_schedule():
             assert abs(epoch - iterations * 512 / 490e3) < 0.5
         assert r.eval.sets == ["lfw", "cfp_fp", "agedb_30"]
         assert r.eval.data_root == Path("data/faces_webface_112x112")
-
-
-# ----------------------------------------------------------------- the sweep script
-def _sweep_module():
-    spec = importlib.util.spec_from_file_location("eqm_sweep", ROOT / "benchmarks" / "eqm_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _row(t1, t2, acc, cv):
-    return {
-        "t1": t1,
-        "t2": t2,
-        "verification_accuracy": acc,
-        "verification_accuracy_std": 0.01,
-        "margin_mean_deg": 70.0,
-        "scope_max_mean_deg": 50.0,
-        "margin_cv_all": cv,
-        "margin_cv_few": cv,
-        "margin_cv_many": None,  # an empty group prints as '-'
-        "scope_max_cv_few": 0.1,
-        "scope_max_cv_many": 0.1,
-        "test_accuracy_few": 0.9,
-        "test_accuracy_many": 0.95,
-        "hard_fraction_train": 0.2,
-        "seconds": 100.0,
-    }
-
-
-def test_sweep_parses_pairs_and_rejects_t1_below_t2():
-    sweep = _sweep_module()
-    assert sweep.parse_pairs("0.5:0.1,0.6:0.2") == [(0.5, 0.1), (0.6, 0.2)]
-    with pytest.raises(SystemExit):
-        sweep.parse_pairs("0.1:0.5")
-
-
-def test_sweep_choice_breaks_accuracy_ties_by_margin_cv():
-    sweep = _sweep_module()
-    rows = [_row(0.5, 0.1, 0.950, 0.08), _row(0.6, 0.1, 0.947, 0.05), _row(0.4, 0.0, 0.930, 0.01)]
-    assert sweep.choose(rows, 0.5) is rows[1]  # within 0.5 pp of the best, lower CV
-    assert sweep.choose(rows, 0.1) is rows[0]  # no tie: the most accurate
-    table = sweep.render(rows, rows[1])
-    assert table.count("\n") == len(rows) + 1
-    assert "**(chosen)**" in table.splitlines()[3]
-    assert "| - |" in table

@@ -34,6 +34,9 @@ def _register() -> None:
     app.command("embed")(embed.embed_command)
     app.command("export")(models.export_command)
     app.add_typer(models.import_app, name="import")
+    from eqmcli.cli import sweep
+
+    app.command("sweep")(sweep.sweep_command)
 
 
 _register()

@@ -1,0 +1,82 @@
+"""Rich tables of `eqm sweep` and `eqm compare` (percentages for fractions)."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.table import Table
+
+from eqmcli.run_results import is_fraction
+from eqmcli.sweep import MetricStats, SweepResult
+
+TABLE_METRICS = (
+    "accuracy",
+    "tar@far=1e-03",
+    "closed_accuracy_few",
+    "closed_accuracy_many",
+    "margin_cv_all",
+    "scope_cv_all",
+)
+HEADERS = {
+    "accuracy": "verif. acc %",
+    "tar@far=1e-03": "TAR@FAR=1e-3 %",
+    "closed_accuracy_few": "closed acc few %",
+    "closed_accuracy_many": "closed acc many %",
+    "margin_cv_all": "margin CV",
+    "scope_cv_all": "scope CV",
+}
+
+
+def metric_header(metric: str) -> str:
+    """A column header (with % for fractions)."""
+    return HEADERS.get(metric, f"{metric} %" if is_fraction(metric) else metric)
+
+
+def format_value(metric: str, value: float | None, digits: int | None = None) -> str:
+    """A value of `metric` for the screen: percent with 2 decimals, else 3 decimals."""
+    if value is None:
+        return "-"
+    if is_fraction(metric):
+        return f"{100 * value:.{2 if digits is None else digits}f}"
+    return f"{value:.{3 if digits is None else digits}f}"
+
+
+def format_stats(metric: str, stats: MetricStats | None) -> str:
+    """`mean ± std` (just the mean for one value); '-' when there is none."""
+    if stats is None:
+        return "-"
+    if stats.std is None:
+        return format_value(metric, stats.mean)
+    return f"{format_value(metric, stats.mean)} ± {format_value(metric, stats.std)}"
+
+
+def shown_metrics(available: set[str], extra: tuple[str, ...] = ()) -> list[str]:
+    """The table metrics present in `available`, then `extra` ones not yet listed."""
+    chosen = [m for m in TABLE_METRICS if m in available]
+    return chosen + [m for m in extra if m not in chosen]
+
+
+def sweep_table(result: SweepResult) -> Table:
+    """One row per config: its swept values, finished seeds, metrics as mean ± std."""
+    options = result.options
+    keys = [axis.key for axis in options.axes]
+    short = result.to_dict()["short_keys"]
+    available = {m for c in result.configs for m in c.metrics}
+    metrics = shown_metrics(available)
+    table = Table(
+        title=f"sweep {options.out}: {len(result.configs)} configs x {options.seeds} seeds",
+        caption="mean ± sample std over finished seeds; verification = the run's first "
+        "eval set; closed-set accuracy and CVs after --analyze (few: < "
+        f"{options.head_classes} training images)",
+        box=box.SIMPLE_HEAD,
+    )
+    for key in keys:
+        table.add_column(short[key])
+    table.add_column("runs", justify="right")
+    for metric in metrics:
+        table.add_column(metric_header(metric), justify="right")
+    for config in result.configs:
+        cells = [str(config.assignments[key]) for key in keys]
+        cells.append(f"{len(config.runs)}/{options.seeds}")
+        cells += [format_stats(m, config.metrics.get(m)) for m in metrics]
+        table.add_row(*cells)
+    return table

@@ -1,0 +1,125 @@
+"""A run's final results as one flat set of named numbers (what sweep and compare tabulate).
+
+Names (fractions in [0, 1], angles in degrees, CV = std / mean over classes):
+
+- from `eval/<set>.json` (the last verification of each set): `<set>/accuracy`,
+  `<set>/accuracy_std` (over the 10 folds), `<set>/tar@far=1e-03`, `<set>/tar@far=1e-04`,
+  `<set>/auc`, `<set>/eer`; the run's primary set (the first of its `eval.sets`, the one
+  that picks `best.pt`) also without the prefix: `accuracy`, `tar@far=1e-03`, ...;
+- from `analysis/test/summary.json` (`eqm analyze --split test`): closed-set
+  identification accuracy `closed_accuracy_all`, `_few`, `_many` (classes with fewer /
+  at least `head_classes` training images; mean of per-class accuracies);
+- from `analysis/summary.json` (`eqm analyze`): `margin_cv_all/_few/_many`,
+  `scope_cv_all/_few/_many` (scope = max angle to the class centre), `margin_mean_all`,
+  `scope_mean_all` (degrees).
+
+A statistic a file reports as unavailable (null) is left out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eqmcli.errors import UserError
+from eqmcli.rundir import RunPaths
+
+GROUPS = ("all", "few", "many")
+VERIFICATION_KEYS = ("accuracy", "accuracy_std", "auc", "eer")
+FRACTION_PREFIXES = ("accuracy", "tar@", "auc", "eer", "closed_accuracy")
+
+
+@dataclass
+class RunResults:
+    """The final numbers of one run directory (see the module docstring for the names)."""
+
+    run_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    primary_set: str | None = None
+    sets: list[str] = field(default_factory=list)
+
+
+def is_fraction(metric: str) -> bool:
+    """True for metrics stored as fractions in [0, 1] (shown as percentages)."""
+    return metric.rpartition("/")[2].startswith(FRACTION_PREFIXES)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, None when the file is absent; unreadable: `UserError`."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def primary_set(metrics_path: Path) -> str | None:
+    """The benchmark of the first `eval` record of the last evaluated epoch in metrics.jsonl."""
+    if not metrics_path.is_file():
+        return None
+    last_epoch, primary = None, None
+    for line in metrics_path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a cut-off last line
+        is_eval = isinstance(record, dict) and record.get("kind") == "eval"
+        if is_eval and record.get("epoch") != last_epoch:
+            last_epoch, primary = record.get("epoch"), record.get("benchmark")
+    return primary
+
+
+def verification_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers of one `eval/<set>.json` (unavailable ones left out)."""
+    found = {key: result.get(key) for key in VERIFICATION_KEYS}
+    for far, tar in (result.get("tar_at_far") or {}).items():
+        found[f"tar@far={far}"] = tar
+    return {key: float(value) for key, value in found.items() if isinstance(value, int | float)}
+
+
+def analysis_metrics(train_summary: dict | None, test_summary: dict | None) -> dict[str, float]:
+    """CVs of margin and scope (training split) and closed-set accuracy (test split) per group."""
+    found: dict[str, Any] = {}
+    for group in GROUPS:
+        if test_summary is not None:
+            found[f"closed_accuracy_{group}"] = test_summary["groups"][group]["accuracy"]
+        if train_summary is not None:
+            stats = train_summary["groups"][group]
+            found[f"margin_cv_{group}"] = stats["margin_deg"]["cv"]
+            found[f"scope_cv_{group}"] = stats["scope_max_deg"]["cv"]
+    if train_summary is not None:
+        found["margin_mean_all"] = train_summary["groups"]["all"]["margin_deg"]["mean"]
+        found["scope_mean_all"] = train_summary["groups"]["all"]["scope_max_deg"]["mean"]
+    return {key: float(value) for key, value in found.items() if isinstance(value, int | float)}
+
+
+def read_run_results(run_dir: str | Path) -> RunResults:
+    """Collect a run directory's final numbers; a folder that is no run is a `UserError`."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.recipe.is_file():
+        raise UserError(f"{paths.root} is not a run directory (no recipe.yaml)")
+    results = RunResults(run_dir=paths.root, primary_set=primary_set(paths.metrics))
+    evaluations = sorted(paths.eval_dir.glob("*.json")) if paths.eval_dir.is_dir() else []
+    for path in evaluations:
+        result = _read_json(path) or {}
+        name = str(result.get("benchmark") or path.stem)
+        results.sets.append(name)
+        for key, value in verification_metrics(result).items():
+            results.metrics[f"{name}/{key}"] = value
+            if name == results.primary_set:
+                results.metrics[key] = value
+    try:
+        results.metrics.update(analysis_metrics(
+            _read_json(paths.analysis_dir / "summary.json"),
+            _read_json(paths.analysis_dir / "test" / "summary.json"),
+        ))
+    except (KeyError, TypeError):
+        raise UserError(f"{paths.analysis_dir} holds a summary.json of another layout; "
+                        "rerun 'eqm analyze'") from None
+    return results

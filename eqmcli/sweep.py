@@ -1,0 +1,323 @@
+"""`eqm sweep`: train a grid of recipe overrides x seeds, each a normal run directory.
+
+Every member (see `eqmcli.grid`) is `python -m eqmcli train RECIPE --set ... --out
+OUT/<member name> --no-progress`, run as its own process (in its own session, so a
+Ctrl-C reaches the sweep only, which passes it on once: each training checkpoints at its
+next step boundary and stops). Before a member starts, its folder decides what to do:
+
+- no folder (or an empty one): train;
+- a run directory whose `checkpoints/last.pt` holds the recipe's last epoch: finished,
+  skipped;
+- a run directory with an earlier checkpoint: `--resume`; with no checkpoint yet
+  (stopped during set-up): `--force` (it holds nothing to keep);
+- any other folder: refused (the member fails; nothing is touched).
+
+So a stopped sweep continues where it stopped when the same command runs again.
+`--jobs N` runs N members at once: on CUDA one per GPU (`CUDA_VISIBLE_DEVICES`), on the
+CPU with `OMP_NUM_THREADS` = CPUs / N each. With `analyze`, each finished member is also
+analyzed (`eqm analyze`, training split; and `--split test` when the data has one) unless
+its analysis is newer than its checkpoint. Output of every process goes to
+`OUT/logs/<member>.log`; the summary to `OUT/sweep.json` (see `SweepResult.to_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eqmcli.atomic import atomic_write_text
+from eqmcli.errors import UserError
+from eqmcli.grid import GridAxis, Member, expand, folder_keys
+from eqmcli.process_pool import Task, run_tasks
+from eqmcli.run_results import read_run_results
+from eqmcli.rundir import RunPaths
+
+SWEEP_FILE = "sweep.json"
+LOGS = "logs"
+INTERRUPTED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+@dataclass
+class SweepOptions:
+    """What `eqm sweep` was asked to do."""
+
+    recipe: Path
+    out: Path
+    axes: list[GridAxis]
+    seeds: int = 1
+    sets: list[str] = field(default_factory=list)
+    jobs: int | None = None
+    device: str = "auto"
+    analyze: bool = False
+    head_classes: int = 80
+
+
+@dataclass
+class MemberOutcome:
+    """What happened to one member in this invocation (`status`: done, skipped, failed,
+    interrupted or waiting); `seconds` is this invocation's wall time for it."""
+
+    member: Member
+    run_dir: Path
+    status: str = "waiting"
+    action: str = ""
+    seconds: float = 0.0
+    return_code: int | None = None
+    message: str = ""
+
+
+@dataclass
+class MetricStats:
+    """One metric over the seeds of a config: mean, sample std (ddof 1; None for n < 2)."""
+
+    mean: float
+    std: float | None
+    n: int
+    values: list[float]
+
+
+@dataclass
+class ConfigSummary:
+    """One grid point: its assignments and each metric over its finished seeds."""
+
+    config: str
+    assignments: dict[str, Any]
+    runs: list[str]
+    metrics: dict[str, MetricStats]
+
+
+@dataclass
+class SweepResult:
+    """The outcome of a sweep invocation; `stop_signal` is set when it was interrupted."""
+
+    options: SweepOptions
+    outcomes: list[MemberOutcome]
+    configs: list[ConfigSummary]
+    json_path: Path
+    stop_signal: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `sweep.json` layout."""
+        o = self.options
+        return {
+            "recipe": str(o.recipe),
+            "out": str(o.out),
+            "grid": {axis.key: list(axis.values) for axis in o.axes},
+            "short_keys": folder_keys([axis.key for axis in o.axes]),
+            "seeds": o.seeds,
+            "sets": o.sets,
+            "analyze": o.analyze,
+            "std": "sample standard deviation over seeds (ddof 1)",
+            "interrupted": self.stop_signal,
+            "members": [_outcome_dict(x) for x in self.outcomes],
+            "configs": [_config_dict(c) for c in self.configs],
+        }
+
+
+def _outcome_dict(outcome: MemberOutcome) -> dict[str, Any]:
+    m = outcome.member
+    return {
+        "name": m.name, "config": m.config, "seed": m.seed, "dir": str(outcome.run_dir),
+        "assignments": dict(m.assignments), "overrides": list(m.overrides),
+        "status": outcome.status, "action": outcome.action,
+        "seconds": round(outcome.seconds, 1), "return_code": outcome.return_code,
+        "message": outcome.message,
+    }
+
+
+def _config_dict(config: ConfigSummary) -> dict[str, Any]:
+    return {
+        "config": config.config, "assignments": config.assignments, "runs": config.runs,
+        "metrics": {k: vars(v) for k, v in config.metrics.items()},
+    }
+
+
+# ------------------------------------------------------------------ member state
+def checkpoint_epoch(path: Path) -> int | None:
+    """The `epoch` stored in a checkpoint (memory-mapped: the weights are not read)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:  # unreadable: the training run will say why in one sentence
+        return None
+
+
+def member_state(run_dir: Path, epochs: int) -> str:
+    """`new`, `done`, `partial` (resume), `restart` (no checkpoint yet) or `foreign`."""
+    paths = RunPaths(run_dir)
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return "new"
+    if not paths.is_run_directory():
+        return "foreign"
+    if not paths.last.is_file():
+        return "restart"
+    epoch = checkpoint_epoch(paths.last)
+    return "done" if epoch is not None and epoch >= epochs else "partial"
+
+
+def analysis_is_current(run_dir: Path) -> bool:
+    """True when `analysis/summary.json` is at least as new as `checkpoints/last.pt`."""
+    paths = RunPaths(run_dir)
+    summary = paths.analysis_dir / "summary.json"
+    return summary.is_file() and summary.stat().st_mtime >= paths.last.stat().st_mtime
+
+
+def _has_test_split(member: Member) -> bool:
+    source = member.recipe.data.train
+    return bool(getattr(source, "test_images_per_class", 0) or
+                getattr(source, "holdout_fraction", 0.0))
+
+
+def member_commands(options: SweepOptions, member: Member, state: str) -> list[list[str]]:
+    """The processes to run for a member in `state` (training first, then analysis)."""
+    eqm = [sys.executable, "-m", "eqmcli"]
+    run_dir = str(options.out / member.name)
+    commands = []
+    if state != "done":
+        sets = [part for text in member.overrides for part in ("--set", text)]
+        flag = {"partial": ["--resume"], "restart": ["--force"]}.get(state, [])
+        device = [] if options.device == "auto" else ["--device", options.device]
+        commands.append([*eqm, "train", str(options.recipe), *sets, "--out", run_dir,
+                         "--no-progress", *device, *flag])
+    if options.analyze and (state != "done" or not analysis_is_current(Path(run_dir))):
+        analyze = [*eqm, "analyze", run_dir, "--head-classes", str(options.head_classes),
+                   "--json"]
+        if options.device != "auto":
+            analyze += ["--device", options.device]
+        commands.append(analyze)
+        if _has_test_split(member):
+            commands.append([*analyze, "--split", "test"])
+    return commands
+
+
+# ------------------------------------------------------------------- running
+def _slot_environment(options: SweepOptions, slots: int) -> Callable[[int], dict[str, str]]:
+    """Each slot's environment: one GPU per slot on CUDA, else CPUs / slots threads."""
+    gpus = torch.cuda.device_count() if options.device in ("auto", "cuda") else 0
+    threads = str(max(1, (os.cpu_count() or 1) // slots))
+
+    def env(slot: int) -> dict[str, str]:
+        found = dict(os.environ)
+        if gpus:
+            found["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        else:
+            found.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        return found
+
+    return env
+
+
+def default_jobs(device: str) -> int:
+    """One member at a time on a CPU; one per GPU on CUDA."""
+    gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
+    return max(1, gpus)
+
+
+def _last_line(log: Path) -> str:
+    """The last non-empty line of a log (the error sentence of a failed command)."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _finish(outcome: MemberOutcome, task: Task | None) -> None:
+    """Fill an outcome from its task (None: nothing had to run)."""
+    if task is None:
+        outcome.status = "skipped"
+        return
+    outcome.seconds, outcome.return_code = task.seconds, task.return_code
+    if task.finished:
+        outcome.status = "done"
+    elif task.return_code is None:
+        outcome.status = "waiting"
+    elif task.return_code in INTERRUPTED_CODES:
+        outcome.status = "interrupted"
+    else:
+        outcome.status = "failed"
+        outcome.message = _last_line(task.log)
+
+
+def run_sweep(
+    options: SweepOptions, report: Callable[[MemberOutcome], None] | None = None
+) -> SweepResult:
+    """Expand the grid, run what is not finished, summarize into `OUT/sweep.json`.
+
+    `report(outcome)` is called as each member ends (or is found finished).
+    """
+    members = expand(options.recipe, options.axes, options.seeds, options.sets)
+    slots = options.jobs or default_jobs(options.device)
+    if slots < 1:
+        raise UserError(f"--jobs must be at least 1, got {slots}")
+    outcomes, tasks = [], {}
+    for member in members:
+        run_dir = options.out / member.name
+        outcome = MemberOutcome(member, run_dir)
+        state = member_state(run_dir, member.recipe.train.epochs)
+        outcomes.append(outcome)
+        if state == "foreign":
+            outcome.status = "failed"
+            outcome.message = f"{run_dir} exists and is not a run directory; left untouched"
+            continue
+        outcome.action = {"new": "train", "partial": "resume", "restart": "restart"}.get(state, "")
+        commands = member_commands(options, member, state)
+        log = options.out / LOGS / f"{member.name}.log"
+        if commands:
+            tasks[member.name] = Task(member.name, commands, log)
+            continue
+        _finish(outcome, None)
+        if report is not None:
+            report(outcome)
+    by_name = {o.member.name: o for o in outcomes}
+
+    def done(task: Task) -> None:
+        _finish(by_name[task.name], task)
+        if report is not None:
+            report(by_name[task.name])
+
+    options.out.mkdir(parents=True, exist_ok=True)
+    stop = run_tasks(list(tasks.values()), slots, _slot_environment(options, slots), done)
+    for outcome in outcomes:
+        if outcome.status == "waiting":
+            _finish(outcome, tasks.get(outcome.member.name))
+    result = SweepResult(options, outcomes, summarize(outcomes), options.out / SWEEP_FILE, stop)
+    atomic_write_text(result.json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+# ------------------------------------------------------------------- summary
+def metric_stats(values: list[float]) -> MetricStats:
+    """Mean and sample standard deviation (ddof 1; None for a single value)."""
+    array = np.asarray(values, dtype=np.float64)
+    std = float(array.std(ddof=1)) if array.size > 1 else None
+    return MetricStats(mean=float(array.mean()), std=std, n=int(array.size), values=list(values))
+
+
+def summarize(outcomes: list[MemberOutcome]) -> list[ConfigSummary]:
+    """Per config, each metric over its finished members (see `eqmcli.run_results`)."""
+    configs: dict[str, ConfigSummary] = {}
+    collected: dict[str, dict[str, list[float]]] = {}
+    for outcome in outcomes:
+        member = outcome.member
+        summary = configs.setdefault(
+            member.config, ConfigSummary(member.config, dict(member.assignments), [], {})
+        )
+        if outcome.status not in ("done", "skipped"):
+            continue
+        summary.runs.append(member.name)
+        values = collected.setdefault(member.config, {})
+        for name, value in read_run_results(outcome.run_dir).metrics.items():
+            values.setdefault(name, []).append(value)
+    for name, summary in configs.items():
+        summary.metrics = {k: metric_stats(v) for k, v in collected.get(name, {}).items()}
+    return list(configs.values())
