@@ -35,6 +35,10 @@ MAX_SEED = 2**32 - 1  # numpy's limit (torch.manual_seed accepts more)
 MAX_COUNT = 10_000_000  # classes, images per class, pairs: far above any real data set
 MAX_PIXELS = 4096  # an image side
 MAX_PATH_CHARS = 4096  # Linux PATH_MAX
+IMAGE_SIZE_HELP = (
+    "resize every image to this size in the data workers: a square side or [height, width] "
+    "in pixels; null = model.input_size, else the first image's size"
+)
 
 
 class Section(BaseModel):
@@ -53,6 +57,7 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed, 0 .. 2*
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Pixels = Annotated[int, Field(ge=4, le=MAX_PIXELS)]
 RecipePath = Annotated[Path, AfterValidator(_bounded_path)]
+ImageSize = Pixels | tuple[Pixels, Pixels]  # a square side, or (height, width)
 
 
 # --------------------------------------------------------------------------- data
@@ -90,7 +95,7 @@ class ImageFolderSource(Section):
 
     kind: Literal["image-folder"] = "image-folder"
     root: RecipePath
-    image_size: Pixels | None = Field(None, description="resize to this square size, pixels")
+    image_size: ImageSize | None = Field(None, description=IMAGE_SIZE_HELP)
     holdout_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="per-class fraction held out as the test split"
     )
@@ -102,7 +107,7 @@ class RecordSource(Section):
 
     kind: Literal["record"] = "record"
     root: RecipePath = Field(description="folder holding train.rec and train.idx")
-    image_size: Pixels | None = Field(None, description="resize to this square size, pixels")
+    image_size: ImageSize | None = Field(None, description=IMAGE_SIZE_HELP)
     holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     seed: Seed = 0
 

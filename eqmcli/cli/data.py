@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from eqmcli.cli.align import align_command
-from eqmcli.cli.common import user_errors
+from eqmcli.cli.common import console, user_errors
+from eqmcli.data.record import convert
+from eqmcli.data.stats import DataStats, data_stats
+from eqmcli.data.verification import write_bin
 
 app = typer.Typer(help="Inspect, convert and package data sets.", no_args_is_help=True)
 app.command("align")(align_command)
@@ -23,10 +28,6 @@ def stats_command(
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
 ) -> None:
     """Images, classes and the class-size distribution of a training source."""
-    import json
-
-    from eqmcli.data.stats import data_stats
-
     stats = data_stats(source)
     if as_json:
         typer.echo(json.dumps(stats.to_dict(), indent=2))
@@ -34,13 +35,8 @@ def stats_command(
     _render_stats(stats)
 
 
-def _render_stats(stats: object) -> None:
+def _render_stats(s: DataStats) -> None:
     """Rich tables: the summary, then the class-size histogram with text bars."""
-    from rich.table import Table
-
-    from eqmcli.cli.common import console
-
-    s = stats  # DataStats
     summary = Table(title=f"{s.source} ({s.kind})", show_header=False)
     summary.add_column("quantity")
     summary.add_column("value", justify="right")
@@ -73,9 +69,6 @@ def convert_command(
     dst: Path = typer.Argument(..., help="Output folder (absent or empty)."),
 ) -> None:
     """Image folder -> train.rec/train.idx/property, or record folder -> image folder."""
-    from eqmcli.cli.common import console
-    from eqmcli.data.record import convert
-
     result = convert(src, dst)
     console.print(
         f"{result['direction']}: wrote {result['images']:,} images of "
@@ -97,8 +90,5 @@ def make_bin_command(
     out: Path = typer.Argument(..., help="The .bin file to write (e.g. my_set.bin)."),
 ) -> None:
     """Package aligned images + a pairs file as an InsightFace verification .bin."""
-    from eqmcli.cli.common import console
-    from eqmcli.data.verification import write_bin
-
     pairs, images = write_bin(images_root, pairs_file, out)
     console.print(f"wrote {out}: {pairs:,} pairs, {images:,} distinct images", highlight=False)

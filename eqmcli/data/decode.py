@@ -14,21 +14,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from eqmcli.errors import UserError
+
+ImageSize = int | tuple[int, int]  # a square side, or (height, width), in pixels
 
 
 class DecodeError(Exception):
     """Encoded bytes that are not a readable image (truncated, corrupt, unknown format)."""
 
 
-def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
+def pixel_size(size: ImageSize | None) -> tuple[int, int] | None:
+    """``s`` -> ``(s, s)``; ``(h, w)`` -> ``(h, w)`` as ints; None stays None."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def decode_image(data: bytes, image_size: ImageSize | None = None) -> torch.Tensor:
     """Decode JPEG/PNG (any format PIL reads) bytes into a uint8 ``(3, H, W)`` RGB tensor.
 
-    ``image_size`` (pixels): when given and different from the decoded size, the image is
-    resized (bilinear) to ``image_size x image_size``. Grayscale, palette and RGBA images
-    are converted to RGB. Raises `DecodeError` for anything PIL cannot fully decode.
+    ``image_size`` (pixels, a square side or ``(height, width)``): when given and different
+    from the decoded size, the image is resized (bilinear, antialiased when shrinking) to
+    it. Grayscale, palette and RGBA images are converted to RGB. Raises `DecodeError` for
+    anything PIL cannot fully decode.
     """
-    from PIL import Image
-
     if not data:
         raise DecodeError("empty image payload")
     try:
@@ -39,15 +53,16 @@ def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
         raise DecodeError("not a JPEG/PNG image (unknown format)") from None
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         raise DecodeError(f"cannot decode image: {exc}") from None
-    if image_size is not None and rgb.size != (image_size, image_size):
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    size = pixel_size(image_size)
+    if size is not None and rgb.size != (size[1], size[0]):  # PIL sizes are (width, height)
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
     # HWC -> CHW in numpy: a torch permute+contiguous here goes through the intra-op
     # thread pool and costs ~10 ms per 112 px image on a busy CPU (vs ~20 us).
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def decode_file(path: str | Path, image_size: int | None = None) -> torch.Tensor:
+def decode_file(path: str | Path, image_size: ImageSize | None = None) -> torch.Tensor:
     """Read and decode an image file; unreadable or corrupt files raise `DecodeError`."""
     try:
         data = Path(path).read_bytes()
@@ -58,8 +73,6 @@ def decode_file(path: str | Path, image_size: int | None = None) -> torch.Tensor
 
 def encode_jpeg(image: torch.Tensor | np.ndarray, quality: int = 95) -> bytes:
     """Encode a uint8 RGB image, ``(3, H, W)`` tensor or ``(H, W, 3)`` array, as JPEG bytes."""
-    from PIL import Image
-
     if isinstance(image, torch.Tensor):
         image = image.permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
@@ -88,8 +101,6 @@ class BadImageLog:
     def record(self, name: str, reason: str) -> None:
         """Note one failure; raises `UserError` naming ``name`` when strict."""
         if self.strict:
-            from eqmcli.errors import UserError
-
             raise UserError(f"corrupt image {name}: {reason} (strict mode)")
         if name in self._seen:
             return

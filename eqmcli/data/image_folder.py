@@ -16,21 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
+from eqmcli.data.decode import BadImageLog, DecodeError, ImageSize, decode_file, pixel_size
 from eqmcli.data.staging import refuse_incomplete
+from eqmcli.data.trainset import TrainData
 from eqmcli.errors import UserError
 
 if TYPE_CHECKING:
-    from eqmcli.data import TrainData
     from eqmcli.recipe import ImageFolderSource
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"})
+Item = TypeVar("Item")
+# every still-image format of PIL that face crops come in (PGM: e.g. grey AT&T/Yale crops)
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff",
+)
 
 
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -56,7 +60,10 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         )
         if not names:
-            raise UserError(f"class folder {class_dir} contains no images")
+            raise UserError(
+                f"class folder {class_dir} contains no images (looked for "
+                f"{', '.join(IMAGE_EXTENSIONS)})"
+            )
         classes.append(class_dir.name)
         files.extend(f"{class_dir.name}/{name}" for name in names)
         labels.extend([label] * len(names))
@@ -111,6 +118,10 @@ class SubstitutingDataset(Dataset):
     def _name(self, index: int) -> str:
         raise NotImplementedError
 
+    def _class_name(self, label: int) -> str:
+        """How messages name class ``label`` (its folder, or its number in a record file)."""
+        raise NotImplementedError
+
     def _members(self, label: int) -> np.ndarray:
         if self._class_members is None:
             order = np.argsort(self.labels, kind="stable")
@@ -135,13 +146,15 @@ class SubstitutingDataset(Dataset):
                 return self._load(other), label
             except DecodeError as exc:
                 self.bad_log.record(self._name(other), str(exc))
-        raise UserError(f"every image of class {label} is unreadable (see the bad-images list)")
+        listed = f"; see {self.bad_log.path}" if self.bad_log.path is not None else ""
+        raise UserError(f"every image of {self._class_name(label)} is unreadable{listed}")
 
 
 class ImageFolderDataset(SubstitutingDataset):
     """Items of an image folder: ``root/files[i]`` decoded to uint8 ``(3,H,W)``, ``labels[i]``.
 
-    ``image_size`` (pixels): resize every image to that square size when given.
+    ``image_size`` (pixels, a square side or ``(height, width)``): every image whose size
+    differs is resized to it, so a folder of mixed sizes batches; None keeps each size.
     """
 
     def __init__(
@@ -150,7 +163,7 @@ class ImageFolderDataset(SubstitutingDataset):
         files: Sequence[str],
         labels: np.ndarray,
         *,
-        image_size: int | None = None,
+        image_size: ImageSize | None = None,
         bad_log: BadImageLog | None = None,
     ) -> None:
         super().__init__(labels, bad_log)
@@ -158,7 +171,7 @@ class ImageFolderDataset(SubstitutingDataset):
         # fixed-width UTF-8 bytes, not Python strings: compact and not copied into each
         # worker by reference-count writes (copy-on-write stays shared after fork)
         self.files = np.asarray([f.encode() for f in files], dtype=np.bytes_)
-        self.image_size = image_size
+        self.image_size = pixel_size(image_size)
 
     def _path(self, index: int) -> Path:
         return self.root / self.files[index].decode()
@@ -166,55 +179,54 @@ class ImageFolderDataset(SubstitutingDataset):
     def _name(self, index: int) -> str:
         return str(self._path(index))
 
+    def _class_name(self, label: int) -> str:
+        members = self._members(label)
+        return f"class folder {self._path(int(members[0])).parent}" if members.size else "?"
+
     def _load(self, index: int) -> torch.Tensor:
         return decode_file(self._path(index), self.image_size)
 
 
 def probe_image_size(
-    paths: Sequence[Path], load: Callable[[Path], torch.Tensor]
+    items: Sequence[Item], load: Callable[[Item], torch.Tensor], source: str
 ) -> tuple[int, int]:
-    """(H, W) of the first of ``paths`` that decodes; `UserError` when none does."""
-    for path in paths:
+    """(H, W) of the first of ``items`` that ``load`` decodes; `UserError` naming ``source``
+    when none does."""
+    for item in items:
         try:
-            image = load(path)
+            image = load(item)
         except DecodeError:
             continue
         return int(image.shape[1]), int(image.shape[2])
-    example = paths[0] if paths else "?"
-    raise UserError(f"none of the first {len(paths)} images decodes, e.g. {example}")
+    raise UserError(f"none of the first {len(items)} images of {source} decodes")
 
 
 def build_image_folder_data(
     source: ImageFolderSource,
     strict: bool = False,
     bad_images_path: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> TrainData:
     """Scan ``source.root`` into a `TrainData` (train split + optional held-out test split).
 
-    ``class_sizes`` counts training images per class (after the hold-out). ``image_size`` is
-    ``(s, s)`` for ``source.image_size = s`` or the size of the first readable image.
+    ``class_sizes`` counts training images per class (after the hold-out). Every image is
+    resized in the loader's workers to ``image_size``: ``source.image_size``, else
+    ``input_size`` (the model input the recipe asks for), else the first readable image's.
     """
-    from eqmcli.data import TrainData
-
     root = Path(source.root).expanduser()
     classes, files, labels = scan_image_folder(root)
     num_classes = len(classes)
     train_idx, test_idx = split_holdout(labels, num_classes, source.holdout_fraction, source.seed)
     bad_log = BadImageLog(bad_images_path, strict=strict)
+    size = pixel_size(source.image_size) or pixel_size(input_size)
+    if size is None:
+        size = probe_image_size([root / f for f in files[:16]], decode_file, str(root))
 
     def subset(idx: np.ndarray) -> ImageFolderDataset:
         return ImageFolderDataset(
-            root,
-            [files[i] for i in idx],
-            labels[idx],
-            image_size=source.image_size,
-            bad_log=bad_log,
+            root, [files[i] for i in idx], labels[idx], image_size=size, bad_log=bad_log
         )
 
-    if source.image_size is not None:
-        size = (source.image_size, source.image_size)
-    else:
-        size = probe_image_size([root / f for f in files[:16]], decode_file)
     return TrainData(
         dataset=subset(train_idx),
         num_classes=num_classes,

@@ -3,18 +3,28 @@
 Items are ``(uint8 (3,H,W), int)``; batches are ``(uint8 (B,3,H,W), int64 (B,))``. Only
 uint8 crosses the process boundary (4x less than float32); flipping and normalization to
 float happen on the training device (``eqmcli.data.transforms.to_model_input``).
+
+A `UserError` raised while a worker builds a batch (every image of a class unreadable, a
+corrupt image in strict mode) travels to the main process as a `LoaderFailure` batch and
+is raised there as the same one-sentence `UserError`; PyTorch's own route would wrap it in
+the worker's traceback text.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from eqmcli.errors import UserError
 
 MAX_DEFAULT_WORKERS = 8
 
@@ -38,13 +48,75 @@ def default_num_workers(cpus: int | None = None) -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, cpus - 1))
 
 
-def collate_uint8(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack items into (uint8 (B,3,H,W), int64 (B,)); the images stay uint8.
+@dataclass(frozen=True)
+class LoaderFailure:
+    """The message of a `UserError` raised while loading an item, carried as data."""
+
+    message: str
+
+
+class _ReportingDataset(Dataset):
+    """``dataset`` whose `UserError`s become `LoaderFailure` items (see the module doc)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except UserError as exc:
+            return LoaderFailure(str(exc))
+
+
+class FaceLoader(DataLoader):
+    """A DataLoader that raises a worker's `UserError` in the main process as one sentence,
+    after ending its workers (a failed loader is not used again)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            if isinstance(batch, LoaderFailure):
+                self.close()
+                raise UserError(batch.message)
+            yield batch
+
+    def close(self) -> None:
+        """End the worker processes now (persistent workers otherwise live with the loader)."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # what its __del__ calls
+        if shutdown is not None:
+            shutdown()
+
+
+# Workers leave Ctrl-C and SIGTERM to the trainer (`ignore_stop_signals`), so the
+# multiprocessing exit handler, which terminates them with SIGTERM and then waits, would
+# wait forever for workers of a loader still alive at exit (e.g. held by the traceback of
+# the error that ends the program). This handler, registered after that one, runs first
+# and ends them the ordinary way.
+_LIVE_LOADERS: weakref.WeakSet[FaceLoader] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_loaders() -> None:
+    for loader in list(_LIVE_LOADERS):
+        loader.close()
+
+
+def collate_uint8(
+    batch: Sequence[tuple[torch.Tensor, int] | LoaderFailure],
+) -> tuple[torch.Tensor, torch.Tensor] | LoaderFailure:
+    """Stack items into (uint8 (B,3,H,W), int64 (B,)); the images stay uint8. A batch with a
+    `LoaderFailure` item is that failure.
 
     The copy is done by numpy into the output tensor (``torch.stack`` dispatches small copies
     to the intra-op thread pool, ~100x slower on a busy CPU); inside a worker the output is
     allocated in shared memory, so sending it to the main process costs no extra copy.
     """
+    failure = next((item for item in batch if isinstance(item, LoaderFailure)), None)
+    if failure is not None:
+        return failure
     first = batch[0][0]
     images = torch.empty((len(batch), *first.shape), dtype=first.dtype)
     if get_worker_info() is not None:
@@ -72,7 +144,8 @@ def make_loader(
     drop_last: bool = False,
     generator: torch.Generator | None = None,
 ) -> DataLoader:
-    """A DataLoader yielding (uint8 (B,3,H,W), int64 (B,)).
+    """A `FaceLoader` yielding (uint8 (B,3,H,W), int64 (B,)); a `UserError` of the dataset
+    reaches the caller as the same sentence, from worker processes too.
 
     ``num_workers=None`` takes `default_num_workers()`. With workers, they are persistent
     (no re-fork per epoch, datasets keep their per-process file handles) and prefetch 4
@@ -88,8 +161,8 @@ def make_loader(
             "persistent_workers": True, "prefetch_factor": 4,
             "worker_init_fn": ignore_stop_signals,
         }
-    return DataLoader(
-        dataset,
+    loader = FaceLoader(
+        _ReportingDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
         shuffle=shuffle if sampler is None else False,
@@ -100,3 +173,5 @@ def make_loader(
         generator=generator,
         **extra,
     )
+    _LIVE_LOADERS.add(loader)
+    return loader

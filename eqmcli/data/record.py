@@ -37,13 +37,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eqmcli.data.decode import BadImageLog, DecodeError, decode_image
-from eqmcli.data.image_folder import SubstitutingDataset, scan_image_folder, split_holdout
+from eqmcli.data.decode import BadImageLog, DecodeError, ImageSize, decode_image, pixel_size
+from eqmcli.data.image_folder import (
+    SubstitutingDataset,
+    probe_image_size,
+    scan_image_folder,
+    split_holdout,
+)
 from eqmcli.data.staging import refuse_incomplete, staged_output_dir
+from eqmcli.data.trainset import TrainData
 from eqmcli.errors import UserError, shown
 
 if TYPE_CHECKING:
-    from eqmcli.data import TrainData
     from eqmcli.recipe import RecordSource
 
 MAGIC = 0xCED7230A
@@ -487,7 +492,8 @@ class RecordDataset(SubstitutingDataset):
     """Image records of a ``.rec``: item i = (uint8 (3,H,W) decoded ``keys[i]``, ``labels[i]``).
 
     A corrupt record or undecodable image is listed as ``<rec path>#<key>`` and substituted
-    by another image of the same class (see `SubstitutingDataset`).
+    by another image of the same class (see `SubstitutingDataset`). ``image_size`` (pixels,
+    a side or ``(height, width)``): images of another size are resized to it.
     """
 
     def __init__(
@@ -496,16 +502,19 @@ class RecordDataset(SubstitutingDataset):
         keys: np.ndarray,
         labels: np.ndarray,
         *,
-        image_size: int | None = None,
+        image_size: ImageSize | None = None,
         bad_log: BadImageLog | None = None,
     ) -> None:
         super().__init__(labels, bad_log)
         self.rec = rec
         self.keys = np.asarray(keys, dtype=np.int64)
-        self.image_size = image_size
+        self.image_size = pixel_size(image_size)
 
     def _name(self, index: int) -> str:
         return f"{self.rec.rec_path}#{int(self.keys[index])}"
+
+    def _class_name(self, label: int) -> str:
+        return f"class {label} of {self.rec.rec_path}"
 
     def _load(self, index: int) -> torch.Tensor:
         _, _, image = unpack_payload(self.rec.read(int(self.keys[index])))
@@ -534,15 +543,15 @@ def build_record_data(
     source: RecordSource,
     strict: bool = False,
     bad_images_path: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> TrainData:
     """Open ``source.root`` (train.rec/.idx/property) as a `TrainData`.
 
-    ``class_sizes`` counts training images per class after the per-class hold-out;
-    ``image_size`` is ``(s, s)`` for ``source.image_size = s``, else ``property``'s (H, W),
-    else the size of the first readable image.
+    ``class_sizes`` counts training images per class after the per-class hold-out. Every
+    image is resized in the loader's workers to ``image_size``: ``source.image_size``, else
+    ``input_size`` (the model input the recipe asks for), else ``property``'s (H, W), else
+    the size of the first readable image.
     """
-    from eqmcli.data import TrainData
-
     rec_path, idx_path, prop_path = record_paths(source.root)
     rec = RecordFile(rec_path, idx_path)
     layout = read_layout(rec, prop_path)
@@ -550,18 +559,18 @@ def build_record_data(
         layout.labels, layout.num_classes, source.holdout_fraction, source.seed
     )
     bad_log = BadImageLog(bad_images_path, strict=strict)
+    size = pixel_size(source.image_size) or pixel_size(input_size) or layout.image_size
+    if size is None:
+        size = probe_image_size(
+            layout.keys[:16].tolist(), lambda key: decode_image(unpack_payload(rec.read(key))[2]),
+            str(rec_path),
+        )
 
     def subset(idx: np.ndarray) -> RecordDataset:
         return RecordDataset(
-            rec, layout.keys[idx], layout.labels[idx], image_size=source.image_size, bad_log=bad_log
+            rec, layout.keys[idx], layout.labels[idx], image_size=size, bad_log=bad_log
         )
 
-    if source.image_size is not None:
-        size = (source.image_size, source.image_size)
-    elif layout.image_size is not None:
-        size = layout.image_size
-    else:
-        size = _probe_record_size(rec, layout.keys[:16])
     data = TrainData(
         dataset=subset(train_idx),
         num_classes=layout.num_classes,
@@ -573,16 +582,6 @@ def build_record_data(
     )
     rec.close()  # the datasets reopen lazily in whichever process reads
     return data
-
-
-def _probe_record_size(rec: RecordFile, keys: np.ndarray) -> tuple[int, int]:
-    for key in keys.tolist():
-        try:
-            image = decode_image(unpack_payload(rec.read(key))[2])
-        except DecodeError:
-            continue
-        return int(image.shape[1]), int(image.shape[2])
-    raise UserError(f"{rec.rec_path}: none of the first {len(keys)} images decodes")
 
 
 # ---------------------------------------------------------------------- conversion

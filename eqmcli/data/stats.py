@@ -12,7 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from eqmcli.data import build_train_data
+from eqmcli.data.image_folder import scan_image_folder, split_holdout
+from eqmcli.data.record import RecordFile, read_layout, record_paths
 from eqmcli.errors import UserError
+from eqmcli.recipe import ImageFolderSource, RecordSource, load_recipe
 
 HEAD_THRESHOLD = 80  # images per class: the paper's "under 80 images" group
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -97,9 +101,6 @@ def compute_stats(
 
 def _folder_sizes(source: Any) -> tuple[np.ndarray, int]:
     """(train class sizes, held-out count) of an image-folder or record source, no decoding."""
-    from eqmcli.data.image_folder import scan_image_folder, split_holdout
-    from eqmcli.data.record import RecordFile, read_layout, record_paths
-
     if source.kind == "record":
         rec_path, idx_path, prop_path = record_paths(source.root)
         rec = RecordFile(rec_path, idx_path)
@@ -116,8 +117,6 @@ def _folder_sizes(source: Any) -> tuple[np.ndarray, int]:
 def resolve_source(path: str | Path) -> Any:
     """A path -> recipe source: a ``.yaml``/``.yml`` recipe (its ``data.train``), a record
     folder (holding a ``.rec``) or a ``.rec`` file, otherwise an image folder."""
-    from eqmcli.recipe import ImageFolderSource, RecordSource, load_recipe
-
     path = Path(path).expanduser()
     if path.suffix.lower() in (".yaml", ".yml"):
         return load_recipe(path).data.train
@@ -134,8 +133,6 @@ def data_stats(path: str | Path) -> DataStats:
     """Statistics of the training source at ``path`` (recipe YAML, record or image folder)."""
     source = resolve_source(path)
     if source.kind == "synthetic":
-        from eqmcli.data import build_train_data
-
         data = build_train_data(source)
         sizes = np.asarray(data.class_sizes)
         test = len(data.test_dataset) if data.test_dataset is not None else 0
