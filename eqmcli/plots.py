@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eqmcli.analysis import PerClassTable, size_bin_edges
-from eqmcli.errors import UserError
+from eqmcli.atomic import atomic_write
+from eqmcli.errors import UserError, shown
 from eqmcli.rundir import RunPaths
 
 if TYPE_CHECKING:
@@ -494,7 +494,7 @@ def select_rocs(runs: Sequence[Path], sets: Sequence[str] | None = None) -> RocS
     if unknown:
         have = ", ".join(sorted(found)) or "none"
         raise UserError(
-            f"no run has ROC points for the set {unknown[0]!r:.60} (eval/<set>.json); "
+            f"no run has ROC points for the set {shown(unknown[0])} (eval/<set>.json); "
             f"sets with ROC points: {have}"
         )
     selection = RocSelection(curves={}, skipped=[])
@@ -685,12 +685,8 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     for path in paths:
-        temporary = path.with_name(f".{path.name}.tmp")
-        try:
-            fig.savefig(temporary, dpi=DPI, format=path.suffix[1:])
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        kind = path.suffix[1:]
+        atomic_write(path, lambda out, k=kind: fig.savefig(out, dpi=DPI, format=k), sync=False)
     return paths
 
 

@@ -337,8 +337,27 @@ def pair_scores(embeddings: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
     return (features[index[:, 0]] * features[index[:, 1]]).sum(dim=1).numpy()
 
 
+#: The fields of `Provenance`.
+PROVENANCE: tuple[str, ...] = ("source", "checkpoint", "epoch", "step")
+
+
+@dataclass(kw_only=True)
+class Provenance:
+    """Where a result came from: filled in by the caller, left out of its JSON when unknown."""
+
+    source: str | None = None
+    checkpoint: str | None = None
+    epoch: int | None = None
+    step: int | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """The provenance fields that are known, for ``to_dict``."""
+        known = {key: getattr(self, key) for key in PROVENANCE}
+        return {key: value for key, value in known.items() if value is not None}
+
+
 @dataclass
-class SetEvaluation:
+class SetEvaluation(Provenance):
     """One verification set scored by one model: the protocol's results and how they were made.
 
     ``result`` is computed on the flip-fused embeddings when ``flip`` (else the plain
@@ -356,10 +375,6 @@ class SetEvaluation:
     input_size: tuple[int, int]
     resized_from: tuple[int, int] | None
     seconds: float
-    source: str | None = None
-    checkpoint: str | None = None
-    epoch: int | None = None
-    step: int | None = None
 
     @property
     def accuracy(self) -> float:
@@ -380,13 +395,7 @@ class SetEvaluation:
         out["input_size"] = list(self.input_size)
         out["resized_from"] = list(self.resized_from) if self.resized_from else None
         out["seconds"] = round(self.seconds, 3)
-        provenance = {
-            "source": self.source,
-            "checkpoint": self.checkpoint,
-            "epoch": self.epoch,
-            "step": self.step,
-        }
-        out.update({k: v for k, v in provenance.items() if v is not None})
+        out.update(self.provenance())
         return json_safe(out)
 
 

@@ -42,14 +42,18 @@ def test_template_features_match_explicit_loops() -> None:
         assert result.media[row] == len(set(medias[templates == t].tolist()))
 
 
-def test_pair_scores_are_template_cosines_and_unknown_templates_are_named() -> None:
+@pytest.mark.parametrize("method", ["gram", "gather"])
+def test_pair_scores_are_template_cosines_and_unknown_templates_are_named(
+    method: str, monkeypatch
+) -> None:
+    monkeypatch.setattr("eqmcli.protocols.templates.GRAM_BLOCK", 3)  # several blocks
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(30, 6)).astype(np.float32)
     templates = np.repeat(np.arange(10), 3)
     medias = np.arange(30)
     tf = template_features(feats, templates, medias)
     first, second = rng.integers(0, 10, 25), rng.integers(0, 10, 25)
-    scores = score_pairs(tf, first, second, chunk=7)
+    scores = score_pairs(tf, first, second, method=method, chunk=7)
     for k in range(25):
         a = feats[templates == first[k]].sum(0)
         b = feats[templates == second[k]].sum(0)

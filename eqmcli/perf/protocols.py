@@ -17,6 +17,7 @@ the level after the inputs were made (`eqmcli.perf.memory.peak_memory`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -78,12 +79,33 @@ def _ijb_inputs(scale: float, dim: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def benchmark_ijb_scale(scale: float = 1.0, dim: int = 512, seed: int = 0) -> ProtocolBench:
-    """Template aggregation + scoring + TAR/AUC of an IJB-C-sized problem (random features)."""
-    data = _ijb_inputs(scale, dim, seed)
+def _timed(
+    benchmark: str, sizes: dict[str, int], dim: int, work: Callable[[dict[str, float]], None]
+) -> ProtocolBench:
+    """Run ``work(parts)`` (it records named part seconds into ``parts``) under the clocks
+    and the peak-memory probe."""
     parts: dict[str, float] = {}
     wall, cpu = time.perf_counter(), time.process_time()
     with peak_memory(torch.device("cpu")) as peak:
+        work(parts)
+    return ProtocolBench(
+        benchmark=benchmark,
+        sizes=sizes,
+        dim=dim,
+        threads=torch.get_num_threads(),
+        seconds=time.perf_counter() - wall,
+        cpu_seconds=time.process_time() - cpu,
+        peak_extra_bytes=peak.extra_bytes,
+        peak_method=peak.method,
+        parts=parts,
+    )
+
+
+def benchmark_ijb_scale(scale: float = 1.0, dim: int = 512, seed: int = 0) -> ProtocolBench:
+    """Template aggregation + scoring + TAR/AUC of an IJB-C-sized problem (random features)."""
+    data = _ijb_inputs(scale, dim, seed)
+
+    def work(parts: dict[str, float]) -> None:
         mark = time.perf_counter()
         tf = template_features(data["features"], data["templates"], data["medias"], data["weights"])
         parts["templates"] = time.perf_counter() - mark
@@ -97,18 +119,13 @@ def benchmark_ijb_scale(scale: float = 1.0, dim: int = 512, seed: int = 0) -> Pr
         roc_auc(far, tar)
         nearest_point_tar(far, tar, int(data["same"].sum()), negatives)
         parts["ROC, TAR@FAR, AUC"] = time.perf_counter() - mark
-    return ProtocolBench(
-        benchmark="ijbc-1to1",
-        sizes={"images": len(data["features"]), "templates": len(tf.ids),
-               "pairs": len(data["first"])},
-        dim=dim,
-        threads=torch.get_num_threads(),
-        seconds=time.perf_counter() - wall,
-        cpu_seconds=time.process_time() - cpu,
-        peak_extra_bytes=peak.extra_bytes,
-        peak_method=peak.method,
-        parts=parts,
-    )
+
+    sizes = {
+        "images": len(data["features"]),
+        "templates": len(np.unique(data["templates"])),
+        "pairs": len(data["first"]),
+    }
+    return _timed("ijbc-1to1", sizes, dim, work)
 
 
 def benchmark_megaface_scale(scale: float = 1.0, dim: int = 512, seed: int = 0) -> ProtocolBench:
@@ -121,17 +138,9 @@ def benchmark_megaface_scale(scale: float = 1.0, dim: int = 512, seed: int = 0) 
     ids = [f"id{k % MEGAFACE_IDENTITIES}" for k in range(probes)]
     index = np.arange(distractors)
     members = {size: index < size for size in MEGAFACE_SIZES if size <= distractors}
-    wall, cpu = time.perf_counter(), time.process_time()
-    with peak_memory(torch.device("cpu")) as peak:
+
+    def work(parts: dict[str, float]) -> None:
         megaface_numbers(probe_features, ids, distractor_features, members)
-    return ProtocolBench(
-        benchmark="megaface-search",
-        sizes={"probes": probes, "distractors": distractors, "sets": len(members)},
-        dim=dim,
-        threads=torch.get_num_threads(),
-        seconds=time.perf_counter() - wall,
-        cpu_seconds=time.process_time() - cpu,
-        peak_extra_bytes=peak.extra_bytes,
-        peak_method=peak.method,
-        parts={},
-    )
+
+    sizes = {"probes": probes, "distractors": distractors, "sets": len(members)}
+    return _timed("megaface-search", sizes, dim, work)

@@ -129,7 +129,7 @@ class Embedder:
             precision=self.precision,
             progress=self.progress,
             description=f"embedding {benchmark}",
-            normalize=not raw,
+            **({"normalize": False} if raw else {}),
         )
         if emb.resized_from and self.resized_from is None:
             self.resized_from = emb.resized_from

@@ -16,7 +16,7 @@ thinned ROC whose FAR is *nearest* the target (possibly above it); that number i
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from eqmcli.protocols.features import Embedder, array_fingerprint
 from eqmcli.protocols.search import IdentificationResult, identification
 from eqmcli.protocols.templates import TemplateFeatures, score_pairs, template_features
 from eqmcli.verification import (
+    PROVENANCE,
+    Provenance,
     far_key,
     json_safe,
     operating_points,
@@ -48,12 +50,12 @@ class IjbOptions:
 
 
 @dataclass
-class IjbResult:
+class IjbResult(Provenance):
     """IJB 1:1 (and, when its lists exist, 1:N) results; fractions in [0, 1]."""
 
     benchmark: str
     images: int
-    missing_images: list[str]
+    missing: list[str]
     templates: int
     pairs: int
     pairs_without_images: int
@@ -72,23 +74,14 @@ class IjbResult:
     input_size: tuple[int, int]
     resized_from: tuple[int, int] | None
     seconds: float
-    source: str | None = None
-    checkpoint: str | None = None
-    epoch: int | None = None
-    step: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def missing(self) -> list[str]:
-        """The listed images (or videos) that were absent and left out."""
-        return self.missing_images
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``eval/<benchmark>.json`` layout (the missing images as a count)."""
-        out = asdict(self)
-        out["missing_images"] = len(self.missing_images)
+        """The ``eval/<benchmark>.json`` layout (the listed images that were missing, as
+        ``missing_images``, counted)."""
+        out = {key: value for key, value in asdict(self).items() if key not in PROVENANCE}
+        out["missing_images"] = len(out.pop("missing"))
         out["identification_mean"] = mean_identification(self.identification)
-        out.update(out.pop("extra"))
+        out.update(self.provenance())
         return json_safe(out)
 
 
@@ -213,7 +206,7 @@ def evaluate_ijb(meta: IjbSet, embedder: Embedder, options: IjbOptions) -> IjbRe
     return IjbResult(
         benchmark=meta.name,
         images=int(len(kept)),
-        missing_images=missing,
+        missing=missing,
         templates=int(len(templates.ids)),
         pairs_without_images=dropped,
         identification=identification_part(meta, templates),

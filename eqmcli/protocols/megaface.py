@@ -28,7 +28,7 @@ import torch
 from eqmcli.data.align import template_for_input
 from eqmcli.data.megaface import MegafaceImages, MegafaceLists, read_feature_files
 from eqmcli.protocols.features import Embedder, FeatureCache, fingerprint
-from eqmcli.verification import json_safe
+from eqmcli.verification import PROVENANCE, Provenance, json_safe
 
 MEGAFACE_SIZES: tuple[int, ...] = (10, 100, 1000, 10000, 100000, 1000000)
 VERIFICATION_FAR = 1e-6
@@ -53,6 +53,19 @@ def _columns(mask: np.ndarray) -> slice | np.ndarray | None:
     if mask[:count].all():
         return slice(0, count)
     return torch.from_numpy(np.flatnonzero(mask))
+
+
+def _merge_top(pool: torch.Tensor, scores: torch.Tensor, keep: int, floor: float) -> torch.Tensor:
+    """The ``keep`` highest of ``pool`` and ``scores``, best first. Only scores above
+    ``floor`` (the pool's lowest once full) can enter, so a full pool costs one comparison
+    per score; an unfilled one takes the block's own top ``keep`` first (no big copy)."""
+    if np.isfinite(floor):
+        fresh = scores[scores > floor]
+    else:
+        flat = scores.reshape(-1)
+        fresh = torch.topk(flat, min(keep, flat.numel())).values
+    merged = torch.cat((pool, fresh))
+    return torch.topk(merged, min(keep, merged.numel())).values
 
 
 def distractor_scores(
@@ -83,9 +96,7 @@ def distractor_scores(
             best[size] = torch.maximum(best[size], sub.max(dim=1).values)
             if impostors[size] * far < 1.0 - 1e-9:
                 continue  # FAR 1e-6 cannot be measured at this size
-            fresh = sub[sub > floors[size]]
-            merged = torch.cat((pools[size], fresh))
-            pools[size] = torch.topk(merged, min(keep[size], merged.numel())).values
+            pools[size] = _merge_top(pools[size], sub, keep[size], floors[size])
             if pools[size].numel() == keep[size]:
                 floors[size] = float(pools[size][-1])
     return DistractorScores(
@@ -111,7 +122,7 @@ def identity_pairs(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class MegafaceResult:
+class MegafaceResult(Provenance):
     """MegaFace challenge 1 results per distractor count; fractions in [0, 1]."""
 
     probes: int
@@ -123,25 +134,18 @@ class MegafaceResult:
     far_thresholds: dict[str, float | None]
     features: str
     seconds: float
-    missing_images: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
     flip: bool | None = None
     input_size: tuple[int, int] | None = None
     resized_from: tuple[int, int] | None = None
     benchmark: str = "megaface"
-    source: str | None = None
-    checkpoint: str | None = None
-    epoch: int | None = None
-    step: int | None = None
-
-    @property
-    def missing(self) -> list[str]:
-        """The listed images (or videos) that were absent and left out."""
-        return self.missing_images
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``eval/megaface.json`` layout (the missing images as a count)."""
-        out = asdict(self)
-        out["missing_images"] = len(self.missing_images)
+        """The ``eval/megaface.json`` layout (the listed images that were missing, as
+        ``missing_images``, counted)."""
+        out = {key: value for key, value in asdict(self).items() if key not in PROVENANCE}
+        out["missing_images"] = len(out.pop("missing"))
+        out.update(self.provenance())
         return json_safe(out)
 
 
@@ -271,7 +275,7 @@ def evaluate_megaface(
     precomputed: PrecomputedFeatures | None = None,
 ) -> MegafaceResult:
     """MegaFace challenge 1 with features from ``embedder`` (the listed images that exist;
-    the others are listed in ``missing_images``) or from ``precomputed`` feature files."""
+    the others are listed in ``missing``) or from ``precomputed`` feature files."""
     started = time.perf_counter()
     union, members = distractor_union(lists.distractors)
     missing: list[str] = []
@@ -291,7 +295,7 @@ def evaluate_megaface(
     numbers["seconds"] = time.perf_counter() - started
     return MegafaceResult(
         features="precomputed" if precomputed is not None else "embedded",
-        missing_images=missing,
+        missing=missing,
         flip=embedder.flip if embedder is not None else None,
         input_size=embedder.input_size if embedder is not None else None,
         resized_from=embedder.resized_from if embedder is not None else None,

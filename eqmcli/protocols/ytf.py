@@ -19,36 +19,27 @@ from eqmcli.data.verification import ImageFiles
 from eqmcli.data.ytf import YtfPairs, evenly_spaced, video_frames
 from eqmcli.errors import UserError
 from eqmcli.protocols.features import Embedder
-from eqmcli.verification import VerificationResult, json_safe, verify
+from eqmcli.verification import Provenance, VerificationResult, json_safe, verify
 
 #: Frames per video by default: enough for a stable mean at a fraction of all 621k frames.
 DEFAULT_FRAMES = 100
 
 
 @dataclass
-class YtfResult:
+class YtfResult(Provenance):
     """YouTube Faces results; ``result`` holds the 10-fold numbers (fractions in [0, 1])."""
 
     result: VerificationResult
     videos: int
     frames: int
     frames_per_video: int
-    missing_videos: list[str]
+    missing: list[str]
     pairs_dropped: int
     flip: bool
     input_size: tuple[int, int]
     resized_from: tuple[int, int] | None
     seconds: float
     benchmark: str = "ytf"
-    source: str | None = None
-    checkpoint: str | None = None
-    epoch: int | None = None
-    step: int | None = None
-
-    @property
-    def missing(self) -> list[str]:
-        """The listed images (or videos) that were absent and left out."""
-        return self.missing_videos
 
     def to_dict(self) -> dict[str, Any]:
         """The ``eval/ytf.json`` layout: the `VerificationResult` keys plus these fields."""
@@ -58,17 +49,13 @@ class YtfResult:
             videos=self.videos,
             frames=self.frames,
             frames_per_video=self.frames_per_video,
-            missing_videos=len(self.missing_videos),
+            missing_videos=len(self.missing),
             pairs_dropped=self.pairs_dropped,
             input_size=list(self.input_size),
             resized_from=list(self.resized_from) if self.resized_from else None,
             seconds=round(self.seconds, 3),
         )
-        provenance = {
-            "source": self.source, "checkpoint": self.checkpoint,
-            "epoch": self.epoch, "step": self.step,
-        }
-        out.update({k: v for k, v in provenance.items() if v is not None})
+        out.update(self.provenance())
         return json_safe(out)
 
 
@@ -115,7 +102,7 @@ def evaluate_ytf(pairs: YtfPairs, embedder: Embedder, frames: int = DEFAULT_FRAM
         videos=len(present),
         frames=len(paths),
         frames_per_video=frames,
-        missing_videos=missing,
+        missing=missing,
         pairs_dropped=int((~keep).sum()),
         flip=embedder.flip,
         input_size=tuple(embedder.input_size),  # type: ignore[arg-type]
