@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -301,113 +302,169 @@ def _over(image: Tensor, color: Tensor, alpha: Tensor) -> Tensor:
     return image.add_((color - image).mul_(alpha))
 
 
-def render_faces(
-    ident: dict[str, Tensor], nuis: dict[str, Tensor], noise: Tensor, size: int
-) -> Tensor:
-    """Render B faces: parameter dicts of `(B, ...)` float32 tensors -> uint8 `(B, 3, S, S)`.
+_FACE_CY = 0.08  # face-space height of the face oval's centre
 
-    `noise` is the `(B, 3, S, S)` unit Gaussian field of each sample (scaled here by the
-    sample's noise sigma).
-    """
-    s = size
-    coords = (torch.arange(s, dtype=torch.float32) + 0.5) * (2.0 / s) - 1.0
-    u = coords.view(1, 1, 1, s)
-    v = coords.view(1, 1, s, 1)
-    n = nuis
-    p = ident
 
-    # image-space edge width and the face-space geometry
-    pixel = 2.0 / s
+@dataclass(frozen=True)
+class _Frame:
+    """Pixel-centre coordinates of a batch: image space `(u, v)` in [-1, 1] (`(1,1,1,S)` and
+    `(1,1,S,1)`), face space `(x, y)` (scaled, rotated, shifted per sample, `(B,1,S,S)`),
+    and the soft-edge widths `w` (face space) and `w_img` (image space)."""
+
+    u: Tensor
+    v: Tensor
+    x: Tensor
+    y: Tensor
+    w: Tensor
+    w_img: Tensor
+
+
+def _frame(n: dict[str, Tensor], size: int) -> _Frame:
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
+    u = coords.view(1, 1, 1, size)
+    v = coords.view(1, 1, size, 1)
+    pixel = 2.0 / size
     w_img = _b(torch.sqrt((0.35 * pixel) ** 2 + (0.55 * n["blur"]) ** 2))
     scale = _b(n["scale"])
     cos, sin = _b(torch.cos(n["angle"])), _b(torch.sin(n["angle"]))
     du, dv = u - _b(n["tx"]), v - _b(n["ty"])
     x = (cos * du + sin * dv) / scale
     y = (cos * dv - sin * du) / scale
-    w = w_img / scale
+    return _Frame(u, v, x, y, w_img / scale, w_img)
 
-    # background: gradient between two colours, plus a blob
+
+def render_faces(
+    ident: dict[str, Tensor], nuis: dict[str, Tensor], noise: Tensor, size: int
+) -> Tensor:
+    """Render B faces: parameter dicts of `(B, ...)` float32 tensors -> uint8 `(B, 3, S, S)`.
+
+    `noise` is the `(B, 3, S, S)` unit Gaussian field of each sample (scaled here by the
+    sample's noise sigma). Layers are painted back to front, each in its own function.
+    """
+    f = _frame(nuis, size)
+    image = _background(f, nuis)
+    face = _head(image, f, ident, nuis)
+    xf = f.x - _b(nuis["yaw"])  # inner features follow the yaw
+    _marks(image, f, xf, ident, nuis, face)
+    _nose_and_beard(image, f, xf, ident, nuis, face)
+    _eyes_and_brows(image, f, xf, ident, nuis)
+    _mouth(image, f, xf, ident, nuis)
+    _fringe_and_occluder(image, f, ident, nuis)
+    return _camera(image, f, nuis, noise)
+
+
+def _background(f: _Frame, n: dict[str, Tensor]) -> Tensor:
+    """A gradient between two colours, plus a blob: the `(B, 3, S, S)` canvas."""
     ang = n["bg_angle"]
-    t = (_b(torch.cos(ang)) * u + _b(torch.sin(ang)) * v).mul_(0.5).add_(0.5)
+    t = (_b(torch.cos(ang)) * f.u + _b(torch.sin(ang)) * f.v).mul_(0.5).add_(0.5)
     bg0, bg1 = _b(n["bg0"]), _b(n["bg1"])
     image = bg0 + (bg1 - bg0) * t
     bxy, br = n["blob_xy"], _b(n["blob_r"])
-    blob = _ellipse(u, v, _b(bxy[:, 0]), _b(bxy[:, 1]), br, br * 0.8, w_img)
-    _over(image, _b(n["blob_color"]), blob.mul_(_b(n["blob_on"])))
+    blob = _ellipse(f.u, f.v, _b(bxy[:, 0]), _b(bxy[:, 1]), br, br * 0.8, f.w_img)
+    return _over(image, _b(n["blob_color"]), blob.mul_(_b(n["blob_on"])))
 
-    # hair behind the head, clothes and neck
+
+def _sigma_face(n: dict[str, Tensor]) -> Tensor:
+    """The blur in face-space units, `(B, 1)`."""
+    return (n["blur"] / n["scale"])[:, None]
+
+
+def _head(image: Tensor, f: _Frame, p: dict[str, Tensor], n: dict[str, Tensor]) -> Tensor:
+    """Hair behind the head, clothes, neck, then the textured face oval; returns its mask."""
+    x, y, w = f.x, f.y, f.w
     face_rx, face_ry = _b(p["face_rx"]), _b(p["face_ry"])
     vol, length = _b(p["hair_volume"]), _b(p["hair_length"])
-    hair_color = _b(p["hair"])
     skin = _b(p["skin"])
-    face_cy = 0.08
-    back = _ellipse(x, y, 0.0, face_cy - 0.1 + 0.3 * length, face_rx * vol * 1.05,
+    back = _ellipse(x, y, 0.0, _FACE_CY - 0.1 + 0.3 * length, face_rx * vol * 1.05,
                     face_ry * (vol + 0.6 * length), w)
-    _over(image, hair_color, back.mul_((_b(p["hairline"]) > -1.0).float()))
+    _over(image, _b(p["hair"]), back.mul_((_b(p["hairline"]) > -1.0).float()))
     _over(image, _b(n["clothes"]), _ellipse(x, y, 0.0, 1.3, 0.95, 0.45, w))
     _over(image, skin * 0.82, _ellipse(x, y, 0.0, 0.85, 0.22 * face_rx / 0.55, 0.35, w))
 
     # the face oval (tapering towards the chin) with its skin texture
     yaw = _b(n["yaw"])
-    below = (y - face_cy).clamp_(min=0.0) / face_ry
+    below = (y - _FACE_CY).clamp_(min=0.0) / face_ry
     rx_eff = face_rx * (1.0 - 0.25 * yaw.abs()) * (1.0 - _b(p["face_taper"]) * below)
-    face = _ellipse(x, y, 0.3 * yaw, face_cy, rx_eff, face_ry, w)
+    face = _ellipse(x, y, 0.3 * yaw, _FACE_CY, rx_eff, face_ry, w)
     freq = p["tex_freq"]
     # a blurred sinusoid keeps the fraction exp(-2 pi^2 f^2 sigma^2) of its amplitude
-    sigma_face = (n["blur"] / n["scale"])[:, None]
-    amp = p["tex_amp"] * torch.exp(-2 * math.pi**2 * freq.square() * sigma_face.square())
+    amp = p["tex_amp"] * torch.exp(-2 * math.pi**2 * freq.square() * _sigma_face(n).square())
     kx = 2 * math.pi * freq * torch.cos(p["tex_angle"])
     ky = 2 * math.pi * freq * torch.sin(p["tex_angle"])
     texture = (_b(amp) * torch.sin(_b(kx) * x + _b(ky) * y + _b(p["tex_phase"]))).sum(
         1, keepdim=True
     )
     _over(image, skin * (1.0 + texture), face)
+    return face
 
-    # inner features follow the yaw
-    xf = x - yaw
+
+def _marks(
+    image: Tensor, f: _Frame, xf: Tensor, p: dict[str, Tensor], n: dict[str, Tensor],
+    face: Tensor,
+) -> None:
+    """Moles and freckles: Gaussian spots on the face, weakened by the blur."""
+    sigma_face = _sigma_face(n)
     sig2 = p["mark_sigma"].square() + sigma_face.square()
     strength = p["mark_strength"] * p["mark_sigma"].square() / sig2
-    r2 = (xf - _b(p["mark_x"])).square_() + (y - _b(p["mark_y"])).square_()
+    r2 = (xf - _b(p["mark_x"])).square_() + (f.y - _b(p["mark_y"])).square_()
     r2 = r2.mul_(_b(-0.5 / sig2)).clamp_(min=-30.0)  # exp(-30) ~ 1e-13: keeps clear of denormals
     marks = torch.exp_(r2).mul_(_b(strength)).amax(1, keepdim=True)
     _over(image, _b(p["mark_color"]), marks.mul_(face))
 
+
+_SIDES = (-1.0, 1.0)  # left and right of the face's vertical axis
+
+
+def _nose_and_beard(
+    image: Tensor, f: _Frame, xf: Tensor, p: dict[str, Tensor], n: dict[str, Tensor],
+    face: Tensor,
+) -> None:
+    """The beard below the nose (where present), then the nose: a shaded ridge, two nostrils."""
+    y, w, skin = f.y, f.w, _b(p["skin"])
     nose_top = _b(p["eye_y"]) + 0.04
     nose_bottom = nose_top + _b(p["nose_len"]) + _b(n["nose_dy"])
     if bool((p["beard"] > 0).any()):
         beard = _ramp((y - nose_bottom - 0.04).div_(w + 0.02)).mul_(face)
-        _over(image, hair_color, beard.mul_(_b(p["beard"])))
-
-    # nose: a shaded ridge and two nostrils
+        _over(image, _b(p["hair"]), beard.mul_(_b(p["beard"])))
     nose_w = _b(p["nose_w"])
     ridge = _ellipse(xf, y, 0.0, (nose_top + nose_bottom) / 2, nose_w,
                      (nose_bottom - nose_top) / 2, w)
     _over(image, skin * 0.72, ridge.mul_(_b(p["nose_shade"])))
-    side = torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
+    side = torch.tensor(_SIDES).view(1, 2, 1, 1)
     nostril_r = nose_w * 0.3
     nostrils = _ellipse(xf, y, side * nose_w * 0.55, nose_bottom, nostril_r, nostril_r * 0.6, w)
     _over(image, skin * 0.4, nostrils.amax(1, keepdim=True).mul_(0.8))
 
-    # eyes: sclera and iris, opened by the sample's eye openness
+
+def _eyes_and_brows(
+    image: Tensor, f: _Frame, xf: Tensor, p: dict[str, Tensor], n: dict[str, Tensor]
+) -> None:
+    """Sclera and iris opened by the sample's eye openness, then tilted, mirrored brows."""
+    y, w = f.y, f.w
+    side = torch.tensor(_SIDES).view(1, 2, 1, 1)
     eye_x = side * _b(p["eye_sep"])
     eye_y = _b(p["eye_y"]) + _b(n["eye_dy"])
     eye_rx, eye_ry = _b(p["eye_rx"]), _b(p["eye_ry"]) * _b(n["eye_open"])
     sclera = _ellipse(xf, y, eye_x, eye_y, eye_rx, eye_ry, w)
-    _over(image, 0.25 * skin + 0.7, sclera.amax(1, keepdim=True))
+    _over(image, 0.25 * _b(p["skin"]) + 0.7, sclera.amax(1, keepdim=True))
     iris_r = _b(p["iris_size"]) * _b(p["eye_ry"])
     iris = _ellipse(xf, y, eye_x + _b(n["gaze"]) * eye_rx, eye_y, iris_r, iris_r, w)
     _over(image, _b(p["iris"]), iris.mul_(sclera).amax(1, keepdim=True))
 
-    # eyebrows: tilted ellipses, mirrored
     brow_y = eye_y - _b(p["brow_gap"]) - _b(n["brow_raise"])
     slope = side * _b(p["brow_slope"])
     bc, bs = torch.cos(slope), torch.sin(slope)
     dx, dy = xf - eye_x, y - brow_y
     brow = _ellipse(bc * dx + bs * dy, bc * dy - bs * dx, 0.0, 0.0, _b(p["brow_len"]),
                     _b(p["brow_thick"]), w)
-    _over(image, hair_color * 0.75, brow.amax(1, keepdim=True))
+    _over(image, _b(p["hair"]) * 0.75, brow.amax(1, keepdim=True))
 
-    # mouth: a curved band (smile bends it, an open mouth thickens and darkens it)
+
+def _mouth(
+    image: Tensor, f: _Frame, xf: Tensor, p: dict[str, Tensor], n: dict[str, Tensor]
+) -> None:
+    """A curved band: a smile bends it, an open mouth thickens and darkens it."""
+    y, w = f.y, f.w
     mouth_y = _b(p["mouth_y"]) + _b(n["mouth_dy"])
     curve = _b(p["mouth_curve"]) + _b(n["smile"])
     half = _b(p["mouth_thick"]) * _b(n["mouth_open"]) / 2
@@ -417,20 +474,28 @@ def render_faces(
     open_dark = (_b(n["mouth_open"]) - 1.0).clamp(max=2.0) * 0.25
     _over(image, _b(p["lip"]) * (1.0 - open_dark), across.mul_(along))
 
-    # fringe: hair on the head above the (curved, parted) hairline
-    cap = _ellipse(x, y, 0.0, face_cy - 0.02, face_rx * vol, face_ry * vol * 1.02, w)
+
+def _fringe_and_occluder(
+    image: Tensor, f: _Frame, p: dict[str, Tensor], n: dict[str, Tensor]
+) -> None:
+    """Hair on the head above the (curved, parted) hairline, then the image-space occluder."""
+    x, y, w = f.x, f.y, f.w
+    vol = _b(p["hair_volume"])
+    cap = _ellipse(x, y, 0.0, _FACE_CY - 0.02, _b(p["face_rx"]) * vol,
+                   _b(p["face_ry"]) * vol * 1.02, w)
     hairline = _b(p["hairline"]) + _b(n["hairline_dy"])
     line = hairline + _b(p["hair_curve"]) * (x - _b(p["hair_part"])).square()
-    _over(image, hair_color, cap.mul_(_ramp((line - y).div_(w))))
+    _over(image, _b(p["hair"]), cap.mul_(_ramp((line - y).div_(w))))
 
-    # occluder in image space
     oxy, orr = n["occluder_xy"], n["occluder_r"]
-    occ = _ellipse(u, v, _b(oxy[:, 0]), _b(oxy[:, 1]), _b(orr[:, 0]), _b(orr[:, 1]), w_img)
+    occ = _ellipse(f.u, f.v, _b(oxy[:, 0]), _b(oxy[:, 1]), _b(orr[:, 0]), _b(orr[:, 1]), f.w_img)
     _over(image, _b(n["occluder_color"]), occ.mul_(_b(n["occluder_on"])))
 
-    # camera: colour cast, illumination gradient, contrast, brightness, noise
+
+def _camera(image: Tensor, f: _Frame, n: dict[str, Tensor], noise: Tensor) -> Tensor:
+    """Colour cast, illumination gradient, contrast, brightness, noise -> uint8."""
     la = n["light_angle"]
-    light = (_b(torch.cos(la)) * u + _b(torch.sin(la)) * v).mul_(_b(n["light"])).add_(1.0)
+    light = (_b(torch.cos(la)) * f.u + _b(torch.sin(la)) * f.v).mul_(_b(n["light"])).add_(1.0)
     image.mul_(_b(n["gain"])).mul_(light)
     image.sub_(0.5).mul_(_b(n["contrast"])).add_(_b(n["brightness"]) + 0.5)
     image.add_(noise.mul(_b(n["noise"])))
