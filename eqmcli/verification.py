@@ -365,6 +365,8 @@ class SetEvaluation(Provenance):
     ``input_size`` and ``resized_from`` are (H, W) pixels (``resized_from`` is the images'
     own size when they were resized to the model's input, else None); ``seconds`` is the
     wall time of embedding and scoring. The provenance fields are filled in by the caller.
+    ``scores`` and ``issame`` are the per-pair cosines that ``result`` thresholded and their
+    ground truth (not in ``to_dict``; `eqmcli.pair_outcomes` saves them for paired tests).
     """
 
     benchmark: str
@@ -375,6 +377,8 @@ class SetEvaluation(Provenance):
     input_size: tuple[int, int]
     resized_from: tuple[int, int] | None
     seconds: float
+    scores: np.ndarray | None = field(default=None, repr=False, compare=False)
+    issame: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def accuracy(self) -> float:
@@ -428,7 +432,8 @@ def evaluate_set(
         description=f"embedding {vset.name}",
     )
     main = emb.flip if flip and emb.flip is not None else emb.plain
-    result = verify(pair_scores(main, vset.pairs), vset.issame, folds=vset.folds)
+    scores = pair_scores(main, vset.pairs)
+    result = verify(scores, vset.issame, folds=vset.folds)
     noflip = (
         verify(pair_scores(emb.plain, vset.pairs), vset.issame, folds=vset.folds) if flip else None
     )
@@ -441,4 +446,6 @@ def evaluate_set(
         input_size=(int(input_size[0]), int(input_size[1])),
         resized_from=emb.resized_from,
         seconds=time.perf_counter() - started,
+        scores=scores,
+        issame=np.asarray(vset.issame, dtype=bool),
     )

@@ -34,9 +34,10 @@ def _register() -> None:
     app.command("embed")(embed.embed_command)
     app.command("export")(models.export_command)
     app.add_typer(models.import_app, name="import")
-    from eqmcli.cli import sweep
+    from eqmcli.cli import compare, sweep
 
     app.command("sweep")(sweep.sweep_command)
+    app.command("compare")(compare.compare_command)
 
 
 _register()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
+from eqmcli.compare import CompareReport, Comparison
 from eqmcli.run_results import is_fraction
 from eqmcli.sweep import MetricStats, SweepResult
 
@@ -80,3 +81,38 @@ def sweep_table(result: SweepResult) -> Table:
         cells += [format_stats(m, config.metrics.get(m)) for m in metrics]
         table.add_row(*cells)
     return table
+
+
+def compare_table(report: CompareReport) -> Table:
+    """One row per group: runs and metrics as mean ± std."""
+    available = {m for g in report.groups for m in g.metrics}
+    metrics = shown_metrics(available, (report.metric,))
+    table = Table(title="runs compared", box=box.SIMPLE_HEAD,
+                  caption="mean ± sample std over runs (seeds)")
+    table.add_column("group")
+    table.add_column("runs", justify="right")
+    for metric in metrics:
+        table.add_column(metric_header(metric), justify="right")
+    for group in report.groups:
+        cells = [group.name, str(len(group.runs))]
+        table.add_row(*cells, *(format_stats(m, group.stats(m)) for m in metrics))
+    return table
+
+
+def describe_comparison(comparison: Comparison) -> str:
+    """One or two sentences: the difference and its test (percentage points for fractions)."""
+    metric, head = comparison.metric, f"{comparison.b} vs {comparison.a} ({comparison.metric})"
+    unit = " pp" if is_fraction(metric) else ""
+    if comparison.welch is not None:
+        w = comparison.welch
+        text = f"{head}: difference {format_value(metric, w.difference)}{unit}"
+        if w.p_value is None:
+            return f"{text}; {comparison.note}"
+        return (f"{text}, {100 * w.confidence:.0f}% CI [{format_value(metric, w.low)}, "
+                f"{format_value(metric, w.high)}]{unit}, p = {w.p_value:.3g} "
+                f"({w.test}; df = {w.df:.1f})")
+    if comparison.mcnemar is not None:
+        m = comparison.mcnemar
+        return (f"{head}: on {m.pairs} {m.benchmark} pairs, {m.only_a} right only by the "
+                f"first, {m.only_b} only by the second; p = {m.p_value:.3g} ({m.test})")
+    return f"{head}: no test: {comparison.note}"

@@ -1,0 +1,225 @@
+"""`eqm compare`: runs and sweep configs side by side, and whether a difference is real.
+
+Each argument is a run directory (a group of one run) or a sweep folder (`sweep.json`;
+one group per config, its finished seeds as runs). Every group after the first is
+compared with the first on one metric (default `accuracy`, the verification accuracy of
+the runs' first eval set; names in `eqmcli.run_results`):
+
+- both groups with at least two runs (seeds): the difference of the means (group minus
+  first) with a 95% confidence interval and a two-sided p-value from **Welch's t-test**
+  (unequal variances, Welch-Satterthwaite degrees of freedom) over the runs;
+- both single runs and a verification accuracy: **McNemar's exact test** on the
+  per-pair correctness on the same pairs (`eval/<set>.pairs.npz`): the two-sided
+  binomial test of the discordant pairs (one model right, the other wrong) at p = 1/2;
+- anything else: no test, and the note says why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqmcli.errors import UserError, shown
+from eqmcli.pair_outcomes import pair_correctness
+from eqmcli.run_results import read_run_results
+from eqmcli.sweep import SWEEP_FILE, MetricStats, metric_stats
+
+CONFIDENCE = 0.95
+WELCH = "Welch's t-test (unequal variances), two-sided, over runs"
+MCNEMAR = "McNemar's exact test (two-sided binomial on the discordant pairs)"
+
+
+@dataclass
+class Group:
+    """Runs compared as one: a run directory, or one config of a sweep."""
+
+    name: str
+    runs: list[Path]
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    primary_sets: list[str | None] = field(default_factory=list)
+
+    def stats(self, metric: str) -> MetricStats | None:
+        values = self.metrics.get(metric, [])
+        return metric_stats(values) if values else None
+
+
+@dataclass
+class WelchResult:
+    """Mean of b minus mean of a, its confidence interval, t, df and p (fractions as stored)."""
+
+    difference: float
+    low: float
+    high: float
+    t: float | None
+    df: float | None
+    p_value: float | None
+    confidence: float = CONFIDENCE
+    test: str = WELCH
+
+
+@dataclass
+class McNemarResult:
+    """Per-pair 2x2 table of two runs on one set and the exact p-value."""
+
+    benchmark: str
+    pairs: int
+    both_correct: int
+    only_a: int
+    only_b: int
+    both_wrong: int
+    p_value: float
+    test: str = MCNEMAR
+
+
+@dataclass
+class Comparison:
+    """Group `b` against group `a` on `metric`."""
+
+    a: str
+    b: str
+    metric: str
+    welch: WelchResult | None = None
+    mcnemar: McNemarResult | None = None
+    note: str = ""
+
+
+@dataclass
+class CompareReport:
+    """The groups and the comparisons of each with the first."""
+
+    metric: str
+    groups: list[Group]
+    comparisons: list[Comparison]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` layout (fractions in [0, 1])."""
+        return {
+            "metric": self.metric,
+            "groups": [
+                {"name": g.name, "runs": [str(r) for r in g.runs],
+                 "metrics": {m: asdict(g.stats(m)) for m in sorted(g.metrics)}}
+                for g in self.groups
+            ],
+            "comparisons": [asdict(c) for c in self.comparisons],
+        }
+
+
+def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> WelchResult:
+    """Welch's t-test and confidence interval for mean(b) - mean(a); each needs >= 2 values."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.size < 2 or y.size < 2:
+        raise ValueError("Welch's t-test needs at least two values in each group")
+    difference = float(y.mean() - x.mean())
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return WelchResult(difference, difference, difference, None, None, None, confidence)
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    t = difference / se
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(t), df))
+    return WelchResult(difference, difference - half, difference + half, t, df, p, confidence)
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: 2 P(X <= min) for X ~ Binomial(only_a + only_b, 1/2)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def mcnemar_runs(run_a: Path, run_b: Path, benchmark: str) -> McNemarResult:
+    """McNemar's exact test of two runs on the pairs of `benchmark` (the same pairs)."""
+    correct_a, issame_a = pair_correctness(run_a, benchmark)
+    correct_b, issame_b = pair_correctness(run_b, benchmark)
+    if issame_a.shape != issame_b.shape or not np.array_equal(issame_a, issame_b):
+        raise UserError(f"{run_a} and {run_b} were not verified on the same {benchmark} pairs")
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    return McNemarResult(
+        benchmark=benchmark, pairs=int(correct_a.size),
+        both_correct=int(np.sum(correct_a & correct_b)), only_a=only_a, only_b=only_b,
+        both_wrong=int(np.sum(~correct_a & ~correct_b)), p_value=mcnemar_exact(only_a, only_b),
+    )
+
+
+# ------------------------------------------------------------------------ groups
+def _add_run(group: Group, run_dir: Path) -> None:
+    results = read_run_results(run_dir)
+    group.runs.append(run_dir)
+    group.primary_sets.append(results.primary_set)
+    for name, value in results.metrics.items():
+        group.metrics.setdefault(name, []).append(value)
+
+
+def load_groups(paths: list[Path]) -> list[Group]:
+    """One group per run directory, one per config of each sweep folder."""
+    groups: list[Group] = []
+    for path in paths:
+        sweep_file = path / SWEEP_FILE
+        if not sweep_file.is_file():
+            group = Group(name=str(path), runs=[])
+            _add_run(group, path)
+            groups.append(group)
+            continue
+        try:
+            members = json.loads(sweep_file.read_text())["members"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{sweep_file} is not a sweep summary") from None
+        configs: dict[str, Group] = {}
+        for member in members:
+            label = member.get("config") or "base"
+            group = configs.setdefault(label, Group(name=f"{path}:{label}", runs=[]))
+            if member.get("status") in ("done", "skipped"):
+                _add_run(group, path / member["name"])
+        groups.extend(configs.values())
+    if not groups:
+        raise UserError("give at least one run directory or sweep folder")
+    return groups
+
+
+def _benchmark_of(metric: str, group: Group) -> str | None:
+    """The verification set whose per-pair correctness `metric` summarizes, if any."""
+    name, _, tail = metric.rpartition("/")
+    if tail != "accuracy":
+        return None
+    return name or group.primary_sets[0]
+
+
+def compare_pair(a: Group, b: Group, metric: str) -> Comparison:
+    """Welch over runs, McNemar for two single runs, or a note saying why there is no test."""
+    found = Comparison(a=a.name, b=b.name, metric=metric)
+    va, vb = a.metrics.get(metric, []), b.metrics.get(metric, [])
+    if not va or not vb:
+        found.note = f"{metric} is missing in {a.name if not va else b.name}"
+    elif len(va) >= 2 and len(vb) >= 2:
+        found.welch = welch_interval(va, vb)
+        if found.welch.p_value is None:
+            found.note = "no spread over the runs: no interval"
+    elif len(a.runs) == 1 and len(b.runs) == 1 and _benchmark_of(metric, a):
+        found.mcnemar = mcnemar_runs(a.runs[0], b.runs[0], _benchmark_of(metric, a))
+    else:
+        found.note = ("a confidence interval needs at least two runs (seeds) on each side; "
+                      "McNemar's test needs one run each and a verification accuracy")
+    return found
+
+
+def compare(paths: list[Path], metric: str = "accuracy") -> CompareReport:
+    """Load the groups and compare each after the first with the first on `metric`."""
+    groups = load_groups(paths)
+    if not any(metric in g.metrics for g in groups):
+        known = sorted({m for g in groups for m in g.metrics})
+        raise UserError(
+            f"no run has the metric {shown(metric)}; available: {', '.join(known[:20])}"
+        )
+    comparisons = [compare_pair(groups[0], other, metric) for other in groups[1:]]
+    return CompareReport(metric=metric, groups=groups, comparisons=comparisons)

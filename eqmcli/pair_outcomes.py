@@ -1,0 +1,87 @@
+"""Per-pair verification outcomes, saved beside `eval/<set>.json` as `eval/<set>.pairs.npz`.
+
+The file holds each pair's cosine `score` (float32, the values the protocol thresholded),
+its ground truth `issame` (bool) and its `fold` (int16, 0-based). With the fold thresholds
+of `eval/<set>.json` they give each pair's correctness under the 10-fold protocol,
+`(score > threshold[fold]) == issame` (the rule of `eqmcli.verification.accuracy_at`),
+which is what a paired test between two models needs (`eqmcli.compare.mcnemar`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from eqmcli.atomic import atomic_write
+from eqmcli.errors import UserError
+from eqmcli.rundir import RunPaths
+from eqmcli.verification import fold_bounds
+
+SUFFIX = ".pairs.npz"
+
+
+def pairs_path(run_dir: Path, benchmark: str) -> Path:
+    """`RUN/eval/<benchmark>.pairs.npz`."""
+    return RunPaths(Path(run_dir)).eval_dir / f"{benchmark}{SUFFIX}"
+
+
+def write_pair_scores(
+    run_dir: Path, benchmark: str, scores: np.ndarray, issame: np.ndarray, folds: int
+) -> Path:
+    """Save each pair's score, ground truth and contiguous fold index (renamed into place)."""
+    fold = np.empty(len(scores), dtype=np.int16)
+    for index, (start, stop) in enumerate(fold_bounds(len(scores), folds)):
+        fold[start:stop] = index
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, score=np.asarray(scores, dtype=np.float32),
+                        issame=np.asarray(issame, dtype=bool), fold=fold)
+    path = pairs_path(run_dir, benchmark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
+
+
+def _load_pairs(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            found = {key: data[key] for key in ("score", "issame", "fold")}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path} is not a per-pair scores file ({type(exc).__name__})") from None
+    if not found["score"].shape == found["issame"].shape == found["fold"].shape:
+        raise UserError(f"{path}: score, issame and fold have different lengths")
+    return found
+
+
+def pair_correctness(run_dir: Path, benchmark: str) -> tuple[np.ndarray, np.ndarray]:
+    """(correct (P,) bool, issame (P,) bool) of every pair of `benchmark` in a run.
+
+    Checked against the run's `eval/<benchmark>.json`: the per-fold accuracies must come
+    out as recorded there, else a `UserError` (the two files are from different evaluations).
+    """
+    paths = RunPaths(Path(run_dir))
+    result_path = paths.eval_dir / f"{benchmark}.json"
+    npz = pairs_path(run_dir, benchmark)
+    if not npz.is_file():
+        raise UserError(
+            f"{npz} is missing: per-pair scores are written by 'eqm eval' and by training's "
+            f"final verification since this version; re-run 'eqm eval {paths.root}'"
+        )
+    try:
+        result = json.loads(result_path.read_text())
+        thresholds = np.asarray(result["fold_thresholds"], dtype=np.float64)
+        recorded = np.asarray(result["fold_accuracies"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{result_path} is missing or holds no fold thresholds") from None
+    pairs = _load_pairs(npz)
+    if pairs["fold"].size == 0 or int(pairs["fold"].max()) >= thresholds.size:
+        raise UserError(f"{npz} does not match the {thresholds.size} folds of {result_path}")
+    predicted = pairs["score"].astype(np.float64) > thresholds[pairs["fold"]]
+    correct = predicted == pairs["issame"]
+    folds = np.bincount(pairs["fold"], weights=correct, minlength=thresholds.size)
+    sizes = np.bincount(pairs["fold"], minlength=thresholds.size)
+    if recorded.shape != folds.shape or not np.allclose(folds / sizes, recorded, atol=1e-9):
+        raise UserError(f"{npz} and {result_path} come from different evaluations")
+    return correct, pairs["issame"]

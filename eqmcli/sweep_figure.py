@@ -1,0 +1,103 @@
+"""The figure of an `eqm sweep`: a metric against one swept parameter, mean ± std over seeds.
+
+One line per combination of the other swept parameters, error bars = the sample standard
+deviation over the config's finished seeds (none for a single seed). Read from the
+configs of `OUT/sweep.json`; fractions are drawn as percentages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eqmcli.errors import UserError, shown
+from eqmcli.plots import save_figure
+from eqmcli.run_results import is_fraction
+from eqmcli.sweep import SWEEP_FILE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def is_sweep(path: Path) -> bool:
+    """True for a folder written by `eqm sweep` (it holds sweep.json)."""
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def _load(sweep_dir: Path) -> dict[str, Any]:
+    path = Path(sweep_dir) / SWEEP_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and isinstance(data.get("grid"), dict)
+            and isinstance(data.get("configs"), list)):
+        raise UserError(f"{path} is not a sweep summary written by 'eqm sweep'")
+    return data
+
+
+def _x_key(grid: dict[str, list[Any]], x_key: str | None) -> str:
+    """The swept key on the x axis: `x_key`, else the first numeric key with several values."""
+    if x_key is not None:
+        if x_key not in grid:
+            raise UserError(f"--x {shown(x_key)} is not swept here; swept: {', '.join(grid)}")
+        return x_key
+    numeric = [k for k, v in grid.items()
+               if len(v) > 1 and all(isinstance(x, int | float) for x in v)]
+    several = [k for k, v in grid.items() if len(v) > 1]
+    if not (numeric or several):
+        raise UserError("the sweep varies no parameter (a --grid key with two or more values)")
+    return (numeric or several)[0]
+
+
+def figure_sweep(sweep_dir: Path, metric: str = "accuracy", x_key: str | None = None) -> Figure:
+    """The sweep figure (see the module docstring); `metric` as in `eqmcli.run_results`."""
+    from matplotlib.figure import Figure
+
+    data = _load(sweep_dir)
+    grid, configs = data["grid"], data["configs"]
+    x_key = _x_key(grid, x_key)
+    if not any(metric in c["metrics"] for c in configs):
+        raise UserError(f"no finished run of {sweep_dir} has the metric {shown(metric)}")
+    numeric = all(isinstance(v, int | float) for v in grid[x_key])
+    position = {json.dumps(v): (v if numeric else i) for i, v in enumerate(grid[x_key])}
+    scale = 100.0 if is_fraction(metric) else 1.0
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for config in configs:
+        stats = config["metrics"].get(metric)
+        if stats is None:
+            continue
+        others = [f"{k}={v}" for k, v in config["assignments"].items() if k != x_key]
+        x = position[json.dumps(config["assignments"][x_key])]
+        lines.setdefault(", ".join(others), []).append(
+            (x, scale * stats["mean"], scale * (stats["std"] or 0.0)))
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    for label, points in lines.items():
+        points.sort()
+        xs, ys, errors = zip(*points, strict=True)
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label or None)
+    if not numeric:
+        ax.set_xticks(range(len(grid[x_key])), [str(v) for v in grid[x_key]])
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(f"{metric} (%)" if scale == 100.0 else metric)
+    ax.set_title(f"{Path(sweep_dir).name}: {metric} vs {x_key}\nmean ± std over seeds "
+                 f"({data.get('seeds', '?')} per config)")
+    ax.grid(alpha=0.3)
+    if any(lines):  # one line per value of the other swept keys
+        ax.legend(fontsize="small")
+    return fig
+
+
+def draw_sweeps(
+    sweeps: list[Path], metric: str, x_key: str | None, out: Path | None
+) -> dict[str, list[Path]]:
+    """Save `sweep-<metric>-vs-<x>.png/.pdf` for each sweep (into `out` or its figures/)."""
+    written = {}
+    for sweep_dir in sweeps:
+        key = _x_key(_load(sweep_dir)["grid"], x_key)
+        stem = f"sweep-{metric}-vs-{key}".replace("/", "_")
+        fig = figure_sweep(sweep_dir, metric, key)
+        written[f"sweep {sweep_dir}"] = save_figure(fig, out or Path(sweep_dir) / "figures", stem)
+    return written
