@@ -1,4 +1,5 @@
-"""Embedding extraction: the one extractor behind `eqm eval`, `eqm analyze` and training's eval.
+"""Embedding extraction: the one extractor behind `eqm eval`, `eqm analyze`, `eqm embed` and
+training's eval.
 
 uint8 images are batched by a DataLoader, converted/normalized (and resized to the model's
 input size when they differ) on the device, run through the backbone in eval mode under
@@ -11,15 +12,20 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eqmcli.devices import autocast, autocast_dtype
+from eqmcli.atomic import atomic_write, atomic_write_text, temporary_sibling
+from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
+from eqmcli.devices import autocast, autocast_dtype, resolve_device
 from eqmcli.errors import UserError
+from eqmcli.interop.models import load_model
 
 
 @dataclass
@@ -55,6 +61,11 @@ def _default_workers(n_images: int, batch_size: int) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
+def _rows(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Each row L2-normalized, or the raw rows."""
+    return F.normalize(features, dim=1) if normalize else features
+
+
 def _to_input(
     images: list[torch.Tensor],
     device: torch.device,
@@ -83,13 +94,15 @@ def extract_embeddings(
     progress: bool = True,
     num_workers: int | None = None,
     description: str = "embedding",
+    normalize: bool = True,
 ) -> Embeddings:
     """Embed every image of ``images`` (items ``uint8 (3,H,W)`` or ``(image, label)``).
 
     ``input_size`` (H, W) pixels: images of another size are resized (bilinear) to it.
     With ``flip`` each batch is run together with its mirror image. ``precision`` follows
     `eqmcli.devices.autocast_dtype` (``auto`` = bf16 on CUDA, fp32 on CPU). The backbone's
-    train/eval mode is restored afterwards.
+    train/eval mode is restored afterwards. ``normalize=False`` returns the raw f(x) (and
+    f(x) + f(flip x)) instead of their L2-normalized versions.
     """
     from rich.console import Console
     from rich.progress import (
@@ -147,10 +160,10 @@ def extract_embeddings(
                 features = features.float()
                 if flip:
                     f_plain, f_mirror = features.chunk(2)
-                    flip_parts.append(F.normalize(f_plain + f_mirror, dim=1).cpu())
+                    flip_parts.append(_rows(f_plain + f_mirror, normalize).cpu())
                 else:
                     f_plain = features
-                plain_parts.append(F.normalize(f_plain, dim=1).cpu())
+                plain_parts.append(_rows(f_plain, normalize).cpu())
                 done += len(batch)
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 bar.update(task, advance=len(batch), rate=f"{rate:,.0f} img/s")
@@ -164,3 +177,142 @@ def extract_embeddings(
         return Embeddings(empty, empty.clone() if flip else None, None)
     plain = torch.cat(plain_parts)
     return Embeddings(plain, torch.cat(flip_parts) if flip else None, resized_from)
+
+
+# ------------------------------------------------------------------ `eqm embed`: files in, .npy out
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
+
+
+def list_images(source: str | Path) -> list[Path]:
+    """The images to embed: a folder (recursively, sorted; files with an image suffix), one
+    image file, or a text file of paths (one per line; relative paths are relative to the
+    text file's folder; blank lines and ``#`` comments skipped)."""
+    source = Path(source)
+    if source.is_dir():
+        found = (p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in found if p.is_file())
+    if not source.is_file():
+        raise UserError(f"input not found: {source}")
+    if source.suffix.lower() in IMAGE_SUFFIXES:
+        return [source]
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{source} is neither an image nor a UTF-8 text file of paths") from None
+    names = [line.strip() for line in lines]
+    return [source.parent / name for name in names if name and not name.startswith("#")]
+
+
+class ImageFiles(Dataset):
+    """uint8 ``(3, H, W)`` images decoded from files. An unreadable file is recorded in
+    ``bad_log`` (worker-safe) and stands in as a black ``placeholder_size`` image, so one
+    broken file never stops the loop; the caller drops those rows afterwards."""
+
+    def __init__(
+        self, paths: list[Path], placeholder_size: tuple[int, int], bad_log: BadImageLog
+    ) -> None:
+        self.paths = paths
+        self.placeholder_size = placeholder_size
+        self.bad_log = bad_log
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        try:
+            return decode_file(self.paths[index])
+        except DecodeError as exc:
+            self.bad_log.record(str(self.paths[index]), str(exc))
+            return torch.zeros((3, *self.placeholder_size), dtype=torch.uint8)
+
+
+@dataclass
+class EmbedResult:
+    """What `embed_images` wrote: ``count`` x ``dim`` float32 features and the two lists."""
+
+    features: Path
+    paths_file: Path
+    unreadable_file: Path
+    count: int
+    dim: int
+    unreadable: list[str]
+    seconds: float
+    normalized: bool
+    flip: bool
+    resized_from: tuple[int, int] | None
+    input_size: tuple[int, int]
+
+    @property
+    def images_per_second(self) -> float:
+        """Images read and embedded per second (the unreadable ones included)."""
+        return (self.count + len(self.unreadable)) / max(self.seconds, 1e-9)
+
+
+def output_lists(features: Path) -> tuple[Path, Path]:
+    """``F.npy`` -> (``F.paths.txt``, ``F.unreadable.txt``): the files written beside it."""
+    stem = features.with_suffix("")
+    return Path(f"{stem}.paths.txt"), Path(f"{stem}.unreadable.txt")
+
+
+def embed_images(
+    model: str | Path,
+    source: str | Path,
+    out: str | Path,
+    *,
+    flip: bool = False,
+    raw: bool = False,
+    batch_size: int = 256,
+    device: str = "auto",
+    progress: bool = True,
+) -> EmbedResult:
+    """Embed the images of ``source`` (see `list_images`) with ``model`` (run directory,
+    checkpoint or ``.onnx`` file) into ``out`` (``.npy``, float32 ``N x d``, L2-normalized
+    unless ``raw``), with the paths in the same order in ``out``'s ``.paths.txt`` and the
+    unreadable images (skipped) in its ``.unreadable.txt`` (``path<TAB>reason``). Every file
+    is written to a temporary sibling and renamed into place."""
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise UserError(f"--out {out} must end in .npy")
+    if not out.parent.is_dir():
+        raise UserError(f"the folder of --out {out} does not exist")
+    paths = list_images(source)
+    if not paths:
+        raise UserError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    torch_device = resolve_device(device)
+    loaded = load_model(model, torch_device)
+    log_path = temporary_sibling(out.with_suffix(".unreadable"))
+    started = time.perf_counter()
+    try:
+        dataset = ImageFiles(paths, loaded.input_size, BadImageLog(log_path))
+        emb = extract_embeddings(
+            loaded.backbone, dataset, batch_size=batch_size, device=torch_device,
+            input_size=loaded.input_size, flip=flip, progress=progress, normalize=not raw,
+        )
+        reasons = _reasons(log_path)
+    finally:
+        log_path.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    features = emb.flip if flip and emb.flip is not None else emb.plain
+    keep = [i for i, path in enumerate(paths) if str(path) not in reasons]
+    array = features[keep].numpy().astype(np.float32, copy=False)
+    paths_file, unreadable_file = output_lists(out)
+    atomic_write(out, lambda stream: np.save(stream, array))
+    atomic_write_text(paths_file, "".join(f"{paths[i]}\n" for i in keep))
+    atomic_write_text(unreadable_file, "".join(f"{n}\t{r}\n" for n, r in reasons.items()))
+    return EmbedResult(
+        features=out, paths_file=paths_file, unreadable_file=unreadable_file, count=len(keep),
+        dim=int(array.shape[1]) if array.ndim == 2 else 0, unreadable=list(reasons),
+        seconds=seconds, normalized=not raw, flip=flip, resized_from=emb.resized_from,
+        input_size=loaded.input_size,
+    )
+
+
+def _reasons(log_path: Path) -> dict[str, str]:
+    """name -> reason from a `BadImageLog` file (first reason of each name)."""
+    if not log_path.is_file():
+        return {}
+    reasons: dict[str, str] = {}
+    for line in log_path.read_text().splitlines():
+        name, _, reason = line.partition("\t")
+        reasons.setdefault(name, reason)
+    return reasons

@@ -155,8 +155,10 @@ class ModelSection(Section):
     init_from: Path | None = Field(
         None, description="run dir or checkpoint whose backbone weights start a new run"
     )
-    init_head: bool = Field(
-        False, description="with init_from: also load its head (the class count must match)"
+    init_head: bool | Literal["imprint"] = Field(
+        False,
+        description="with init_from: true loads its head (same class count); imprint sets "
+        "each centre to its class's mean embedding; false: a random head",
     )
 
     @field_validator("backbone")

@@ -141,44 +141,63 @@ def export_onnx(
     batch: str | int = "dynamic",
     seed: int = 0,
 ) -> OnnxExport:
-    """Export a run's backbone (fp32, eval mode) to ``out`` and verify it with onnxruntime.
+    """Export a run's backbone (fp32, eval mode) to ``out``, verified with onnxruntime
+    (see `export_backbone`), with the run's `model_metadata`."""
+    require_onnx()
+    fixed = _parse_batch(batch)
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder of --onnx {out} does not exist")
+    trained = load_trained(run, "cpu")
+    return export_backbone(
+        trained.backbone, trained.input_size, out, model_metadata(trained), opset=opset,
+        batch=fixed, seed=seed, source=str(trained.checkpoint_path),
+    )
+
+
+def export_backbone(
+    backbone: nn.Module,
+    input_size: tuple[int, int],
+    out: Path,
+    metadata: dict[str, str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: int | None = None,
+    seed: int = 0,
+    source: str = "the backbone",
+) -> OnnxExport:
+    """Export ``backbone`` (fp32, eval mode; ``batch`` None = dynamic) with ``metadata``.
 
     The file is written to a temporary sibling and renamed into place only after the
     metadata is added, the model passes ``onnx.checker`` and onnxruntime's embeddings of
     random images are within `PARITY_TOLERANCE` of torch's.
     """
     onnx, ort = require_onnx()
-    fixed = _parse_batch(batch)
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"the folder of --onnx {out} does not exist")
-    trained = load_trained(run, "cpu")
-    backbone = trained.backbone.float().eval()
-    example = torch.zeros((fixed or 2, 3, *trained.input_size))
+    backbone = backbone.float().eval()
     temporary = temporary_sibling(out)
     try:
-        _torch_export(backbone, temporary, example, opset, dynamic=fixed is None)
+        example = torch.zeros((batch or 2, 3, *input_size))
+        _torch_export(backbone, temporary, example, opset, dynamic=batch is None)
         model = onnx.load(str(temporary))
-        metadata = model_metadata(trained)
         for key, value in metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(model)
         onnx.save(model, str(temporary))
-        sizes = [fixed] if fixed else [1, 4]
-        worst, count = _parity(backbone, _session(temporary, ort), sizes, trained.input_size, seed)
+        sizes = [batch] if batch else [1, 4]
+        worst, count = _parity(backbone, _session(temporary, ort), sizes, input_size, seed)
         if not worst <= PARITY_TOLERANCE:
             raise UserError(
-                f"the ONNX export of {trained.checkpoint_path} differs from torch by "
-                f"{worst:.2e} (> {PARITY_TOLERANCE:g}) on random images; nothing was written"
+                f"the ONNX export of {source} differs from torch by {worst:.2e} "
+                f"(> {PARITY_TOLERANCE:g}) on random images; nothing was written"
             )
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
     return OnnxExport(
-        path=out, opset=opset, batch=fixed, input_size=trained.input_size,
-        embedding_dim=trained.recipe.model.embedding_dim, max_abs_diff=worst,
-        checked_images=count, metadata=metadata,
+        path=out, opset=opset, batch=batch, input_size=input_size,
+        embedding_dim=int(backbone.embedding_dim), max_abs_diff=worst, checked_images=count,
+        metadata=metadata,
     )
 
 

@@ -63,9 +63,10 @@ def remap_tensors(
         if not isinstance(tensor, torch.Tensor):
             raise UserError(f"{source_name}: '{name[:120]}' is not a tensor")
         if tensor.shape != reference.shape:
+            renamed = f" for '{target}'" if target != name else ""
             raise UserError(
                 f"{source_name}: tensor '{name[:120]}' has shape {_shape(tensor)} but "
-                f"{target_name} needs {_shape(reference)} for '{target}'"
+                f"{target_name} needs {_shape(reference)}{renamed}"
             )
         result[target] = tensor.detach().to(dtype=reference.dtype, device="cpu").clone()
     return result
