@@ -10,8 +10,14 @@ import torch
 from PIL import Image
 
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_image, encode_jpeg
-from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder, split_holdout
+from eqmcli.data.image_folder import (
+    ImageFolderDataset,
+    build_image_folder_data,
+    scan_image_folder,
+    split_holdout,
+)
 from eqmcli.errors import UserError
+from eqmcli.recipe import ImageFolderSource
 
 
 def make_folder(root: Path, sizes: dict[str, int], size: int = 12) -> Path:
@@ -51,9 +57,6 @@ def test_holdout_is_per_class_and_deterministic() -> None:
 
 
 def test_build_image_folder_data(tmp_path: Path) -> None:
-    from eqmcli.data.image_folder import build_image_folder_data
-    from eqmcli.recipe import ImageFolderSource
-
     root = make_folder(tmp_path / "faces", {"a": 10, "b": 4})
     data = build_image_folder_data(ImageFolderSource(root=root, holdout_fraction=0.25))
     assert data.num_classes == 2 and data.image_size == (12, 12)

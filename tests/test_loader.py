@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder
 from eqmcli.data.loader import collate_uint8, default_num_workers, make_loader
 from eqmcli.data.record import RecordDataset, RecordFile, RecordWriter, pack_payload, read_layout
 
@@ -69,8 +70,6 @@ def test_defaults_and_collate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_image_folder_through_loader(tmp_path: Path) -> None:
-    from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder
-
     for c in range(2):
         (tmp_path / f"c{c}").mkdir()
         for k in range(3):

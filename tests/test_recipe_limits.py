@@ -15,6 +15,7 @@ from eqmcli.recipe import (
     load_recipe,
     parse_recipe_text,
 )
+from eqmcli.rundir import recipe_from_state
 
 
 def write(tmp_path: Path, text: str | bytes) -> Path:
@@ -129,7 +130,5 @@ def test_stored_recipe_with_a_yaml_tag_is_a_user_error():
 
 
 def test_checkpoint_recipe_goes_through_the_bounded_reader():
-    from eqmcli.rundir import recipe_from_state
-
     with pytest.raises(UserError, match="appears twice"):
         recipe_from_state({"recipe": "seed: 1\nseed: 2\n"}, "ckpt.pt")

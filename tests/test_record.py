@@ -17,6 +17,7 @@ from eqmcli.data.decode import BadImageLog, decode_image
 from eqmcli.data.record import (
     RecordDataset,
     RecordFile,
+    build_record_data,
     encode_record,
     folder_to_record,
     read_layout,
@@ -24,6 +25,7 @@ from eqmcli.data.record import (
     unpack_payload,
 )
 from eqmcli.errors import UserError
+from eqmcli.recipe import RecordSource
 
 MAGIC_LE = bytes.fromhex("0a23d7ce")  # 0xced7230a, little-endian
 
@@ -159,9 +161,6 @@ def test_writer_matches_hand_written_bytes(tmp_path: Path) -> None:
 
 
 def test_build_record_data_holdout_and_property(tmp_path: Path) -> None:
-    from eqmcli.data.record import build_record_data
-    from eqmcli.recipe import RecordSource
-
     records, _ = face_dataset(tmp_path)
     hand_file(tmp_path, records)
     (tmp_path / "property").write_text("2,8,8\n")
