@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from eqmcli.backbones import build_backbone
 from eqmcli.cli import app
@@ -111,14 +111,19 @@ def test_no_images_message_lists_the_accepted_extensions(tmp_path: Path) -> None
     assert all(ext in str(info.value) for ext in IMAGE_EXTENSIONS) and ".pgm" in str(info.value)
 
 
-def test_eqm_train_on_a_folder_of_mixed_sizes(tmp_path: Path) -> None:
-    folder = folder_of_sizes(tmp_path / "f", [[(24, 24), (30, 20)] * 3, [(28, 28), (24, 26)] * 3])
-    recipe = tmp_path / "mixed.yaml"
+def train_on_folder(folder: Path, out: Path) -> Result:
+    """`eqm train` of a 1-epoch tiny-net recipe on an image folder with 2 loader workers."""
+    recipe = out.with_suffix(".yaml")
     recipe.write_text(yaml.safe_dump({
         "data": {"train": {"kind": "image-folder", "root": str(folder)}, "num_workers": 2},
         "model": {"backbone": "tiny", "embedding_dim": 8},
         "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
         "eval": {"every_epochs": 0},
     }))
-    result = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run")])
+    return CliRunner().invoke(app, ["train", str(recipe), "--out", str(out)])
+
+
+def test_eqm_train_on_a_folder_of_mixed_sizes(tmp_path: Path) -> None:
+    folder = folder_of_sizes(tmp_path / "f", [[(24, 24), (30, 20)] * 3, [(28, 28), (24, 26)] * 3])
+    result = train_on_folder(folder, tmp_path / "run")
     assert result.exit_code == 0, result.output

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.data.decode import BadImageLog
 from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder
 from eqmcli.data.loader import make_loader
 from eqmcli.errors import UserError
+from tests.test_image_sizes import train_on_folder
 
 
 def folder_with_broken_class(root: Path) -> Path:
@@ -99,14 +97,7 @@ def test_a_program_holding_a_loader_exits_promptly(tmp_path: Path, mode: str) ->
 
 def test_eqm_train_prints_the_sentence_and_exits_2(tmp_path: Path) -> None:
     root = folder_with_broken_class(tmp_path / "faces")
-    recipe = tmp_path / "broken.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": {"train": {"kind": "image-folder", "root": str(root)}, "num_workers": 2},
-        "model": {"backbone": "tiny", "embedding_dim": 8},
-        "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
-        "eval": {"every_epochs": 0},
-    }))
-    result = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run")])
+    result = train_on_folder(root, tmp_path / "run")
     assert result.exit_code == 2
     assert "class folder" in result.output and "bob" in result.output
     assert "Traceback" not in result.output and "worker process" not in result.output
