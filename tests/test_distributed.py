@@ -18,9 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from eqmcli.distributed import ShardedHead, rescale_resumed_step, shard_bounds
+from eqmcli.distributed import ShardedHead, shard_bounds
 from eqmcli.errors import UserError
 from eqmcli.losses import build_head
+from eqmcli.train.run_state import rescale_resumed_step
 
 SHARDABLE = {
     "normface": {},
@@ -94,8 +95,8 @@ def _sharded_worker(rank: int, world: int, port: int, out: str) -> None:
                 used = torch.zeros_like(used).index_fill_(0, head.last_sampled, True)
             results[key, sample_rate] = {
                 "loss": loss.detach(), "x_grad": torch.cat(x_grad),
-                "w_grad": head.gather_rows(head.weight.grad), "stats": head.last_stats,
-                "chosen": head.gather_rows(used),
+                "w_grad": head.reduction.full_rows(head.weight.grad), "stats": head.last_stats,
+                "chosen": head.reduction.full_rows(used),
             }
     if rank == 0:
         torch.save(results, out)

@@ -5,21 +5,26 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from eqmcli.errors import UserError
 from eqmcli.losses import (
     LOSS_NAMES,
+    ArcFaceHead,
     CosFaceHead,
     EqMHead,
     build_head,
     resolve_hyperparameters,
 )
+from eqmcli.recipe import recipe_from_mapping
 
 
 def test_defaults_follow_the_design_table() -> None:
     assert resolve_hyperparameters("eqm") == {"scale": 64.0, "t1": 0.5, "t2": 0.1}
     assert resolve_hyperparameters("arcface") == {"scale": 64.0, "margin": 0.5}
-    assert resolve_hyperparameters("cosface") == {"scale": 30.0, "margin": 0.35}
+    # issue 11: CosFace keeps its paper's s = 64, AM-Softmax its s = 30 (both m = 0.35)
+    assert resolve_hyperparameters("cosface") == {"scale": 64.0, "margin": 0.35}
+    assert resolve_hyperparameters("am") == {"scale": 30.0, "margin": 0.35}
     assert resolve_hyperparameters("ga-softmax") == {"scale": 30.0, "margin": 1.5}
     assert resolve_hyperparameters("focal") == {"scale": 30.0, "gamma": 2.0}
     assert resolve_hyperparameters("normface") == {"scale": 30.0}
@@ -39,11 +44,46 @@ def test_given_values_override_defaults_and_build_the_head() -> None:
     assert head.floor == pytest.approx(math.log1p(9 * math.exp(-32 * 0.3)))
 
 
-def test_am_is_an_alias_of_cosface_and_keeps_its_name() -> None:
+def test_am_is_cosface_with_am_softmax_defaults_and_keeps_its_name() -> None:
     assert "am" in LOSS_NAMES and "cosface" in LOSS_NAMES
     head = build_head("AM", 5, 3, margin=0.4)
     assert isinstance(head, CosFaceHead) and head.name == "am"
-    assert resolve_hyperparameters("am") == resolve_hyperparameters("cosface")
+    assert resolve_hyperparameters("am", scale=64.0) == resolve_hyperparameters("cosface")
+
+
+def arcface_target(margin: float, theta: torch.Tensor, **flags: bool) -> torch.Tensor:
+    """ArcFace's target logit (s = 1) at angles `theta`, built without the margin check."""
+    head = ArcFaceHead("arcface", 2, 2, scale=1.0, margin=margin, **flags)
+    return head.target(torch.cos(theta))
+
+
+def test_arcface_fallback_is_monotone_until_the_margin_the_comment_names() -> None:
+    theta = torch.linspace(0.0, math.pi, 200_001, dtype=torch.float64)
+    for margin in (0.5, math.pi / 2, 2.0, 2.32):
+        steps = arcface_target(margin, theta).diff()
+        assert (steps <= 1e-12).all(), f"not monotone at m = {margin}"
+    assert (arcface_target(2.36, theta).diff() > 1e-6).any(), "monotone beyond m ~ 2.33 too"
+    assert math.cos(2.33) + 2.33 * math.sin(2.33) == pytest.approx(1.0, abs=5e-3)
+
+
+def test_arcface_detached_margin_has_the_value_of_cos_theta_plus_m_and_the_gradient_of_cos():
+    theta = torch.linspace(0.1, 2.5, 50, dtype=torch.float64)
+    cos = torch.cos(theta).requires_grad_(True)
+    head = ArcFaceHead("arcface", 2, 2, scale=64.0, margin=0.5, detach_margin=True)
+    value = head.target(cos)
+    torch.testing.assert_close(value, 64.0 * torch.cos(theta + 0.5), atol=1e-9, rtol=0)
+    (gradient,) = torch.autograd.grad(value.sum(), cos)
+    torch.testing.assert_close(gradient, torch.full_like(cos, 64.0))
+    exact = ArcFaceHead("arcface", 2, 2, scale=64.0, margin=0.5)
+    (exact_gradient,) = torch.autograd.grad(exact.target(cos).sum(), cos)
+    assert not torch.allclose(exact_gradient, gradient), "the default keeps the exact gradient"
+    assert resolve_hyperparameters("arcface", detach_margin=True)["detach_margin"] is True
+    with pytest.raises(UserError, match="detach_margin"):
+        resolve_hyperparameters("arcface", detach_margin="sometimes")
+    with pytest.raises(UserError, match="detach_margin"):
+        resolve_hyperparameters("cosface", detach_margin=True)
+    recipe = recipe_from_mapping({"loss": {"name": "arcface", "detach_margin": True}})
+    assert build_head(recipe.loss.name, 4, 2, **recipe.loss.hyperparameters()).detach_margin
 
 
 def test_sphereface_margin_accepts_an_integral_float() -> None:

@@ -21,7 +21,7 @@ from eqmcli.cli import app
 from eqmcli.errors import UserError
 from eqmcli.recipe import load_recipe
 from eqmcli.train import train
-from eqmcli.training.run_state import resume_command
+from eqmcli.train.run_state import resume_command
 
 runner = CliRunner()
 QUICK = ["--set", "train.epochs=1", "--set", "eval.every_epochs=0", "--no-progress"]

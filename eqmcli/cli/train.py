@@ -5,24 +5,30 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
+from eqmcli.backbones import build_backbone, default_input_size
 from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.errors import TrainingStopped
+from eqmcli.losses import LOSS_NAMES, resolve_hyperparameters
 from eqmcli.recipe import Recipe, load_recipe
 from eqmcli.rundir import default_run_dir
-from eqmcli.training.run_state import resume_command
+from eqmcli.train import TrainSummary, train
+from eqmcli.train.run_state import resume_command
 
-if TYPE_CHECKING:
-    from eqmcli.train import TrainSummary
+
+def loss_defaults() -> str:
+    """`eqm (scale=64, t1=0.5, t2=0.1), ...`: every loss with its default hyperparameters."""
+    parts = []
+    for name in LOSS_NAMES:
+        values = ", ".join(f"{k}={v:g}" for k, v in resolve_hyperparameters(name).items())
+        parts.append(f"{name} ({values})" if values else name)
+    return "; ".join(parts)
 
 
 def _describe_model(recipe: Recipe) -> Table:
-    from eqmcli.backbones import build_backbone, default_input_size
-
     data_size = recipe.data.train.image_size
     input_size = tuple(
         recipe.model.input_size
@@ -70,11 +76,16 @@ def _render_summary(summary: TrainSummary) -> None:
 def train_command(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe file."),
     overrides: list[str] = typer.Option(
-        [], "--set", help="Override a recipe key, e.g. --set train.epochs=3 (repeatable)."
+        [], "--set", help="Override a recipe key, e.g. --set train.epochs=3 (repeatable). "
+        f"Losses (loss.name) and their defaults: {loss_defaults()}.",
     ),
-    out: Path | None = typer.Option(None, "--out", help="Run directory [default: runs/<name>]."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory (default: runs/<recipe name>)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    force: bool = typer.Option(False, "--force", help="Delete the run in --out and start over."),
+    force: bool = typer.Option(
+        False, "--force", help="Empty the eqm run directory in --out and start over."
+    ),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Validate the recipe, show the model and exit without training."
@@ -89,8 +100,6 @@ def train_command(
         console.print(_describe_model(recipe))
         console.print(recipe.to_yaml(), highlight=False)
         return
-    from eqmcli.train import train
-
     out_dir = out or default_run_dir(recipe.name)
     try:
         summary = train(recipe, out_dir, resume=resume, force=force, progress=progress,

@@ -14,10 +14,13 @@ Each step:
    exponentials and the target logit from its owning rank (`sharded_target_log_prob`);
    the backward needs no communication: d log p_y / d logit_j = 1[j = y] − p_j.
 
-The loss is the mean over the global batch and is identical on every rank. Each rank's
-centre gradient is exact; each rank's embedding gradient is the exact gradient of the
-global loss with respect to its own rows, so the backbone gradients must be **summed**
-(not averaged) over the ranks — `eqmcli.distributed.wrap_backbone` installs that hook.
+`ClassSharded` is that reduction (the pluggable part of `eqmcli.losses.base.margin_loss`);
+`ShardedHead` is a head whose weight is one rank's shard and whose reduction is
+`ClassSharded`. The loss is the mean over the global batch and is identical on every
+rank. Each rank's centre gradient is exact; each rank's embedding gradient is the exact
+gradient of the global loss with respect to its own rows, so the backbone gradients must
+be **summed** (not averaged) over the ranks (`DistributedContext.wrap_backbone` installs
+that hook).
 
 Partial FC (An et al., "Partial FC: Training 10 Million Identities on a Single
 Machine", 2021): in training mode with `sample_rate < 1`, each rank keeps the centres of
@@ -33,6 +36,7 @@ the code here is written from the maths above.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -40,7 +44,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from eqmcli.errors import UserError
-from eqmcli.losses.base import MarginHead, cosine_matrix
+from eqmcli.losses import build_head
+from eqmcli.losses.base import Head, MarginHead, margin_loss
+from eqmcli.losses.reduction import WholeRows
 
 
 def shard_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -158,21 +164,97 @@ def sharded_target_log_prob(
     return _ShardedTargetLogProb.apply(logits, local_labels, extras, group)
 
 
-def _build_template(name: str, num_classes: int, embedding_dim: int, **hp: Any) -> MarginHead:
-    """The loss head for all C classes with its weight on the meta device (no memory)."""
-    from eqmcli.losses import build_head
+class ClassSharded(WholeRows):
+    """The classes `[start, stop)` of `num_classes` on this rank of `group` (see the module doc).
 
+    Without a process group (or with one rank) every method reduces to `WholeRows`'.
+    """
+
+    replicated = False  # each rank's shard is its own: DDP must not average it
+
+    def __init__(self, num_classes: int, group: Any = None) -> None:
+        self.group = group
+        self.num_classes = num_classes
+        self.world_size = _group_size(group)
+        self.rank = dist.get_rank(group) if self.world_size > 1 else 0
+        if num_classes < self.world_size:
+            raise UserError(
+                f"{num_classes} classes cannot be sharded over {self.world_size} ranks; "
+                "use train.distributed: ddp"
+            )
+        self.start, self.stop = shard_bounds(num_classes, self.world_size, self.rank)
+
+    def gather(self, embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        return all_gather_rows(embeddings, self.group), all_gather_rows(labels, self.group)
+
+    def columns(self, labels: Tensor) -> Tensor:
+        inside = (labels >= self.start) & (labels < self.stop)
+        return torch.where(inside, labels - self.start, torch.full_like(labels, -1))
+
+    def log_prob(
+        self, logits: Tensor, columns: Tensor, terms: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        log_p_y, summed = sharded_target_log_prob(logits, columns, terms, self.group)
+        return log_p_y, summed if terms is not None else None
+
+    def full_rows(self, rows: Tensor, dst: int = 0) -> Tensor | None:
+        """Every rank's `(C_r, ...)` rows stacked to `(C, ...)` on rank `dst` (None elsewhere).
+
+        A collective: every rank must call it.
+        """
+        if self.world_size == 1:
+            return rows.detach()
+        longest = math.ceil(self.num_classes / self.world_size)
+        padded = rows.detach().new_zeros((longest, *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows.detach()
+        parts = None
+        if self.rank == dst:
+            parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        global_dst = dst if self.group is None else dist.get_global_rank(self.group, dst)
+        dist.gather(padded, parts, dst=global_dst, group=self.group)
+        if parts is None:
+            return None
+        bounds = [shard_bounds(self.num_classes, self.world_size, r)
+                  for r in range(self.world_size)]
+        return torch.cat([part[: stop - start] for part, (start, stop) in zip(
+            parts, bounds, strict=True)], dim=0)
+
+    def local_rows(self, full: Tensor) -> Tensor:
+        return full[self.start : self.stop]
+
+    def clip_grad_norm(
+        self, backbone: Iterable[nn.Parameter], head: Iterable[nn.Parameter], max_norm: float
+    ) -> Tensor:
+        """Clip to the global norm: the head's squared norm is summed over the shards."""
+        backbone, head = list(backbone), list(head)
+        if self.world_size == 1:
+            return super().clip_grad_norm(backbone, head, max_norm)
+        head_sq = sum((p.grad.float().pow(2).sum() for p in head if p.grad is not None),
+                      torch.zeros((), device=head[0].device))
+        dist.all_reduce(head_sq, group=self.group)
+        grads = [p.grad for p in backbone if p.grad is not None]
+        total = (sum((g.float().pow(2).sum() for g in grads), head_sq.new_zeros(()))
+                 + head_sq).sqrt()
+        factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in [*backbone, *head]:
+            if p.grad is not None:
+                p.grad.mul_(factor.to(p.grad.dtype))
+        return total
+
+
+def _margin_template(name: str, num_classes: int, embedding_dim: int, **hp: Any) -> MarginHead:
+    """The loss head for all C classes with its weight on the meta device (no memory)."""
     with torch.device("meta"):
         template = build_head(name, num_classes, embedding_dim, **hp)
-    if not isinstance(template, MarginHead):
+    if not template.shardable:
         raise UserError(
             f"loss {name!r} cannot be class-sharded (train.distributed: sharded): its logits "
             "are not an elementwise function of the cosine matrix; use train.distributed: ddp"
         )
-    return template
+    return template  # type: ignore[return-value]
 
 
-class ShardedHead(nn.Module):
+class ShardedHead(Head):
     """A margin head whose `(C, d)` weight is split by class over the ranks of `group`.
 
     `forward(embeddings (B, d), labels (B,)) -> scalar` is the mean loss over the global
@@ -181,6 +263,8 @@ class ShardedHead(nn.Module):
     `load_full_state_dict()` takes this rank's rows of one. Without a process group (or
     with one rank) it is the plain head. `sample_rate < 1` turns on Partial FC.
     """
+
+    shardable = True
 
     def __init__(
         self,
@@ -193,53 +277,48 @@ class ShardedHead(nn.Module):
         seed: int = 0,
         **hyperparameters: Any,
     ) -> None:
-        super().__init__()
-        template = _build_template(name, num_classes, embedding_dim, **hyperparameters)
-        self.world_size = _group_size(group)
-        self.rank = dist.get_rank(group) if self.world_size > 1 else 0
-        if num_classes < self.world_size:
-            raise UserError(
-                f"{num_classes} classes cannot be sharded over {self.world_size} ranks; "
-                "use train.distributed: ddp"
-            )
+        template = _margin_template(name, num_classes, embedding_dim, **hyperparameters)
         if not 0.0 < sample_rate <= 1.0:
             raise UserError(f"train.sample_rate must be in (0, 1], got {sample_rate!r}")
+        reduction = ClassSharded(num_classes, group)
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + reduction.start)
+        super().__init__(
+            template.name, num_classes, embedding_dim, template.hyperparameters,
+            rows=reduction.stop - reduction.start, generator=generator, reduction=reduction,
+        )
         # not a registered submodule: its meta weight must stay out of parameters()
         self._template = [template]
-        self.group = group
-        self.name = template.name
-        self.hyperparameters = dict(template.hyperparameters)
-        self.num_classes = num_classes
-        self.embedding_dim = embedding_dim
         self.sample_rate = float(sample_rate)
         self.seed = int(seed)
-        self.draws = 0  # Partial FC draws so far (the train loop restores it on resume)
-        self.shard_start, self.shard_stop = shard_bounds(num_classes, self.world_size, self.rank)
-        local = self.shard_stop - self.shard_start
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.shard_start)
-        self.weight = nn.Parameter(
-            torch.empty(local, embedding_dim).normal_(std=template.init_std, generator=generator)
-        )
+        self.draws = 0  # Partial FC draws so far (`resume_at` restores it)
+        self.shard_start, self.shard_stop = reduction.start, reduction.stop
         self.last_sampled: Tensor | None = None  # rows used by the last Partial FC step
-        self._stat_keys: tuple[str, ...] = ()
-        self._stat_values: Tensor | None = None
 
     @property
     def template(self) -> MarginHead:
         """The full-size loss head (weight on the meta device) whose maths is reused."""
         return self._template[0]
 
-    @property
-    def last_stats(self) -> dict[str, float]:
-        """Global diagnostics of the last forward pass (the same on every rank)."""
-        if self._stat_values is None:
-            return {}
-        return dict(zip(self._stat_keys, self._stat_values.tolist(), strict=True))
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        return margin_loss(self, self.template, embeddings, labels)
 
-    def _local_labels(self, labels: Tensor) -> Tensor:
-        """Global labels (M,) -> this shard's column, or -1 when another rank owns it."""
-        inside = (labels >= self.shard_start) & (labels < self.shard_stop)
-        return torch.where(inside, labels - self.shard_start, torch.full_like(labels, -1))
+    def transform(self, cos: Tensor, labels: Tensor) -> Tensor:
+        """The loss's margin transform (same contract as `MarginHead.transform`)."""
+        return self.template.transform(cos, labels)
+
+    def resume_at(self, step: int) -> None:
+        self.draws = step
+
+    def select_centres(self, weight: Tensor, columns: Tensor) -> tuple[Tensor, Tensor]:
+        """Partial FC: the sampled rows of this shard and the targets' columns among them."""
+        chosen = self.sample_centres(columns) if self.sample_rate < 1.0 else None
+        self.last_sampled = chosen
+        if chosen is None:
+            return weight, columns
+        position = torch.full((weight.shape[0],), -1, dtype=columns.dtype, device=columns.device)
+        position[chosen] = torch.arange(chosen.numel(), device=columns.device)
+        owned = columns >= 0
+        return weight[chosen], torch.where(owned, position[columns.clamp_min(0)], columns)
 
     def sample_centres(self, local_labels: Tensor) -> Tensor | None:
         """Partial FC: sorted shard rows to use this step (None = all of them).
@@ -262,111 +341,9 @@ class ShardedHead(nn.Module):
         count = max(keep, int(torch.unique(positive).numel()))
         return score.topk(count).indices.sort().values
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
-        template = self.template
-        x = all_gather_rows(embeddings, self.group)
-        local_labels = self._local_labels(all_gather_rows(labels, self.group))
-        weight = self.weight
-        chosen = self.sample_centres(local_labels) if self.sample_rate < 1.0 else None
-        self.last_sampled = chosen
-        if chosen is not None:
-            weight = weight[chosen]
-            position = torch.full(
-                (self.weight.shape[0],), -1, dtype=local_labels.dtype, device=labels.device
-            )
-            position[chosen] = torch.arange(chosen.numel(), device=labels.device)
-            owned = local_labels >= 0
-            local_labels = torch.where(owned, position[local_labels.clamp_min(0)], local_labels)
-        cos = cosine_matrix(x, weight)
-        extras = self._stat_terms(cos.detach(), local_labels)
-        logits = template.transform(cos, local_labels)
-        log_p_y, summed = sharded_target_log_prob(logits, local_labels, extras, self.group)
-        loss = template.sample_loss(log_p_y).mean()
-        with torch.no_grad():
-            self._record_stats(loss.detach(), summed)
-        return loss
-
-    def _stat_terms(self, cos: Tensor, local_labels: Tensor) -> Tensor:
-        """(2, M) per-sample terms summed over ranks: target cosine, columns above t2."""
-        with torch.no_grad():
-            owned = local_labels >= 0
-            cos_y = cos.gather(1, local_labels.clamp_min(0).unsqueeze(1)).squeeze(1)
-            cos_y = torch.where(owned, cos_y, torch.zeros_like(cos_y))
-            t2 = getattr(self.template, "t2", None)
-            if t2 is None:
-                over = torch.zeros_like(cos_y)
-            else:
-                over = (cos > t2).sum(dim=1) - (owned & (cos_y > t2)).long()
-            return torch.stack([cos_y, over.to(cos_y.dtype)])
-
-    def _record_stats(self, loss: Tensor, summed: Tensor) -> None:
-        from eqmcli.losses import EqMHead, eqm_stats
-
-        template = self.template
-        cos_y = summed[0]
-        if isinstance(template, EqMHead):
-            stats = eqm_stats(loss, cos_y, summed[1] > 0, t1=template.t1, floor=template.floor)
-        else:
-            stats = {"loss": loss, "mean_cos_target": cos_y.mean()}
-        self._stat_keys = tuple(stats)
-        self._stat_values = torch.stack(
-            [torch.as_tensor(v, dtype=torch.float32).reshape(()).to(self.weight.device)
-             for v in stats.values()]
-        )
-
-    def transform(self, cos: Tensor, labels: Tensor) -> Tensor:
-        """The loss's margin transform (same contract as `MarginHead.transform`)."""
-        return self.template.transform(cos, labels)
-
-    def cosine(self, embeddings: Tensor) -> Tensor:
-        """(B, C_r) cosines against this rank's centres (no communication)."""
-        return cosine_matrix(embeddings, self.weight)
-
-    def gather_rows(self, tensor: Tensor, dst: int = 0) -> Tensor | None:
-        """This shard's `(C_r, ...)` rows of every rank stacked to `(C, ...)` on rank `dst`.
-
-        A collective: every rank must call it. Returns None on the other ranks.
-        """
-        if self.world_size == 1:
-            return tensor.detach()
-        longest = math.ceil(self.num_classes / self.world_size)
-        padded = tensor.detach().new_zeros((longest, *tensor.shape[1:]))
-        padded[: tensor.shape[0]] = tensor.detach()
-        parts = None
-        if self.rank == dst:
-            parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        global_dst = dst if self.group is None else dist.get_global_rank(self.group, dst)
-        dist.gather(padded, parts, dst=global_dst, group=self.group)
-        if parts is None:
-            return None
-        rows = [
-            part[: stop - start]
-            for part, (start, stop) in zip(
-                parts, (shard_bounds(self.num_classes, self.world_size, r)
-                        for r in range(self.world_size)), strict=True
-            )
-        ]
-        return torch.cat(rows, dim=0)
-
-    def full_state_dict(self) -> dict[str, Tensor] | None:
-        """`{"weight": (C, d)}` on CPU on rank 0 (None elsewhere); what a plain head saves."""
-        full = self.gather_rows(self.weight)
-        return None if full is None else {"weight": full.cpu()}
-
-    def load_full_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Copy this rank's rows of a full head state `{"weight": (C, d)}`."""
-        weight = state["weight"]
-        if tuple(weight.shape) != (self.num_classes, self.embedding_dim):
-            raise UserError(
-                f"the checkpoint's head has shape {tuple(weight.shape)}, expected "
-                f"({self.num_classes}, {self.embedding_dim})"
-            )
-        with torch.no_grad():
-            self.weight.copy_(weight[self.shard_start : self.shard_stop])
-
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, classes {self.shard_start}..{self.shard_stop - 1} of "
-            f"{self.num_classes}, rank {self.rank}/{self.world_size}, "
+            f"{self.num_classes}, rank {self.reduction.rank}/{self.reduction.world_size}, "
             f"sample_rate={self.sample_rate:g}"
         )

@@ -5,7 +5,8 @@
     head.last_stats                     # dict of floats for logging
 
 Elementwise margin heads also expose `transform(cos, labels) -> logits` and
-`sample_loss(log_p_y)`, the pieces a class-sharded head reuses.
+`sample_loss(log_p_y)`, the pieces a class-sharded head reuses; where the classes live
+(whole rows here, class shards in `eqmcli.distributed`) is the head's `reduction`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from eqmcli.losses.base import (
     Head,
     MarginHead,
     cosine_matrix,
+    margin_loss,
     replace_target,
-    target_log_prob,
+    target_cosine,
 )
 from eqmcli.losses.hyperparameters import LOSS_NAMES, canonical_name, resolve_hyperparameters
 from eqmcli.losses.margins import (
@@ -30,6 +32,7 @@ from eqmcli.losses.margins import (
     NormFaceHead,
     eqm_stats,
 )
+from eqmcli.losses.reduction import WholeRows, target_log_prob
 from eqmcli.losses.unnormalized import SoftmaxHead, SphereFaceHead, a_softmax_psi
 
 HEAD_CLASSES: dict[str, type[Head]] = {
@@ -39,10 +42,11 @@ HEAD_CLASSES: dict[str, type[Head]] = {
     "ga-softmax": GASoftmaxHead,
     "arcface": ArcFaceHead,
     "cosface": CosFaceHead,
+    "am": CosFaceHead,
     "focal": FocalHead,
     "eqm": EqMHead,
 }
-"""Canonical loss name -> head class (aliases resolve through `canonical_name`)."""
+"""Canonical loss name -> head class (names resolve through `canonical_name`)."""
 
 
 def build_head(name: str, num_classes: int, embedding_dim: int, **hyperparameters: Any) -> Head:
@@ -71,12 +75,15 @@ __all__ = [
     "NormFaceHead",
     "SoftmaxHead",
     "SphereFaceHead",
+    "WholeRows",
     "a_softmax_psi",
     "build_head",
     "canonical_name",
     "cosine_matrix",
     "eqm_stats",
+    "margin_loss",
     "replace_target",
     "resolve_hyperparameters",
+    "target_cosine",
     "target_log_prob",
 ]

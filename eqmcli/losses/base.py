@@ -1,13 +1,20 @@
 """The cosine classifier and the pieces every head shares.
 
 A head maps embeddings `(B, d)` and labels `(B,)` to a scalar loss (mean over the batch).
-Margin heads split that into reusable steps, so a class-sharded head can run the same
-maths on its local columns:
+Margin heads are one pipeline (`margin_loss`) with two parts that vary:
 
-    cos = head.cosine(x)                    # (B, C) cosines, float32 (float64 stays float64)
-    logits = head.transform(cos, labels)    # margin transform; labels[i] == -1: no target here
-    log_p_y = target_log_prob(logits, labels)   # or a distributed log-softmax over shards
-    loss = head.sample_loss(log_p_y).mean()
+    x, y = reduction.gather(x, y)           # the batch (all ranks' when class-sharded)
+    cos = cosine_matrix(x, W)               # (B, C) cosines, float32 (float64 stays float64)
+    logits = margin.transform(cos, cols)    # THE shared piece; cols[i] == -1: no target here
+    log_p_y = reduction.log_prob(logits, cols, ...)   # whole rows, or all-reduced shards
+    loss = margin.sample_loss(log_p_y).mean()
+
+`margin` (the loss: EqM, ArcFace, ...) is the same object whatever the reduction;
+`reduction` (`eqmcli.losses.reduction`) is `WholeRows` here and `ClassSharded` in
+`eqmcli.distributed`. Statistics follow the same split: `margin.stat_terms` gives
+per-sample terms, the reduction sums them over ranks, `margin.stats_from_terms` turns
+them into `last_stats`; they are computed only while `head.collect_stats` is true (the
+trainer sets it on logging steps).
 """
 
 from __future__ import annotations
@@ -21,15 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eqmcli.errors import UserError
+from eqmcli.losses.reduction import WholeRows, target_log_prob, wide
 
 ElementwiseFn = Callable[[Tensor], Tensor]
-
-
-def wide(tensor: Tensor) -> Tensor:
-    """`tensor` in float32, or unchanged when it already is float32/float64."""
-    if tensor.dtype in (torch.float32, torch.float64):
-        return tensor
-    return tensor.float()
 
 
 def aligned(embeddings: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,11 +52,6 @@ def cosine_matrix(embeddings: Tensor, weight: Tensor) -> Tensor:
     x, w = aligned(embeddings, weight)
     raw = wide(F.linear(F.normalize(x, dim=1), w))
     return raw * w.norm(dim=1).clamp_min(1e-12).reciprocal().to(raw.dtype)
-
-
-def target_log_prob(logits: Tensor, labels: Tensor) -> Tensor:
-    """log softmax(logits)[i, labels[i]] per sample, shape (B,), computed in float32."""
-    return -F.cross_entropy(wide(logits), labels, reduction="none")
 
 
 def replace_target(
@@ -85,10 +81,14 @@ class CosineClassifier(nn.Module):
     """A bias-free classifier over `num_classes` with weight W of shape (C, d).
 
     `cosine(x)` gives cos θ between L2-normalized embeddings and class weights; every head
-    subclasses it, so `head.cosine(x).argmax(1)` is a closed-set prediction.
+    subclasses it, so `head.cosine(x).argmax(1)` is a closed-set prediction. `rows` < C
+    holds only a slice of the classes (a class shard); `generator` seeds the initial W.
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, init_std: float = 0.01) -> None:
+    def __init__(
+        self, num_classes: int, embedding_dim: int, init_std: float = 0.01, *,
+        rows: int | None = None, generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise UserError(f"num_classes must be an integer >= 2, got {num_classes!r}")
@@ -101,12 +101,13 @@ class CosineClassifier(nn.Module):
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
         self.init_std = init_std
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        self.generator = generator
+        self.weight = nn.Parameter(torch.empty(rows or num_classes, embedding_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialize W ~ Normal(0, init_std²)."""
-        nn.init.normal_(self.weight, std=self.init_std)
+        nn.init.normal_(self.weight, std=self.init_std, generator=self.generator)
 
     def cosine(self, embeddings: Tensor) -> Tensor:
         """(B, C) cosines between embeddings (B, d) and the class weights."""
@@ -124,22 +125,33 @@ class Head(CosineClassifier):
     """Base of every loss head: `forward(embeddings, labels) -> scalar loss`.
 
     Subclasses set `name` and implement `forward`; they call `_record_stats` (under
-    no_grad) so `last_stats` holds the latest batch's diagnostics. Statistics stay as one
-    small tensor until `last_stats` is read, so a GPU step does not synchronize for them.
+    no_grad, only while `collect_stats` is true) so `last_stats` holds the latest
+    diagnostics. Statistics stay as one small tensor until `last_stats` is read, so a GPU
+    step does not synchronize for them. `reduction` says where the classes live (see
+    `eqmcli.losses.reduction`); the training-state methods below go through it, so the
+    trainer and checkpoints treat every head alike.
     """
 
+    #: True when the logits are an elementwise function of the cosines (`transform`),
+    #: the condition for splitting the classes over ranks
+    shardable = False
+
     def __init__(
-        self, name: str, num_classes: int, embedding_dim: int, hyperparameters: dict[str, Any]
+        self, name: str, num_classes: int, embedding_dim: int, hyperparameters: dict[str, Any],
+        *, rows: int | None = None, generator: torch.Generator | None = None,
+        reduction: WholeRows | None = None,
     ) -> None:
-        super().__init__(num_classes, embedding_dim)
+        super().__init__(num_classes, embedding_dim, rows=rows, generator=generator)
         self.name = name
         self.hyperparameters = dict(hyperparameters)
+        self.reduction = reduction or WholeRows()
+        self.collect_stats = True
         self._stat_keys: tuple[str, ...] = ()
         self._stat_values: Tensor | None = None
 
     @property
     def last_stats(self) -> dict[str, float]:
-        """Diagnostics of the last forward pass as python floats ({} before the first)."""
+        """Diagnostics of the last forward pass that collected them, as python floats."""
         if self._stat_values is None:
             return {}
         return dict(zip(self._stat_keys, self._stat_values.tolist(), strict=True))
@@ -163,6 +175,48 @@ class Head(CosineClassifier):
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
         raise NotImplementedError
 
+    # ------------------------------------------------------------ training state
+    def select_centres(self, weight: Tensor, columns: Tensor) -> tuple[Tensor, Tensor]:
+        """The centres scored this step and the targets' columns among them (all of them
+        here; Partial FC samples)."""
+        return weight, columns
+
+    def resume_at(self, step: int) -> None:
+        """Continue step-dependent state (Partial FC draws) from optimizer step `step`."""
+
+    def full_state_dict(self) -> dict[str, Tensor] | None:
+        """The state of the whole head (every class), as a checkpoint stores it.
+
+        A collective when the classes are sharded (every rank must call it); None on the
+        ranks that do not receive the gathered rows.
+        """
+        weight = self.reduction.full_rows(self.weight)
+        if weight is None:
+            return None
+        return {**self.state_dict(), "weight": weight}
+
+    def load_full_state_dict(
+        self, state: Any, source: str = "the checkpoint", *, strict: bool = True
+    ) -> None:
+        """Load a whole-head state (this device's rows of it); `UserError` if it does not fit.
+
+        With `strict=False`, buffers the state lacks (e.g. A-Softmax's iteration count)
+        keep their current values.
+        """
+        expected = (self.num_classes, self.embedding_dim)
+        weight = state.get("weight") if isinstance(state, dict) else None
+        if weight is None or tuple(weight.shape) != expected:
+            shape = None if weight is None else tuple(weight.shape)
+            raise UserError(f"{source}'s head has shape {shape}, expected {expected}")
+        missing = sorted(set(self.state_dict()) - set(state))
+        if missing and strict:
+            raise UserError(f"{source}'s head lacks {missing[0]!r} (loss {self.name})")
+        current = self.state_dict()
+        self.load_state_dict(
+            {**{key: current[key] for key in missing}, **state,
+             "weight": self.reduction.local_rows(weight)}
+        )
+
     def extra_repr(self) -> str:
         hp = ", ".join(f"{k}={v:g}" for k, v in self.hyperparameters.items())
         return f"name={self.name!r}, {super().extra_repr()}" + (f", {hp}" if hp else "")
@@ -171,26 +225,57 @@ class Head(CosineClassifier):
 class MarginHead(Head):
     """A head whose loss is cross-entropy on an elementwise transform of the cosine matrix.
 
-    Subclasses implement `transform(cos, labels) -> logits`; `forward` is
-    cosine -> transform -> loss, with the margin and the cross-entropy in float32 even
+    Subclasses implement `transform(cos, labels) -> logits`; `forward` is `margin_loss`
+    with this head as its own margin, the margin and the cross-entropy in float32 even
     under bf16/fp16 autocast.
     """
+
+    shardable = True
 
     def transform(self, cos: Tensor, labels: Tensor) -> Tensor:
         """Logits (B, C) from cosines (B, C); labels[i] is the target column or -1."""
         raise NotImplementedError
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
-        cos = self.cosine(embeddings)
-        loss = self.loss_from_logits(self.transform(cos, labels), labels)
-        with torch.no_grad():
-            self._record_stats(**self.batch_stats(cos.detach(), labels, loss.detach()))
-        return loss
+        return margin_loss(self, self, embeddings, labels)
 
-    def batch_stats(self, cos: Tensor, labels: Tensor, loss: Tensor) -> dict[str, Tensor]:
-        """Diagnostics for `last_stats`: the loss and the mean target cosine."""
-        cos_y = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
-        return {"loss": loss, "mean_cos_target": cos_y.mean()}
+    def stat_terms(self, cos: Tensor, columns: Tensor) -> Tensor:
+        """Per-sample terms (k, B) that sum over class shards: here the target cosine."""
+        return target_cosine(cos, columns).unsqueeze(0)
+
+    def stats_from_terms(self, loss: Tensor, terms: Tensor) -> dict[str, Tensor]:
+        """`last_stats` from the mean loss and the summed terms: loss, mean target cosine."""
+        return {"loss": loss, "mean_cos_target": terms[0].mean()}
+
+
+def target_cosine(cos: Tensor, columns: Tensor) -> Tensor:
+    """cos θ_y per row (B,); 0 where the target is not among these columns (-1)."""
+    owned = columns >= 0
+    cos_y = cos.gather(1, columns.clamp_min(0).unsqueeze(1)).squeeze(1)
+    return torch.where(owned, cos_y, torch.zeros_like(cos_y))
+
+
+def margin_loss(head: Head, margin: MarginHead, embeddings: Tensor, labels: Tensor) -> Tensor:
+    """The mean loss of `margin`'s transform on `head`'s weight, reduced by `head.reduction`.
+
+    `head` owns the weight, the reduction, the centre selection and the statistics;
+    `margin` is the loss (itself, or the full-size template of a class shard).
+    """
+    reduction = head.reduction
+    x, labels = reduction.gather(embeddings, labels)
+    weight, columns = head.select_centres(head.weight, reduction.columns(labels))
+    cos = cosine_matrix(x, weight)
+    terms = None
+    if head.collect_stats:
+        with torch.no_grad():
+            terms = margin.stat_terms(cos.detach(), columns)
+    logits = margin.transform(cos, columns)
+    log_p_y, summed = reduction.log_prob(logits, columns, terms)
+    loss = margin.sample_loss(log_p_y).mean()
+    if summed is not None:
+        with torch.no_grad():
+            head._record_stats(**margin.stats_from_terms(loss.detach(), summed))
+    return loss
 
 
 def log1p_exp_floor(num_classes: int, scale: float, gap: float) -> float:

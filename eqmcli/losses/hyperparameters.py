@@ -3,6 +3,7 @@
 Units: `scale` is the logit scale s (dimensionless), `margin` is in radians for ArcFace,
 cosine units for CosFace/AM, a multiplicative angle factor for GA-Softmax and the integer
 angle multiplier m for A-Softmax; `t1`, `t2` are cosines; `gamma` is the focal exponent.
+`detach_margin` (ArcFace only, optional, default false) is a flag, not a number.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 
 Check = Callable[[str, str, float], float]
 
@@ -56,6 +57,13 @@ def _interval(low: float, high: float, *, high_open: bool = False, why: str = ""
     return check
 
 
+def _flag(loss: str, key: str, value: Any) -> bool:
+    """`value` as a bool (true/false, or 1/0)."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise UserError(f"loss {loss!r}: {key} must be true or false, got {shown(value)}")
+
+
 def _at_least_one(loss: str, key: str, value: float) -> float:
     if value < 1:
         raise UserError(
@@ -89,26 +97,36 @@ _SPECS: dict[str, dict[str, tuple[float, Check]]] = {
     "ga-softmax": {"scale": (30.0, _positive), "margin": (1.5, _at_least_one)},
     "arcface": {
         "scale": (64.0, _positive),
-        # above pi/2 the fallback branch would jump upwards and break monotonicity
+        # The target logit cos(θ+m), with the fallback cos θ − m·sin m where θ + m > π, is
+        # non-increasing in θ on [0, π] for every m with cos m + m·sin m >= 1, i.e. up to
+        # m ≈ 2.33 rad (at θ = π − m it steps down from −1 to −cos m − m·sin m); checked
+        # numerically in tests/test_losses_hyperparameters.py. The bound π/2 is a sane
+        # range for an additive angular margin (published ones are 0.3-0.7), not that limit.
         "margin": (0.5, _interval(0.0, math.pi / 2, why="radians")),
     },
+    # CosFace (Wang et al., CVPR 2018) and AM-Softmax (Wang et al., 2018): one formula,
+    # each name with its paper's defaults
     "cosface": {
+        "scale": (64.0, _positive),
+        "margin": (0.35, _interval(0.0, 2.0, high_open=True, why="cosine units")),
+    },
+    "am": {
         "scale": (30.0, _positive),
         "margin": (0.35, _interval(0.0, 2.0, high_open=True, why="cosine units")),
     },
     "focal": {"scale": (30.0, _positive), "gamma": (2.0, _non_negative)},
     "eqm": {"scale": (64.0, _positive), "t1": (0.5, _COSINE), "t2": (0.1, _COSINE)},
 }
-_ALIASES = {"am": "cosface"}
+# optional flags: absent unless given (so the resolved defaults stay the design table's)
+_FLAGS: dict[str, tuple[str, ...]] = {"arcface": ("detach_margin",)}
 
-LOSS_NAMES: tuple[str, ...] = (*_SPECS, *_ALIASES)
-"""Every name `build_head` accepts (`am` is an alias of `cosface`)."""
+LOSS_NAMES: tuple[str, ...] = tuple(_SPECS)
+"""Every name `build_head` accepts (`am` is CosFace's formula with AM-Softmax's defaults)."""
 
 
 def canonical_name(name: str) -> str:
-    """The registry name for `name` (case-insensitive, `am` -> `cosface`); UserError if unknown."""
+    """The registry name for `name` (case-insensitive, `_` read as `-`); UserError if unknown."""
     key = str(name).strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
     if key not in _SPECS:
         close = difflib.get_close_matches(str(name).lower(), LOSS_NAMES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -124,14 +142,20 @@ def resolve_hyperparameters(name: str, **given: Any) -> dict[str, Any]:
     """
     loss = canonical_name(name)
     spec = _SPECS[loss]
-    unknown = [key for key in given if key not in spec]
+    flags = _FLAGS.get(loss, ())
+    unknown = [key for key in given if key not in spec and key not in flags]
     if unknown:
-        takes = ", ".join(spec) if spec else "no hyperparameters"
-        raise UserError(f"loss {name!r} has no hyperparameter {unknown[0]!r} (it takes {takes})")
+        takes = ", ".join([*spec, *flags]) if spec else "no hyperparameters"
+        raise UserError(
+            f"loss {name!r} has no hyperparameter {shown(unknown[0])} (it takes {takes})"
+        )
     resolved: dict[str, Any] = {}
     for key, (default, check) in spec.items():
         value = given.get(key, default)
         resolved[key] = check(name, key, _number(name, key, value))
+    for key in flags:
+        if key in given:
+            resolved[key] = _flag(name, key, given[key])
     if loss == "eqm" and resolved["t1"] <= resolved["t2"]:
         raise UserError(
             f"loss {name!r}: t1 ({resolved['t1']:g}) must be greater than t2 "

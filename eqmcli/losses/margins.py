@@ -13,7 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eqmcli.losses.base import MarginHead, log1p_exp_floor, replace_target, safe_acos, wide
+from eqmcli.losses.base import (
+    MarginHead,
+    log1p_exp_floor,
+    replace_target,
+    safe_acos,
+    target_cosine,
+    wide,
+)
 
 
 class NormFaceHead(MarginHead):
@@ -61,7 +68,11 @@ class _TargetMarginHead(MarginHead):
 
 
 class CosFaceHead(_TargetMarginHead):
-    """CosFace / AM-Softmax: target s·(cos θ_y − m), m in cosine units."""
+    """CosFace / AM-Softmax: target s·(cos θ_y − m), m in cosine units.
+
+    One formula, two names with their papers' defaults: `cosface` s = 64, m = 0.35 (Wang
+    et al., CosFace, CVPR 2018) and `am` s = 30, m = 0.35 (Wang et al., AM-Softmax, 2018).
+    """
 
     def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
         super().__init__(name, num_classes, embedding_dim, **hp)
@@ -72,11 +83,20 @@ class CosFaceHead(_TargetMarginHead):
 
 
 class ArcFaceHead(_TargetMarginHead):
-    """ArcFace: target s·cos(θ_y + m), m in radians; s·(cos θ_y − m·sin m) where θ_y + m > π."""
+    """ArcFace: target s·cos(θ_y + m), m in radians; s·(cos θ_y − m·sin m) where θ_y + m > π.
+
+    Gradient: eqmcli back-propagates the exact derivative of cos(θ_y + m) (through
+    cos(θ+m) = cos θ cos m − sin θ sin m), as the ArcFace paper (Deng et al., CVPR 2019)
+    and InsightFace's code did until late 2022. Today's InsightFace `arcface_torch`
+    computes the margin under `torch.no_grad`: the target logit has the value
+    s·cos(θ_y + m) (no fallback) but the gradient of s·cos θ_y. `detach_margin=True`
+    selects that variant.
+    """
 
     def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
         super().__init__(name, num_classes, embedding_dim, **hp)
         self.margin = float(hp["margin"])
+        self.detach_margin = bool(hp.get("detach_margin", False))
 
     def target(self, cos_y: Tensor) -> Tensor:
         m = self.margin
@@ -84,6 +104,8 @@ class ArcFaceHead(_TargetMarginHead):
         # sin θ from cos θ; the clamp keeps sqrt's gradient finite at cos = ±1
         sin = (1.0 - c * c).clamp_min(1e-12).sqrt()
         shifted = c * math.cos(m) - sin * math.sin(m)  # cos(θ + m)
+        if self.detach_margin:  # value cos(θ + m), gradient that of cos θ
+            return (cos_y + (shifted - cos_y).detach()) * self.scale
         fallback = c - m * math.sin(m)
         # θ + m > π  <=>  cos θ < cos(π − m) = −cos m
         return torch.where(c > -math.cos(m), shifted, fallback) * self.scale
@@ -130,20 +152,22 @@ class EqMHead(_TargetMarginHead):
     def target(self, cos_y: Tensor) -> Tensor:
         return cos_y.clamp_max(self.t1) * self.scale
 
-    def batch_stats(self, cos: Tensor, labels: Tensor, loss: Tensor) -> dict[str, Tensor]:
-        cos_y = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+    def stat_terms(self, cos: Tensor, columns: Tensor) -> Tensor:
+        """(2, B): the target cosine and the count of non-target columns above t2."""
+        cos_y = target_cosine(cos, columns)
+        owned = columns >= 0
         # int32 counts: summing the bool matrix without an int64 copy of it
-        over = (cos > self.t2).sum(1, dtype=torch.int32) - (cos_y > self.t2).int()
-        return eqm_stats(loss, cos_y, over > 0, t1=self.t1, floor=self.floor)
+        over = (cos > self.t2).sum(1, dtype=torch.int32) - (owned & (cos_y > self.t2)).int()
+        return torch.stack([cos_y, over.to(cos_y.dtype)])
+
+    def stats_from_terms(self, loss: Tensor, terms: Tensor) -> dict[str, Tensor]:
+        return eqm_stats(loss, terms[0], terms[1] > 0, t1=self.t1, floor=self.floor)
 
 
 def eqm_stats(
     loss: Tensor, cos_y: Tensor, violating: Tensor, *, t1: float, floor: float
 ) -> dict[str, Tensor]:
-    """EqM diagnostics from the mean loss, target cosines (B,) and inter violations (B, bool).
-
-    Shared with a class-sharded head, which all-reduces `violating` before calling it.
-    """
+    """EqM diagnostics from the mean loss, target cosines (B,) and inter violations (B, bool)."""
     hard = cos_y < t1
     easy = ~hard
     calm = ~violating

@@ -26,6 +26,8 @@ class SoftmaxHead(Head):
         x, w = aligned(embeddings, self.weight)
         logits = wide(F.linear(x, w))
         loss = self.loss_from_logits(logits, labels)
+        if not self.collect_stats:
+            return loss
         with torch.no_grad():
             logit_y = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
             x_norm = x.norm(dim=1)
@@ -99,13 +101,14 @@ class SphereFaceHead(Head):
         logits = replace_target(cos * x_norm.unsqueeze(1), cos, labels, target, other)
         loss = self.loss_from_logits(logits, labels)
         with torch.no_grad():
-            cos_y = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
-            self._record_stats(
-                loss=loss.detach(),
-                mean_cos_target=cos_y.mean(),
-                mean_feature_norm=x_norm.mean(),
-                **{"lambda": lam},
-            )
+            if self.collect_stats:
+                cos_y = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+                self._record_stats(
+                    loss=loss.detach(),
+                    mean_cos_target=cos_y.mean(),
+                    mean_feature_norm=x_norm.mean(),
+                    **{"lambda": lam},
+                )
             if self.training:
                 self.iteration += 1
         return loss

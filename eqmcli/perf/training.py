@@ -3,11 +3,12 @@
 Each configuration is one combination of the options the trainer exposes: precision
 (fp32, bf16 autocast, and fp16 autocast with a GradScaler on CUDA only), channels_last
 on/off, and torch.compile of the backbone on/off. Every configuration gets its own copy of
-the same initial model and optimizer (SGD, momentum 0.9) and trains on the same synthetic
-in-memory batches: random uint8 images on the host, converted on the device by
-`eqmcli.data.transforms.to_model_input` exactly as `eqmcli.train` does (host-to-device
-copy, normalization, random flip, channels_last), then forward, cross-entropy head,
-backward and `optimizer.step()`.
+the same initial model and optimizer (SGD, momentum 0.9, constant lr) and trains on the
+same synthetic in-memory batches of random uint8 images with
+`eqmcli.train.step.train_step`, the very function `eqm train` runs: conversion on the
+device (normalization, random flip, channels_last), forward, loss head, backward, the
+NaN/Inf flag and the optimizer step. As in training between logging steps, the head's
+statistics are not collected.
 
 Timing: after `warmup` untimed steps per configuration (compilation happens there), the
 `steps` timed steps are interleaved -- each round runs one step of every configuration,
@@ -32,9 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqmcli.devices import autocast, resolve_device
+from eqmcli.backbones import BACKBONE_NAMES, build_backbone, default_input_size
+from eqmcli.data.transforms import random_flip_mask
+from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
+from eqmcli.losses import Head, build_head, canonical_name
 from eqmcli.perf.timing import environment, timing_setup
+from eqmcli.recipe import OptimSection
+from eqmcli.schedule import LrSchedule
+from eqmcli.train.step import StepParts, build_optimizer, compiled, place_model, train_step
 
 #: settings used when an option is left out: (CUDA, CPU)
 CUDA_DEFAULTS: dict[str, Any] = {
@@ -44,6 +51,9 @@ CPU_DEFAULTS: dict[str, Any] = {
     "backbone": "tiny", "classes": 1000, "batch": 64, "steps": 10, "warmup": 2,
 }
 BASELINE = "fp32"
+#: the optimizer of every configuration: SGD, momentum 0.9, weight decay 5e-4, constant lr
+BENCH_OPTIM = OptimSection(name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4,
+                           schedule="constant")
 
 
 @dataclass(frozen=True)
@@ -128,51 +138,34 @@ def _sync(device: torch.device) -> None:
 
 
 class _Trainee:
-    """A model copy, its optimizer and the step function of one configuration."""
+    """A model copy, its optimizer and its `StepParts` for one configuration."""
 
     def __init__(
         self,
         config: TrainConfig,
         backbone: nn.Module,
-        head: nn.Module,
+        head: Head,
         device: torch.device,
         size: tuple[int, int],
     ) -> None:
         self.config = config
-        self.device = device
-        self.size = size
-        self.backbone = copy.deepcopy(backbone).to(device)
-        self.head = copy.deepcopy(head).to(device)
-        if config.channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
-        self.backbone.train()
-        self.head.train()
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(self.backbone) if config.compile else self.backbone
+        model, loss_head = copy.deepcopy(backbone), copy.deepcopy(head)
+        place_model(model, loss_head, device, channels_last=config.channels_last)
+        optimizer = build_optimizer(BENCH_OPTIM, [*model.parameters(), *loss_head.parameters()])
+        self.parts = StepParts(
+            backbone=model, head=loss_head, optimizer=optimizer,
+            schedule=LrSchedule(BENCH_OPTIM, 1, 1), device=device, amp_dtype=config.dtype,
+            channels_last=config.channels_last, input_size=size,
+            forward_backbone=compiled(model, config.compile),
         )
-        self.optimizer = torch.optim.SGD(
-            [*self.backbone.parameters(), *self.head.parameters()],
-            lr=1e-3, momentum=0.9, weight_decay=5e-4,
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+        self.steps = 0
         self.losses: list[float] = []
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, flip: torch.Tensor) -> None:
-        """One training step on a uint8 host batch, as `eqmcli.train` runs it."""
-        from eqmcli.data.transforms import to_model_input
-
-        inputs = to_model_input(
-            images, self.device, flip_mask=flip, channels_last=self.config.channels_last,
-            size=self.size,
-        )
-        labels = labels.to(self.device, non_blocking=True)
-        with autocast(self.device, self.config.dtype):
-            loss = self.head(self.forward(inputs), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.losses.append(float(loss.detach()))  # also waits for the step on CUDA
+        """One `train_step` (the function `eqm train` runs) on a uint8 host batch."""
+        loss = train_step(self.parts, images, labels, flip, self.steps, collect_stats=False)
+        self.steps += 1
+        self.losses.append(float(loss))  # also waits for the step on CUDA
 
 
 def resolve_settings(
@@ -187,9 +180,6 @@ def resolve_settings(
     warmup: int | None,
 ) -> dict[str, Any]:
     """Fill the options left out with the device's defaults and check them (UserError)."""
-    from eqmcli.backbones import BACKBONE_NAMES, default_input_size
-    from eqmcli.losses import canonical_name
-
     defaults = CUDA_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
     backbone = backbone or defaults["backbone"]
     if backbone not in BACKBONE_NAMES:
@@ -262,10 +252,6 @@ def _benchmark_training(
     clock: str,
 ) -> TrainBenchResult:
     """The body of `benchmark_training` (arguments as there; `now` reads the clock)."""
-    from eqmcli.backbones import build_backbone
-    from eqmcli.data.transforms import random_flip_mask
-    from eqmcli.losses import build_head
-
     started = time.perf_counter()
     target = resolve_device(device)
     if clock != "wall" and target.type == "cuda":
@@ -274,32 +260,59 @@ def _benchmark_training(
         target, backbone=backbone, head=head, classes=classes, batch=batch, size=size,
         steps=steps, warmup=warmup,
     )
+    result = TrainBenchResult(settings=settings, environment=environment(target))
+    chosen = _choose_configs(target, configs, include_compile, result.notes)
+    settings["configs"] = [c.label for c in chosen]
+    settings["clock"], settings["threads"] = clock, torch.get_num_threads()
+    size_hw = (settings["size"][0], settings["size"][1])
+    torch.manual_seed(seed)
+    model = build_backbone(settings["backbone"], embedding_dim=512, input_size=size_hw)
+    loss_head = build_head(settings["head"], settings["classes"], 512)
+    batches = _make_batches(settings, size_hw, target, seed)
+    rows = {c: TrainRow(c.label, c.precision, c.channels_last, c.compile) for c in chosen}
+    trainees: dict[TrainConfig, _Trainee] = {}
+    for config in chosen:
+        trainee = _Trainee(config, model, loss_head, target, size_hw)
+        if _warm_up(trainee, rows[config], batches, settings["warmup"], result.notes):
+            trainees[config] = trainee
+    samples = _time_interleaved(trainees, batches, settings["steps"], target, now)
+    _fill_rows(rows, samples, trainees, settings["batch"], chosen[0])
+    result.rows = [rows[c] for c in chosen]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _choose_configs(
+    target: torch.device, configs: list[TrainConfig] | None, include_compile: bool | None,
+    notes: list[str],
+) -> list[TrainConfig]:
+    """The configurations to time, eager fp32 first; fp16 dropped off CUDA (with a note)."""
     if include_compile is None:
         include_compile = target.type == "cuda"
     chosen = list(configs) if configs is not None else default_configs(
         target, include_compile=include_compile
     )
     base_config = TrainConfig(BASELINE, False, False)
-    if base_config in chosen:
-        chosen.remove(base_config)
-    chosen.insert(0, base_config)
-    result = TrainBenchResult(settings=settings, environment=environment(target))
+    chosen = [base_config, *(c for c in chosen if c != base_config)]
     if any(c.precision == "fp16" for c in chosen) and target.type != "cuda":
         chosen = [c for c in chosen if c.precision != "fp16"]
-        result.notes.append("fp16 skipped: it needs a CUDA device (use bf16 on the CPU)")
+        notes.append("fp16 skipped: it needs a CUDA device (use bf16 on the CPU)")
     if not any(c.compile for c in chosen):
-        result.notes.append("torch.compile not timed (default on the CPU); pass --compile")
-    settings["configs"] = [c.label for c in chosen]
-    settings["clock"], settings["threads"] = clock, torch.get_num_threads()
+        notes.append("torch.compile not timed (default on the CPU); pass --compile")
+    return chosen
 
-    size_hw = (settings["size"][0], settings["size"][1])
-    torch.manual_seed(seed)
-    model = build_backbone(settings["backbone"], embedding_dim=512, input_size=size_hw)
-    loss_head = build_head(settings["head"], settings["classes"], 512)
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _make_batches(
+    settings: dict[str, Any], size_hw: tuple[int, int], target: torch.device, seed: int
+) -> list[Batch]:
+    """Two distinct (uint8 images, labels, flip mask) host batches, alternated."""
     generator = torch.Generator().manual_seed(seed)
     batch_size = settings["batch"]
     batches = []
-    for _ in range(2):  # two distinct batches, alternated
+    for _ in range(2):
         images = torch.randint(0, 256, (batch_size, 3, *size_hw), dtype=torch.uint8,
                                generator=generator)
         labels = torch.randint(0, settings["classes"], (batch_size,), generator=generator)
@@ -307,43 +320,55 @@ def _benchmark_training(
         if target.type == "cuda":
             images, labels = images.pin_memory(), labels.pin_memory()
         batches.append((images, labels, flip))
+    return batches
 
-    trainees: dict[TrainConfig, _Trainee] = {}
-    rows: dict[TrainConfig, TrainRow] = {}
-    for config in chosen:
-        rows[config] = TrainRow(config.label, config.precision, config.channels_last,
-                                config.compile)
-        trainee = _Trainee(config, model, loss_head, target, size_hw)
-        n_warm = max(settings["warmup"], 1 if config.compile else 0)
-        try:
-            _sync(target)
-            t0 = time.perf_counter()
-            for i in range(n_warm):
-                trainee.step(*batches[i % 2])
-            _sync(target)
-            rows[config].warmup_s = time.perf_counter() - t0
-        except Exception as exc:  # noqa: BLE001 - a failing compile becomes a skipped row
-            if not config.compile:
-                raise
-            text = str(exc).strip()
-            reason = text.splitlines()[0][:200] if text else "no message"
-            rows[config].skipped = f"torch.compile failed: {type(exc).__name__}: {reason}"
-            result.notes.append(f"{config.label} skipped: {rows[config].skipped}")
-            continue
-        trainees[config] = trainee
 
+def _warm_up(
+    trainee: _Trainee, row: TrainRow, batches: list[Batch], warmup: int, notes: list[str]
+) -> bool:
+    """Untimed steps (compilation happens here); False when a compile failed (row skipped)."""
+    config, device = trainee.config, trainee.parts.device
+    try:
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(max(warmup, 1 if config.compile else 0)):
+            trainee.step(*batches[i % 2])
+        _sync(device)
+        row.warmup_s = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - a failing compile becomes a skipped row
+        if not config.compile:
+            raise
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:200] if text else "no message"
+        row.skipped = f"torch.compile failed: {type(exc).__name__}: {reason}"
+        notes.append(f"{config.label} skipped: {row.skipped}")
+        return False
+    return True
+
+
+def _time_interleaved(
+    trainees: dict[TrainConfig, _Trainee], batches: list[Batch], steps: int,
+    device: torch.device, now: Callable[[], float],
+) -> dict[TrainConfig, list[float]]:
+    """Milliseconds per step: each round runs every configuration once, in rotated order."""
     samples: dict[TrainConfig, list[float]] = {c: [] for c in trainees}
     order = list(trainees)
-    for round_index in range(settings["steps"]):
+    for round_index in range(steps):
         shift = round_index % len(order)
         for config in order[shift:] + order[:shift]:
-            images, labels, flip = batches[round_index % 2]
-            _sync(target)
+            _sync(device)
             t0 = now()
-            trainees[config].step(images, labels, flip)
-            _sync(target)
+            trainees[config].step(*batches[round_index % 2])
+            _sync(device)
             samples[config].append((now() - t0) * 1000.0)
+    return samples
 
+
+def _fill_rows(
+    rows: dict[TrainConfig, TrainRow], samples: dict[TrainConfig, list[float]],
+    trainees: dict[TrainConfig, _Trainee], batch_size: int, base_config: TrainConfig,
+) -> None:
+    """Medians, images/s, speedups against `base_config` and the loss checks."""
     base_ips = batch_size / (statistics.median(samples[base_config]) / 1000.0)
     for config, times in samples.items():
         row = rows[config]
@@ -354,9 +379,6 @@ def _benchmark_training(
         losses = trainees[config].losses
         row.first_loss = losses[0]
         row.loss_finite = all(map(_finite, losses))
-    result.rows = [rows[c] for c in chosen]
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _finite(value: float) -> bool:

@@ -272,6 +272,23 @@ def resume_command(recipe_path: Path | str, out_dir: Path | str, overrides: Sequ
     return shlex.join(words)
 
 
+def rescale_resumed_step(
+    state: dict[str, Any], num_samples: int, global_batch: int, steps_per_epoch: int
+) -> int:
+    """The step to resume at when the global batch (ranks × batch) changed since the save.
+
+    Keeps the completed epochs and the samples consumed in the current one; returns
+    `state["step"]` unchanged when the global batch is the same.
+    """
+    step = int(state["step"])
+    saved_batch = int(state.get("global_batch", global_batch))
+    if saved_batch == global_batch:
+        return step
+    saved_per_epoch = max(num_samples // saved_batch, 1)
+    epochs, within = divmod(step, saved_per_epoch)
+    return epochs * steps_per_epoch + min(within * saved_batch // global_batch, steps_per_epoch)
+
+
 # --------------------------------------------------------------------------- metrics
 class MetricsLog:
     """Append-only `metrics.jsonl` (one JSON object per line); `path=None` writes nothing.

@@ -1,0 +1,60 @@
+"""Verification during training: the recipe's `eval.sets`, scored by the one routine
+(`eqmcli.verification.evaluate_set`) that `eqm eval` uses too."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from eqmcli.data.verification import VerificationSet
+from eqmcli.evaluate import load_training_sets, write_result
+from eqmcli.recipe import Recipe
+from eqmcli.rundir import RunPaths
+from eqmcli.verification import evaluate_set
+
+
+def verification_sets(recipe: Recipe) -> list[VerificationSet]:
+    """The recipe's `eval.sets`, loaded once before training starts (fails early if missing);
+    none when `eval.every_epochs` is 0."""
+    return load_training_sets(recipe) if recipe.eval.every_epochs else []
+
+
+def evaluation_due(recipe: Recipe, epoch: int) -> bool:
+    """Whether to verify after (0-based) `epoch`: every `eval.every_epochs`, and the last."""
+    every = recipe.eval.every_epochs
+    return bool(every) and (epoch + 1 == recipe.train.epochs or (epoch + 1) % every == 0)
+
+
+def evaluate_epoch(
+    backbone: nn.Module,
+    sets: list[VerificationSet],
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    input_size: tuple[int, ...],
+    epoch: int,
+    step: int,
+    final_results_to: RunPaths | None = None,
+) -> list[dict[str, Any]]:
+    """Verify on every set; one `metrics.jsonl` "eval" record each (ROC points left out).
+
+    With `final_results_to`, each full result (ROC included) is also written to
+    `RUN/eval/<benchmark>.json`, as `eqm eval` does.
+    """
+    records = []
+    for vset in sets:
+        result = evaluate_set(
+            backbone, vset, device=device, input_size=input_size, flip=recipe.eval.flip,
+            batch_size=recipe.eval.batch_size, precision=recipe.train.precision,
+            progress=False,
+        )
+        if final_results_to is not None:
+            write_result(
+                final_results_to.root,
+                replace(result, checkpoint=str(final_results_to.last), epoch=epoch, step=step),
+            )
+        records.append({"kind": "eval", "epoch": epoch, "step": step, **result.to_dict(roc=False)})
+    return records

@@ -1,0 +1,154 @@
+"""Everything a run is made of, built once before the first step (`set_up`).
+
+The order of construction is part of the reproducibility contract: the torch RNG is
+seeded from `recipe.seed`, then the data, the verification sets, the backbone and the
+head are built (each may draw from it), exactly as in every earlier eqm version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from eqmcli.backbones import build_backbone
+from eqmcli.data import TrainData, build_train_data
+from eqmcli.data.loader import make_loader
+from eqmcli.data.verification import VerificationSet
+from eqmcli.devices import autocast_dtype
+from eqmcli.distributed import DistributedContext, ShardedHead
+from eqmcli.errors import UserError
+from eqmcli.losses import Head, build_head
+from eqmcli.recipe import Recipe
+from eqmcli.rundir import RunPaths
+from eqmcli.schedule import LrSchedule
+from eqmcli.train.evaluation import verification_sets
+from eqmcli.train.run_state import MetricsLog
+from eqmcli.train.sampler import EpochSampler
+from eqmcli.train.step import StepParts, build_optimizer, compiled, place_model
+
+
+@dataclass
+class Run:
+    """A run in progress: what was built (`set_up`) and where it stands (`step`, ...)."""
+
+    recipe: Recipe
+    paths: RunPaths
+    context: DistributedContext
+    data: TrainData
+    input_size: tuple[int, int]
+    steps_per_epoch: int
+    parts: StepParts
+    sets: list[VerificationSet]
+    sampler: EpochSampler
+    loader: DataLoader | None = None
+    metrics: MetricsLog = field(default_factory=lambda: MetricsLog(None))
+    step: int = 0
+    best_accuracy: float | None = None
+    saved_step: int | None = None  # step of the checkpoint in last.pt (None: none yet)
+    resumed_from: int | None = None
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return self.recipe.train.batch_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.context.world_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.recipe.train.epochs
+
+
+def training_data_roots(recipe: Recipe) -> list[Path]:
+    """The folders the training data is read from (none for synthetic data)."""
+    root = getattr(recipe.data.train, "root", None)
+    return [Path(root)] if root is not None else []
+
+
+def build_training_head(recipe: Recipe, num_classes: int) -> Head:
+    """The head of a run: the loss head, class-sharded over the ranks in sharded mode."""
+    hyperparameters = recipe.loss.hyperparameters()
+    sample_rate = recipe.train.sample_rate
+    if recipe.train.distributed == "sharded":
+        return ShardedHead(
+            recipe.loss.name, num_classes, recipe.model.embedding_dim,
+            group=None, sample_rate=sample_rate, seed=recipe.seed, **hyperparameters,
+        )
+    if sample_rate < 1.0:
+        raise UserError(
+            f"train.sample_rate {sample_rate:g} (Partial FC) needs train.distributed: sharded"
+        )
+    return build_head(
+        recipe.loss.name, num_classes=num_classes, embedding_dim=recipe.model.embedding_dim,
+        **hyperparameters,
+    )
+
+
+def steps_per_epoch(recipe: Recipe, num_images: int, world_size: int) -> int:
+    """Optimizer steps per epoch (incomplete last batches dropped); `UserError` if none."""
+    batch_size = recipe.train.batch_size
+    steps = num_images // (batch_size * world_size)
+    if steps < 1:
+        raise UserError(
+            f"train.batch_size {batch_size} x {world_size} rank(s) is larger than the "
+            f"data set ({num_images} images)"
+        )
+    return steps
+
+
+def set_up(
+    recipe: Recipe, paths: RunPaths, context: DistributedContext, device: torch.device,
+    *, fresh: bool = True,
+) -> Run:
+    """Data, verification sets, model, optimizer and schedule of a run (nothing trained).
+
+    `fresh` is True for a new run, False for a resume (which restores its own weights).
+    """
+    torch.manual_seed(recipe.seed)
+    data = build_train_data(
+        recipe.data.train, strict=recipe.data.strict,
+        bad_images_path=paths.bad_images if context.is_main else None,
+        input_size=recipe.model.input_size,
+    )
+    height, width = recipe.model.input_size or data.image_size
+    sets = verification_sets(recipe)
+    steps = steps_per_epoch(recipe, len(data.dataset), context.world_size)
+    backbone = build_backbone(
+        recipe.model.backbone, embedding_dim=recipe.model.embedding_dim,
+        input_size=(height, width),
+    )
+    head = build_training_head(recipe, data.num_classes)
+    place_model(backbone, head, device, channels_last=recipe.train.channels_last)
+    optimizer = build_optimizer(recipe.optim, [*backbone.parameters(), *head.parameters()])
+    parts = StepParts(
+        backbone=backbone, head=head, optimizer=optimizer,
+        schedule=LrSchedule(recipe.optim, steps, steps * recipe.train.epochs),
+        device=device, amp_dtype=autocast_dtype(recipe.train.precision, device),
+        channels_last=recipe.train.channels_last, input_size=(height, width),
+        grad_clip=recipe.optim.grad_clip,
+    )
+    sampler = EpochSampler(
+        len(data.dataset), recipe.seed, rank=context.rank, world_size=context.world_size,
+        batch_size=recipe.train.batch_size,
+    )
+    return Run(recipe, paths, context, data, (height, width), steps, parts, sets, sampler)
+
+
+def start(run: Run) -> None:
+    """After any restore: wrap the modules for DDP / compile and open the data loader."""
+    parts, context, device = run.parts, run.context, run.parts.device
+    wrapped = context.wrap_backbone(parts.backbone, device)
+    parts.forward_backbone = compiled(wrapped, run.recipe.train.compile)
+    parts.forward_head = context.wrap_head(parts.head, device)
+    run.loader = make_loader(
+        run.data.dataset, batch_size=run.batch_size, sampler=run.sampler,
+        num_workers=run.recipe.data.num_workers, pin_memory=device.type == "cuda",
+        drop_last=True,
+    )

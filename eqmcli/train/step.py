@@ -1,0 +1,132 @@
+"""The training step: the one function `eqm train` runs and `eqm bench train` times.
+
+`train_step` takes a uint8 host batch through everything a step does: conversion on the
+device (normalize, flip, channels_last, resize), the learning rate of this step, forward
+under autocast, backward through the GradScaler, optional clipping to a global gradient
+norm, the optimizer and scaler steps, and the NaN/Inf flag (kept on the device: no
+synchronization). `StepParts` holds what it needs; both callers build it the same way
+(`place_model`, `build_optimizer`, `compiled`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from eqmcli.data.transforms import to_model_input
+from eqmcli.devices import autocast
+from eqmcli.losses import Head
+from eqmcli.recipe import OptimSection
+from eqmcli.schedule import LrSchedule
+
+Forward = Callable[..., Tensor]
+
+
+def optimizer_settings(optim: OptimSection) -> dict[str, float]:
+    """The per-group hyperparameters the recipe sets (the lr is set by the schedule)."""
+    if optim.name == "sgd":
+        return {"momentum": optim.momentum, "weight_decay": optim.weight_decay}
+    return {"weight_decay": optim.weight_decay}
+
+
+def build_optimizer(optim: OptimSection, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or AdamW over backbone and head parameters."""
+    settings = optimizer_settings(optim)
+    if optim.name == "sgd":
+        return torch.optim.SGD(parameters, lr=optim.lr, **settings)
+    return torch.optim.AdamW(parameters, lr=optim.lr, **settings)
+
+
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, optim: OptimSection) -> None:
+    """Overwrite the hyperparameters a restored optimizer state brought back with the recipe's."""
+    for group in optimizer.param_groups:
+        group.update(optimizer_settings(optim))
+
+
+@dataclass
+class StepParts:
+    """Everything one optimizer step touches.
+
+    `backbone` and `head` are the modules themselves; `forward_backbone` and
+    `forward_head` are what is called (DDP-wrapped, compiled), which may be the same
+    objects. `input_size` is (height, width) in pixels; `amp_dtype` None means float32.
+    """
+
+    backbone: nn.Module
+    head: Head
+    optimizer: torch.optim.Optimizer
+    schedule: LrSchedule
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    input_size: tuple[int, int]
+    grad_clip: float | None = None
+    forward_backbone: Forward | None = None
+    forward_head: Forward | None = None
+    scaler: torch.amp.GradScaler = field(init=False)
+    non_finite: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.forward_backbone = self.forward_backbone or self.backbone
+        self.forward_head = self.forward_head or self.head
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.non_finite = torch.zeros((), dtype=torch.bool, device=self.device)
+
+
+def place_model(
+    backbone: nn.Module, head: nn.Module, device: torch.device, *, channels_last: bool
+) -> None:
+    """Move both modules to `device` (the backbone to NHWC when `channels_last`), train mode."""
+    backbone.to(device)
+    head.to(device)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    backbone.train()
+    head.train()
+
+
+def compiled(module: nn.Module, enabled: bool) -> Forward:
+    """`torch.compile(module)` when `enabled`, else the module itself."""
+    return torch.compile(module) if enabled else module  # type: ignore[return-value]
+
+
+def train_step(
+    parts: StepParts,
+    images: Tensor,
+    labels: Tensor,
+    flip: Tensor,
+    step: int,
+    *,
+    collect_stats: bool = True,
+) -> Tensor:
+    """One optimizer step on a uint8 host batch `(B, 3, H, W)`; returns the detached loss.
+
+    `flip` (bool `(B,)`) mirrors those samples; `step` (0-based) picks the learning rate;
+    `collect_stats` asks the head for its `last_stats` (the trainer does on logging steps).
+    """
+    inputs = to_model_input(
+        images, parts.device, flip_mask=flip, channels_last=parts.channels_last,
+        size=parts.input_size,
+    )
+    labels = labels.to(parts.device, non_blocking=True)
+    parts.schedule.apply(parts.optimizer, step)
+    parts.head.collect_stats = collect_stats
+    with autocast(parts.device, parts.amp_dtype):
+        loss = parts.forward_head(parts.forward_backbone(inputs), labels)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    if parts.grad_clip is not None:
+        parts.scaler.unscale_(parts.optimizer)
+        parts.head.reduction.clip_grad_norm(
+            parts.backbone.parameters(), parts.head.parameters(), parts.grad_clip
+        )
+    loss = loss.detach()
+    parts.non_finite |= ~torch.isfinite(loss)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    return loss

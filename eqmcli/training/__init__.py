@@ -1,1 +1,0 @@
-"""The training core behind `eqm train` and `eqm bench train`."""
