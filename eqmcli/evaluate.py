@@ -18,12 +18,15 @@ from typing import Any
 
 import torch
 
+from eqmcli.atomic import atomic_write_text
 from eqmcli.data import verification as readers
 from eqmcli.data.synthetic import synthetic_verification_set
 from eqmcli.data.verification import VerificationSet
 from eqmcli.devices import resolve_device
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 from eqmcli.interop.models import load_model as load_any_model
+from eqmcli.pair_outcomes import write_pair_scores
+from eqmcli.protocols.run import ModelSetup, ProtocolOptions, ProtocolResult, run_protocols
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths, Trained
 from eqmcli.verification import SetEvaluation, evaluate_set
@@ -50,6 +53,7 @@ class EvalReport:
 
     results: list[SetEvaluation]
     written: list[Path] = field(default_factory=list)
+    protocol_results: list[ProtocolResult] = field(default_factory=list)
     run_dir: Path | None = None
     checkpoint: Path | None = None
     resized_from: tuple[int, int] | None = None
@@ -62,7 +66,9 @@ class EvalReport:
 
     def to_json(self) -> dict[str, Any]:
         """``{benchmark: result}``: the same dicts as the ``eval/<benchmark>.json`` files."""
-        return {r.benchmark: r.to_dict() for r in self.results}
+        found = {r.benchmark: r.to_dict() for r in self.results}
+        found.update({r.benchmark: r.to_dict() for r in self.protocol_results})
+        return found
 
 
 def resolve_data_root(given: str | Path | None, recipe: Recipe | None = None) -> Path | None:
@@ -114,11 +120,6 @@ def pairs_source(pairs_file: str | Path, images_root: str | Path | None) -> Benc
     )
 
 
-def _shown(text: str, limit: int = 80) -> str:
-    """A user's value quoted for a message, cut to ``limit`` characters."""
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
 def _synthetic_source(recipe: Recipe) -> BenchmarkSource:
     train = recipe.data.train
     if train.kind != "synthetic":
@@ -142,7 +143,7 @@ def file_source(entry: str, data_root: Path | None) -> BenchmarkSource:
         path = data_root / path
     if not path.is_file():
         raise UserError(
-            f"eval.sets entry {_shown(entry)} is neither a built-in set (synthetic, "
+            f"eval.sets entry {shown(entry)} is neither a built-in set (synthetic, "
             f"{', '.join(BENCHMARK_NAMES)}) nor an existing pairs file or .bin file"
         )
     path = path.resolve()
@@ -172,7 +173,7 @@ def recipe_sources(recipe: Recipe, data_root: Path | None) -> list[BenchmarkSour
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise UserError(
-            f"eval.sets names two sets called {_shown(repeated[0])}: each set's results go "
+            f"eval.sets names two sets called {shown(repeated[0])}: each set's results go "
             "to eval/<name>.json, so the names must differ"
         )
     return sources
@@ -189,7 +190,7 @@ def load_training_sets(recipe: Recipe) -> list[VerificationSet]:
         if vset.issame.all() or not vset.issame.any():
             only = "matched" if vset.issame.all() else "mismatched"
             raise UserError(
-                f"eval.sets: every pair of set {_shown(vset.name)} is {only}; verification during "
+                f"eval.sets: every pair of set {shown(vset.name)} is {only}; verification during "
                 "training needs both matched and mismatched pairs"
             )
     return sets
@@ -198,14 +199,15 @@ def load_training_sets(recipe: Recipe) -> list[VerificationSet]:
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     """Write ``data`` as JSON to ``path`` via a temporary sibling, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_result(run_dir: Path, result: SetEvaluation) -> Path:
-    """Write ``<run_dir>/eval/<benchmark>.json`` (the JSON edge of a `SetEvaluation`)."""
+    """Write ``<run_dir>/eval/<benchmark>.json`` (the JSON edge of a `SetEvaluation`) and,
+    when the result carries its per-pair scores, ``eval/<benchmark>.pairs.npz``."""
+    if result.scores is not None and result.issame is not None:
+        write_pair_scores(run_dir, result.benchmark, result.scores, result.issame,
+                          result.result.folds)
     return write_json(RunPaths(run_dir).eval_dir / f"{result.benchmark}.json", result.to_dict())
 
 
@@ -228,12 +230,14 @@ def run_evaluation(
     precision: str = "auto",
     progress: bool = True,
     write: bool = True,
+    protocols: ProtocolOptions | None = None,
 ) -> EvalReport:
     """Evaluate a run directory (its ``checkpoints/last.pt``) or a checkpoint file.
 
     With no ``benchmarks`` and no ``pairs_file`` the recipe's own ``eval.sets`` are used.
     Every benchmark is located before any embedding work starts, so a missing file fails
     fast. Results are written to ``<run>/eval/<benchmark>.json`` when ``write``.
+    ``protocols`` adds IJB-B/C, YouTube Faces and MegaFace (`eqmcli.protocols.run`).
     """
     if images_root is not None and pairs_file is None:
         raise UserError("--images-root only applies together with --pairs FILE")
@@ -243,7 +247,8 @@ def run_evaluation(
     sources = [find_benchmark(name, root) for name in benchmarks or []]
     if pairs_file is not None:
         sources.append(pairs_source(pairs_file, images_root))
-    if not sources:
+    protocols = protocols or ProtocolOptions()
+    if not sources and not protocols.requested:
         sources = recipe_sources(trained.recipe, root)
     report = EvalReport(
         results=[],
@@ -275,4 +280,37 @@ def run_evaluation(
         report.results.append(evaluation)
         if write:
             report.written.append(write_result(trained.run_dir, evaluation))
+    if protocols.requested:
+        model = ModelSetup(
+            trained.backbone, trained.checkpoint_path, trained.input_size, resolved, flip,
+            batch_size or trained.recipe.eval.batch_size, precision, progress,
+        )
+        _run_protocols(report, trained, protocols, root, model, write)
     return report
+
+
+def _run_protocols(
+    report: EvalReport,
+    trained: Trained,
+    options: ProtocolOptions,
+    root: Path | None,
+    model: ModelSetup,
+    write: bool,
+) -> None:
+    """IJB / YTF / MegaFace results into ``report`` (and ``eval/``: the JSON, and the
+    listed images that were missing as ``eval/<benchmark>_missing.txt``)."""
+    paths = RunPaths(trained.run_dir)
+    for result in run_protocols(options, model, root, paths.eval_dir / "cache"):
+        result = replace(result, epoch=trained.epoch, step=trained.step)
+        if result.resized_from and report.resized_from is None:
+            report.resized_from = result.resized_from
+        report.protocol_results.append(result)
+        if not write:
+            continue
+        report.written.append(
+            write_json(paths.eval_dir / f"{result.benchmark}.json", result.to_dict())
+        )
+        if result.missing:
+            listing = paths.eval_dir / f"{result.benchmark}_missing.txt"
+            text = "".join(f"{name}\n" for name in result.missing)
+            report.written.append(atomic_write_text(listing, text))

@@ -10,6 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from eqmcli.cli.benchmark_tables import protocol_tables
 from eqmcli.cli.common import console, err_console, user_errors
 
 if TYPE_CHECKING:
@@ -69,6 +70,18 @@ def render_table(results: list[SetEvaluation]) -> Any:
     return table
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """``"10,100"`` -> (10, 100); anything else is a `UserError` naming the option."""
+    from eqmcli.errors import UserError
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(
+            "--megaface-sizes takes comma-separated integers, e.g. 10,100,1000"
+        ) from None
+
+
 @user_errors
 def eval_command(
     target: Annotated[
@@ -103,17 +116,87 @@ def eval_command(
         int | None, typer.Option("--batch-size", min=1, help="Images per batch.")
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    ijbb: Annotated[
+        bool, typer.Option("--ijbb", help="IJB-B 1:1 (and 1:N when its lists exist): IJBB/.")
+    ] = False,
+    ijbc: Annotated[
+        bool, typer.Option("--ijbc", help="IJB-C 1:1 (and 1:N when its lists exist): IJBC/.")
+    ] = False,
+    detector_score: Annotated[
+        bool,
+        typer.Option(
+            "--detector-score/--no-detector-score",
+            help="IJB: weight each image by its detector score (InsightFace's default).",
+        ),
+    ] = True,
+    feature_norm: Annotated[
+        bool,
+        typer.Option(
+            "--feature-norm/--no-feature-norm",
+            help="IJB: keep each image feature's norm as a weight (InsightFace's default).",
+        ),
+    ] = True,
+    ytf: Annotated[
+        bool, typer.Option("--ytf", help="YouTube Faces: aligned_images_DB/ + splits.txt.")
+    ] = False,
+    ytf_frames: Annotated[
+        int,
+        typer.Option("--ytf-frames", help="YTF: evenly spaced frames per video (0 = all)."),
+    ] = 100,
+    megaface: Annotated[
+        bool,
+        typer.Option("--megaface", help="MegaFace challenge 1: the devkit's lists + images."),
+    ] = False,
+    megaface_sizes: Annotated[
+        str,
+        typer.Option("--megaface-sizes", help="MegaFace: distractor counts, comma-separated."),
+    ] = "10,100,1000,10000,100000,1000000",
+    megaface_features: Annotated[
+        Path | None,
+        typer.Option(
+            "--megaface-features",
+            help="MegaFace: precomputed devkit feature files (DIR/facescrub/, DIR/megaface/) "
+            "instead of embedding the images.",
+        ),
+    ] = None,
+    megaface_feature_suffix: Annotated[
+        str,
+        typer.Option("--megaface-feature-suffix", help="MegaFace: feature file suffix."),
+    ] = "_eqm.bin",
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="IJB/YTF/MegaFace: embed again (ignore RUN/eval/cache/)."),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the results as JSON on stdout (nothing else).")
     ] = False,
 ) -> None:
-    """Evaluate a trained model with the 10-fold verification protocol.
+    """Evaluate a trained model: 10-fold verification, IJB-B/C, YouTube Faces, MegaFace.
 
-    Accuracy is the mean ± population std over 10 contiguous folds; thresholds are cosine
-    similarities. Without a benchmark flag the recipe's own eval sets are used.
-    Results go to RUN/eval/<benchmark>.json.
+    Pair sets: mean ± population std of 10 contiguous folds; thresholds in cosine units.
+
+    IJB: TAR at FAR 1e-6 ... 1e-1 and AUC; 1:N: CMC and TPIR at FPIR (open set).
+
+    YTF: 10-fold accuracy over the official splits. MegaFace: rank-1, TAR at FAR 1e-6.
+
+    No benchmark flag: the recipe's eval sets. Results: RUN/eval/<benchmark>.json.
     """
     from eqmcli.evaluate import run_evaluation
+    from eqmcli.protocols.ijb import IjbOptions
+    from eqmcli.protocols.run import ProtocolOptions
+
+    protocols = ProtocolOptions(
+        ijbb=ijbb,
+        ijbc=ijbc,
+        ytf=ytf,
+        megaface=megaface,
+        ijb=IjbOptions(detector_score=detector_score, feature_norm=feature_norm),
+        ytf_frames=ytf_frames,
+        megaface_sizes=_sizes(megaface_sizes),
+        megaface_features=megaface_features,
+        megaface_feature_suffix=megaface_feature_suffix,
+        cache=not no_cache,
+    )
 
     flags = {"lfw": lfw, "cfp_fp": cfp_fp, "agedb_30": agedb_30, "calfw": calfw, "cplfw": cplfw}
     report = run_evaluation(
@@ -126,6 +209,7 @@ def eval_command(
         batch_size=batch_size,
         device=device,
         progress=err_console.is_terminal,
+        protocols=protocols,
     )
     if report.resized_from and report.input_size:
         (h, w), (mh, mw) = report.resized_from, report.input_size
@@ -138,6 +222,9 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
-    console.print(render_table(report.results))
+    if report.results:
+        console.print(render_table(report.results))
+    for table in protocol_tables(report.protocol_results):
+        console.print(table)
     for path in report.written:
         console.print(f"wrote {path}", highlight=False)

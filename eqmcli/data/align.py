@@ -83,7 +83,9 @@ def get_template(name: str) -> Template:
     return TEMPLATES[name]
 
 
-def _skimage_transform() -> object:
+def require_align() -> object:
+    """scikit-image's ``transform`` module; without the [align] extra a `UserError` says
+    how to install it."""
     try:
         from skimage import transform
     except ImportError:
@@ -94,7 +96,7 @@ def _skimage_transform() -> object:
 def similarity_matrix(landmarks: np.ndarray, template: Template) -> np.ndarray:
     """The 3x3 similarity (rotation, uniform scale, translation) taking ``landmarks`` (source
     (x, y) pixels, shape (K, 2), K >= 2) onto the first K template points, least squares."""
-    transform = _skimage_transform()
+    transform = require_align()
     source = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
     target = template.array[: len(source)]
     cls = transform.SimilarityTransform  # type: ignore[attr-defined]
@@ -112,7 +114,7 @@ def similarity_matrix(landmarks: np.ndarray, template: Template) -> np.ndarray:
 def warp_to_template(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Warp a uint8 ``(H, W, 3)`` image by the 3x3 ``matrix`` (source -> crop pixels) into a
     uint8 crop of ``size`` (H, W): bilinear, black outside the source image."""
-    transform = _skimage_transform()
+    transform = require_align()
     inverse = np.linalg.inv(matrix)
     warped = transform.warp(  # type: ignore[attr-defined]
         image,
@@ -243,7 +245,7 @@ def align_folder(
     ``destination/align_report.txt``; nothing is skipped silently.
     """
     template = get_template(template_name)
-    _skimage_transform()
+    require_align()
     source, destination = Path(source), Path(destination)
     if not source.is_dir():
         raise UserError(f"source folder not found: {source}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eqmcli.data.align import require_align
 from eqmcli.data.ijb import IJB_SETS, read_ijb
 from eqmcli.data.megaface import MegafaceLists, read_megaface
 from eqmcli.data.ytf import read_ytf
@@ -77,6 +78,8 @@ def run_protocols(
     """Read every requested benchmark first (a missing file fails before any embedding),
     then evaluate each; results carry ``source`` and ``checkpoint``."""
     options.check()
+    if options.ijbb or options.ijbc:
+        require_align()  # before any reading or embedding
     readers = []
     for name in IJB_SETS:
         if getattr(options, name):
