@@ -12,6 +12,7 @@ from rich.table import Table
 
 from eqmcli.cli.benchmark_tables import protocol_tables
 from eqmcli.cli.common import console, err_console, user_errors
+from eqmcli.errors import UserError
 
 if TYPE_CHECKING:
     from eqmcli.verification import SetEvaluation
@@ -72,8 +73,6 @@ def render_table(results: list[SetEvaluation]) -> Any:
 
 def _sizes(text: str) -> tuple[int, ...]:
     """``"10,100"`` -> (10, 100); anything else is a `UserError` naming the option."""
-    from eqmcli.errors import UserError
-
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -181,7 +180,7 @@ def eval_command(
 
     No benchmark flag: the recipe's eval sets. Results: RUN/eval/<benchmark>.json.
     """
-    from eqmcli.evaluate import run_evaluation
+    from eqmcli.evaluate import run_evaluation  # the core imports torch: keep --help fast
     from eqmcli.protocols.ijb import IjbOptions
     from eqmcli.protocols.run import ProtocolOptions
 
