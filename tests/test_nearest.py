@@ -124,3 +124,12 @@ def test_cli_bench_analysis_writes_json(tmp_path):
     payload = json.loads(out.read_text())
     assert payload["classes"] == 300 and payload["mismatches"] == 0
     assert "plain float64" in result.output
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_search_matches_float64_brute_force():
+    centers = torch.cat([_near_ties(groups=8, ties=5, dim=64), torch.randn(500, 64)])
+    _, ref_nearest = _dense_float64(centers)
+    _, nearest = nearest_centers_cosine(centers, 128, device="cuda")
+    np.testing.assert_array_equal(nearest, ref_nearest)
