@@ -21,6 +21,7 @@ from eqmcli.data.verification import VerificationSet
 from eqmcli.devices import autocast_dtype
 from eqmcli.distributed import DistributedContext, ShardedHead
 from eqmcli.errors import UserError
+from eqmcli.interop.pretrained import initialize_from
 from eqmcli.losses import Head, build_head
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths
@@ -109,7 +110,7 @@ def set_up(
 ) -> Run:
     """Data, verification sets, model, optimizer and schedule of a run (nothing trained).
 
-    `fresh` is True for a new run, False for a resume (which restores its own weights).
+    A `fresh` run (not a resume) may start from another run's weights (`model.init_from`).
     """
     torch.manual_seed(recipe.seed)
     data = build_train_data(
@@ -125,6 +126,10 @@ def set_up(
         input_size=(height, width),
     )
     head = build_training_head(recipe, data.num_classes)
+    if fresh:  # a resume restores its own weights instead
+        initialize_from(recipe.model, backbone, head, data, input_size=(height, width),
+                        device=device,
+                        load_head=lambda h, state: h.load_full_state_dict(state, strict=False))
     place_model(backbone, head, device, channels_last=recipe.train.channels_last)
     optimizer = build_optimizer(recipe.optim, [*backbone.parameters(), *head.parameters()])
     parts = StepParts(
