@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from eqmcli.cli.common import console, err_console, user_errors
+from eqmcli.errors import UserError
+from eqmcli.sweep_figure import draw_sweeps, is_sweep
 
 
 @user_errors
@@ -27,15 +29,27 @@ def plot_command(
         help="roc: only these evaluation sets (repeatable or comma-separated, e.g. lfw,ijbb); "
         "default: every set with a drawable ROC",
     ),
+    metric: str = typer.Option(
+        "accuracy", "--metric", help="sweep folders: the metric drawn (as in eqm compare)"
+    ),
+    x_key: str | None = typer.Option(
+        None, "--x", help="sweep folders: the swept key on the x axis (default: the first)"
+    ),
 ) -> None:
-    """Draw Fig. 5/6-style imbalance plots, training curves, ROC and the Fig. 1 sphere.
+    """Draw Fig. 5/6-style imbalance plots, training curves, ROC and the Fig. 1 sphere; for
+    an `eqm sweep` folder, --metric against a swept key (error bars over seeds).
 
     Several runs are drawn side by side or overlaid, named by their directory names.
     The ROC figure skips sets whose ROC is degenerate (too few mismatched pairs), saying so.
     """
-    from eqmcli.errors import UserError
-    from eqmcli.plots import make_figures
+    from eqmcli.plots import make_figures  # matplotlib and torch: keep --help fast
 
+    sweeps = [path for path in runs if is_sweep(path)]  # `eqm sweep` folders
+    for name, paths in draw_sweeps(sweeps, metric, x_key, out).items():
+        console.print(f"{name}: " + ", ".join(map(str, paths)), highlight=False, soft_wrap=True)
+    runs = [path for path in runs if path not in sweeps]
+    if not runs:
+        return
     chosen = [name.strip() for item in sets or [] for name in item.split(",") if name.strip()]
     report = make_figures(runs, figure or None, out, sets=chosen or None)
     for note in report.skipped:
