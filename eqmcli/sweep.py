@@ -14,9 +14,10 @@ next step boundary and stops). Before a member starts, its folder decides what t
 
 So a stopped sweep continues where it stopped when the same command runs again.
 `--jobs N` runs N members at once: on CUDA one per GPU (`CUDA_VISIBLE_DEVICES`), on the
-CPU with `OMP_NUM_THREADS` = CPUs / N each. With `analyze`, each finished member is also
-analyzed (`eqm analyze`, training split; and `--split test` when the data has one) unless
-its analysis is newer than its checkpoint. Output of every process goes to
+CPU with `OMP_NUM_THREADS` = CPUs / N each (an OMP_NUM_THREADS already set is kept).
+With `analyze`, each finished member is also analyzed (`eqm analyze`, training split;
+and `--split test` when the data has one) unless its analysis is newer than its
+checkpoint. Output of every process goes to
 `OUT/logs/<member>.log`; the summary to `OUT/sweep.json` (see `SweepResult.to_dict`).
 """
 
@@ -201,9 +202,10 @@ def member_commands(options: SweepOptions, member: Member, state: str) -> list[l
 
 # ------------------------------------------------------------------- running
 def _slot_environment(options: SweepOptions, slots: int) -> Callable[[int], dict[str, str]]:
-    """Each slot's environment: one GPU per slot on CUDA, else CPUs / slots threads."""
+    """Each slot's environment: one GPU per slot on CUDA; on the CPU, CPUs / slots threads
+    (one each with --jobs 2 on 2 cores) unless OMP_NUM_THREADS is set already."""
     gpus = torch.cuda.device_count() if options.device in ("auto", "cuda") else 0
-    threads = str(max(1, (os.cpu_count() or 1) // slots))
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // slots))
 
     def env(slot: int) -> dict[str, str]:
         found = dict(os.environ)
