@@ -196,6 +196,26 @@ def _empty_class_error(empty: np.ndarray, where: str = "") -> UserError:
     return UserError(f"empty class: {subject} no images{where}, so there is nothing to analyze")
 
 
+def _class_counts(x: torch.Tensor, w: torch.Tensor, y: np.ndarray) -> np.ndarray:
+    """Samples per class, after checking shapes and labels (each a one-sentence `UserError`)."""
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise UserError(
+            f"embeddings {tuple(x.shape)} and centres {tuple(w.shape)} do not have the same "
+            "dimension"
+        )
+    if x.shape[0] != y.shape[0]:
+        raise UserError(f"{x.shape[0]} embeddings but {y.shape[0]} labels")
+    num_classes = w.shape[0]
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        bad = int(y[(y < 0) | (y >= num_classes)][0])
+        raise UserError(f"label {bad} is outside the head's {num_classes} classes")
+    counts = np.bincount(y, minlength=num_classes)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise _empty_class_error(empty)
+    return counts
+
+
 def per_class_statistics(
     embeddings: ArrayLike,
     labels: ArrayLike,
@@ -219,22 +239,8 @@ def per_class_statistics(
     x = _as_tensor(embeddings)
     w = _as_tensor(centers)
     y = _as_tensor(labels, torch.int64).numpy().reshape(-1)
-    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise UserError(
-            f"embeddings {tuple(x.shape)} and centres {tuple(w.shape)} do not have the same "
-            "dimension"
-        )
-    if x.shape[0] != y.shape[0]:
-        raise UserError(f"{x.shape[0]} embeddings but {y.shape[0]} labels")
+    counts = _class_counts(x, w, y)
     num_classes = w.shape[0]
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        bad = int(y[(y < 0) | (y >= num_classes)][0])
-        raise UserError(f"label {bad} is outside the head's {num_classes} classes")
-    counts = np.bincount(y, minlength=num_classes)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise _empty_class_error(empty)
-
     xu = _unit(x.double())
     wu = _unit(w.double())
     own_cos = (xu * wu[torch.from_numpy(y)]).sum(dim=1).numpy()
@@ -543,13 +549,8 @@ def analyze_trained(
 
     torch_device = resolve_device(device) if isinstance(device, str) else device
     emb = extract_embeddings(
-        trained.backbone,
-        Subset(dataset, indices.tolist()),
-        batch_size=batch_size,
-        device=torch_device,
-        input_size=trained.input_size,
-        flip=flip,
-        precision="auto",
+        trained.backbone, Subset(dataset, indices.tolist()), batch_size=batch_size,
+        device=torch_device, input_size=trained.input_size, flip=flip, precision="auto",
         progress=progress,
     )
     features = emb.flip if flip and emb.flip is not None else emb.plain
@@ -576,13 +577,10 @@ def analyze_trained(
     }
     out_dir = RunPaths(Path(trained.run_dir)).analysis_dir
     features_npz = None
-    if centers.shape[1] <= 3:
-        features_npz = {
-            "embeddings": _unit(_as_tensor(features)).numpy(),
-            "labels": labels[indices],
-            "centers": _unit(centers).numpy(),
-            "class_sizes": class_sizes,
-        }
+    if centers.shape[1] <= 3:  # what `eqm plot --figure sphere` draws
+        features_npz = {"embeddings": _unit(_as_tensor(features)).numpy(),
+                        "labels": labels[indices], "centers": _unit(centers).numpy(),
+                        "class_sizes": class_sizes}
     csv_path, summary_path, features_path = _write_outputs(
         out_dir if split == "train" else out_dir / split, table, summary, features_npz
     )
