@@ -231,6 +231,10 @@ class TrainSection(Section):
     log_every: int = Field(20, ge=1, description="steps between metrics.jsonl step records")
     distributed: Literal["ddp", "sharded"] = "ddp"
     sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC centre sampling")
+    tensorboard: bool = Field(
+        False, description="also write metrics.jsonl's records as TensorBoard scalars in RUN/tb/ "
+        "(needs the [tensorboard] extra)"
+    )
 
     @field_validator("device")
     @classmethod

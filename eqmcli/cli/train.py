@@ -91,10 +91,16 @@ def train_command(
         False, "--dry-run", help="Validate the recipe, show the model and exit without training."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Also write TensorBoard scalars to RUN/tb/ (sets "
+        "train.tensorboard=true; needs the [tensorboard] extra).",
+    ),
 ) -> None:
     """Train a face-embedding network from a YAML recipe."""
     if device is not None:
         overrides = [*overrides, f"train.device={device}"]
+    if tensorboard:
+        overrides = [*overrides, "train.tensorboard=true"]
     recipe = load_recipe(recipe_path, overrides)
     if dry_run:
         console.print(_describe_model(recipe))

@@ -7,6 +7,7 @@
     trainer.py     train(): set up -> restore -> epochs -> evaluate -> checkpoint
     evaluation.py  verification during training; sampler.py the per-epoch sample order;
     interrupts.py  Ctrl-C / SIGTERM; progress.py the console
+    tensorboard.py metrics.jsonl's records as TensorBoard scalars (train.tensorboard)
 """
 
 from eqmcli.train.step import StepParts, train_step

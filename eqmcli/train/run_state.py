@@ -23,7 +23,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from eqmcli.atomic import atomic_write_text, stale_temporaries
 from eqmcli.errors import UserError, shown
@@ -290,15 +290,28 @@ def rescale_resumed_step(
 
 
 # --------------------------------------------------------------------------- metrics
+class MetricsSink(Protocol):
+    """A second writer of the records `metrics.jsonl` gets (e.g. TensorBoard scalars)."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class MetricsLog:
     """Append-only `metrics.jsonl` (one JSON object per line); `path=None` writes nothing.
 
     With `keep_until_step` (a resume), records after that step are dropped, and so is a
     line that is not JSON (cut off by a crash or a full disk); `notes` says what was dropped.
+    Each record also goes to every one of `sinks` (closed by `close`).
     """
 
-    def __init__(self, path: Path | None, keep_until_step: int | None = None) -> None:
+    def __init__(
+        self, path: Path | None, keep_until_step: int | None = None,
+        sinks: Sequence[MetricsSink] = (),
+    ) -> None:
         self.path = path
+        self.sinks = list(sinks)
         self.notes: list[str] = []
         if path is not None and keep_until_step is not None and path.is_file():
             self._keep_until(path, keep_until_step)
@@ -325,7 +338,14 @@ class MetricsLog:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append `record` as one line."""
+        """Append `record` as one line, then hand it to the sinks."""
         if self.path is not None:
             with self.path.open("a") as stream:
                 stream.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        """Close the sinks (the JSON lines need no closing)."""
+        for sink in self.sinks:
+            sink.close()

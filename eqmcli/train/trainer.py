@@ -37,6 +37,7 @@ from eqmcli.train.run_state import (
 )
 from eqmcli.train.setup import Run, set_up, start, training_data_roots
 from eqmcli.train.step import train_step
+from eqmcli.train.tensorboard import check_tensorboard, tensorboard_sinks
 
 
 @dataclass
@@ -93,8 +94,10 @@ def train(
     """
     out_dir = Path(out_dir)
     recipe = with_absolute_paths(recipe)  # recorded so, the run finds its data from anywhere
+    check_tensorboard(recipe)  # a missing optional extra is refused before anything exists
     context, device = init_distributed(recipe.train.device, recipe.train.distributed)
     prepared: PreparedRun | None = None
+    run: Run | None = None
     try:
         prepared = context.on_main(
             lambda: prepare_run_dir(out_dir, resume=resume, force=force,
@@ -111,6 +114,8 @@ def train(
         start(run)
         return run_epochs(run, progress=progress, console=console)
     finally:
+        if run is not None:
+            run.metrics.close()
         if prepared is not None:
             prepared.lock.release()
         context.close()
@@ -127,13 +132,14 @@ def report_preparation(prepared: PreparedRun | None, console: Any) -> None:
 
 
 def open_log(run: Run, changes: list[Change], console: Any) -> None:
-    """Write `recipe.yaml`, open `metrics.jsonl` (truncated to the resumed step) and record
-    the resume with what it changed."""
+    """Write `recipe.yaml`, open `metrics.jsonl` (truncated to the resumed step) with its
+    sinks (TensorBoard on rank 0 when asked) and record the resume with what it changed."""
     main = run.context.is_main
     if main:
         atomic_write_text(run.paths.recipe, run.recipe.to_yaml())
+    sinks = tensorboard_sinks(run.recipe, run.paths, main=main, resumed_from=run.resumed_from)
     run.metrics = MetricsLog(run.paths.metrics if main else None,
-                             keep_until_step=run.resumed_from)
+                             keep_until_step=run.resumed_from, sinks=sinks)
     for note in run.metrics.notes:
         say(console, note)
     if run.resumed_from is None:
