@@ -36,13 +36,32 @@ def resolve_device(text: str = "auto") -> torch.device:
     return device
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware: x86 AVX512-BF16 or AMX tiles.
+
+    Asked of torch's own CPU probes (`torch.cpu._is_avx512_bf16_supported`,
+    `_is_amx_tile_supported`); other CPUs (and torch builds without the probes) say False.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+
+
+def autocast_dtype(
+    precision: str, device: torch.device, *, training: bool = False
+) -> torch.dtype | None:
     """The autocast dtype for a precision option (None = plain float32).
 
-    `auto` is bf16 on CUDA and float32 on CPU; `fp16` is only meaningful on CUDA.
+    `auto` is bf16 on CUDA. On the CPU, `auto` trains (`training=True`) in bf16 when the
+    CPU has native bf16 (`cpu_has_native_bf16`: the quickstart reaches the same accuracy,
+    docs/performance.md) and in float32 elsewhere; embeddings (evaluation, analysis,
+    `eqm embed`) stay float32 on every CPU, so they are exact and comparable across tools.
+    `fp16` is only meaningful on CUDA.
     """
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            return torch.bfloat16
+        native = training and device.type == "cpu" and cpu_has_native_bf16()
+        return torch.bfloat16 if native else None
     if precision == "fp32":
         return None
     if precision == "bf16":

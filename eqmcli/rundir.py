@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eqmcli.backbones import build_backbone
 from eqmcli.checkpoint import load_checkpoint, load_weights, require_fields
 from eqmcli.errors import UserError, shown
+from eqmcli.losses import build_head
 from eqmcli.recipe import Recipe, parse_recipe_text
 
 CHECKPOINT_DIR = "checkpoints"
@@ -162,9 +164,6 @@ def stored_input_size(state: dict, source: str | Path) -> tuple[int, int]:
 
 def load_trained(run_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> Trained:
     """Rebuild the backbone and head of a run (or checkpoint file) in eval mode on `device`."""
-    from eqmcli.backbones import build_backbone
-    from eqmcli.losses import build_head
-
     checkpoint_path = find_checkpoint(run_or_checkpoint)
     state = load_checkpoint(checkpoint_path)
     recipe = recipe_from_state(state, str(checkpoint_path))

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
+import eqmcli.devices
 import eqmcli.perf.training
 import eqmcli.train.step
 import eqmcli.train.trainer
+from eqmcli.devices import autocast_dtype
 from eqmcli.losses import EqMHead, build_head
 from eqmcli.perf.training import TrainConfig, benchmark_training
 from eqmcli.recipe import load_recipe
@@ -86,3 +88,22 @@ def test_no_head_type_is_tested_outside_the_losses_and_the_sharded_head():
         and pattern.search(path.read_text())
     ]
     assert offenders == []
+
+
+def test_auto_precision_trains_in_bf16_only_on_cpus_with_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(eqmcli.devices, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype("auto", cpu, training=True) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) is None, "embeddings stay float32 on the CPU"
+    assert autocast_dtype("fp32", cpu, training=True) is None
+    monkeypatch.setattr(eqmcli.devices, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("auto", cpu, training=True) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_native_bf16_probe_follows_torchs_cpu_capabilities(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert eqmcli.devices.cpu_has_native_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not eqmcli.devices.cpu_has_native_bf16()

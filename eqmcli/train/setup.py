@@ -135,7 +135,7 @@ def set_up(
     parts = StepParts(
         backbone=backbone, head=head, optimizer=optimizer,
         schedule=LrSchedule(recipe.optim, steps, steps * recipe.train.epochs),
-        device=device, amp_dtype=autocast_dtype(recipe.train.precision, device),
+        device=device, amp_dtype=autocast_dtype(recipe.train.precision, device, training=True),
         channels_last=recipe.train.channels_last, input_size=(height, width),
         grad_clip=recipe.optim.grad_clip,
     )
