@@ -138,3 +138,16 @@ def test_without_the_extra_the_command_says_how_to_install(
 
     with pytest.raises(UserError, match=r"\[onnx\] extra"):
         require_onnx()
+
+
+def test_requested_opset_is_written_or_refused(tmp_path: Path, tiny_run: Path) -> None:
+    """--opset 17 is what the file holds; an opset the exporter cannot convert to is refused."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    code, out = invoke("export", tiny_run, "--onnx", tmp_path / "m17.onnx", "--opset", "17")
+    assert code == 0, out
+    opsets = {o.domain: o.version for o in onnx.load(str(tmp_path / "m17.onnx")).opset_import}
+    assert opsets[""] == 17
+    code, out = invoke("export", tiny_run, "--onnx", tmp_path / "m13.onnx", "--opset", "13")
+    assert code == 2 and "could not convert" in out and "opset 13" in out
+    assert "Traceback" not in out and not (tmp_path / "m13.onnx").exists()

@@ -94,9 +94,12 @@ def _torch_export(backbone: nn.Module, path: Path, example: torch.Tensor, opset:
                   dynamic: bool) -> None:
     """torch.onnx's exporter (torch.export based), one self-contained file at ``path``."""
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic else None
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
+    # quiet: "torchvision is not installed", tracebacks of a failed opset conversion (checked
+    # by the caller, which says it in one sentence)
+    logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=FutureWarning)
@@ -106,7 +109,8 @@ def _torch_export(backbone: nn.Module, path: Path, example: torch.Tensor, opset:
                 external_data=False, dynamic_shapes=shapes, verbose=False,
             )
     finally:
-        exporter_log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
 
 
 def _session(path: Path, ort: Any) -> Any:
@@ -179,6 +183,12 @@ def export_backbone(
         example = torch.zeros((batch or 2, 3, *input_size))
         _torch_export(backbone, temporary, example, opset, dynamic=batch is None)
         model = onnx.load(str(temporary))
+        written = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if written != opset:  # the exporter keeps its own opset when it cannot convert
+            raise UserError(
+                f"torch's ONNX exporter could not convert {source} to opset {opset} (it "
+                f"wrote opset {written}); nothing was written: choose another --opset"
+            )
         for key, value in metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
