@@ -77,11 +77,13 @@ def run_tasks(
     slots: int,
     env_for_slot: Callable[[int], dict[str, str]],
     on_done: Callable[[Task], None] | None = None,
+    on_start: Callable[[Task], None] | None = None,
 ) -> str | None:
     """Run `tasks` at most `slots` at a time; returns the stop signal's name, if any.
 
     `env_for_slot(slot)` gives the environment of a process in slot 0..slots-1;
-    `on_done(task)` is called as each task ends (finished, failed or stopped).
+    `on_start(task)` is called when a task's first command starts, `on_done(task)` as
+    each task ends (finished, failed or stopped).
     """
     pending = deque(task for task in tasks if task.commands)
     running: list[_Running] = []
@@ -104,6 +106,8 @@ def run_tasks(
             free = sorted(set(range(slots)) - {item.slot for item in running})
             while pending and free and not stop:
                 launch(pending.popleft(), free.pop(0))
+                if on_start is not None:
+                    on_start(running[-1].task)
             time.sleep(POLL_SECONDS)
             for item in [r for r in running if r.process.poll() is not None]:
                 running.remove(item)

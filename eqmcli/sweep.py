@@ -251,11 +251,14 @@ def _finish(outcome: MemberOutcome, task: Task | None) -> None:
 
 
 def run_sweep(
-    options: SweepOptions, report: Callable[[MemberOutcome], None] | None = None
+    options: SweepOptions,
+    report: Callable[[MemberOutcome], None] | None = None,
+    started: Callable[[MemberOutcome, Path], None] | None = None,
 ) -> SweepResult:
     """Expand the grid, run what is not finished, summarize into `OUT/sweep.json`.
 
-    `report(outcome)` is called as each member ends (or is found finished).
+    `report(outcome)` is called as each member ends (or is found finished),
+    `started(outcome, log)` as its first process starts.
     """
     members = expand(options.recipe, options.axes, options.seeds, options.sets)
     slots = options.jobs or default_jobs(options.device)
@@ -287,8 +290,13 @@ def run_sweep(
         if report is not None:
             report(by_name[task.name])
 
+    def start(task: Task) -> None:
+        if started is not None:
+            started(by_name[task.name], task.log)
+
     options.out.mkdir(parents=True, exist_ok=True)
-    stop = run_tasks(list(tasks.values()), slots, _slot_environment(options, slots), done)
+    stop = run_tasks(list(tasks.values()), slots, _slot_environment(options, slots), done,
+                     start)
     for outcome in outcomes:
         if outcome.status == "waiting":
             _finish(outcome, tasks.get(outcome.member.name))

@@ -30,6 +30,12 @@ def _report(outcome: MemberOutcome) -> None:
     )
 
 
+def _started(outcome: MemberOutcome, log: Path) -> None:
+    action = outcome.action or "analyze"
+    console.print(f"{'running':>11} {outcome.member.name} ({action}; log: {log})",
+                  highlight=False, soft_wrap=True)
+
+
 @user_errors
 def sweep_command(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe file."),
@@ -65,7 +71,7 @@ def sweep_command(
         recipe=recipe_path, out=folder, axes=axes, seeds=seeds, sets=list(overrides),
         jobs=jobs, device=device, analyze=analyze, head_classes=head_classes,
     )
-    result = run_sweep(options, report=_report)
+    result = run_sweep(options, report=_report, started=_started)
     console.print(sweep_table(result))
     console.print(f"wrote {result.json_path}", highlight=False)
     if result.stop_signal is not None:
