@@ -184,6 +184,9 @@ class LossSection(Section):
     lambda_gamma: float | None = None
     lambda_power: float | None = None
     lambda_min: float | None = None
+    detach_margin: bool | None = Field(
+        None, description="arcface: InsightFace's gradient (margin without gradient)"
+    )
 
     @model_validator(mode="after")
     def _resolve(self) -> LossSection:
