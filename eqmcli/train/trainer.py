@@ -26,7 +26,7 @@ from eqmcli.rundir import RunPaths
 from eqmcli.train.checkpoints import read_resume_state, restore, save
 from eqmcli.train.evaluation import evaluate_epoch, evaluation_due
 from eqmcli.train.interrupts import StopRequest, stop_on_signals
-from eqmcli.train.progress import say, stats_fields, training_progress
+from eqmcli.train.progress import log_line_sinks, say, stats_fields, training_progress
 from eqmcli.train.run_state import (
     Change,
     MetricsLog,
@@ -110,7 +110,7 @@ def train(
         run = set_up(recipe, paths, context, device, fresh=state is None)
         if state is not None:
             restore(run, state)
-        open_log(run, changes, console)
+        open_log(run, changes, console, progress=progress)
         start(run)
         return run_epochs(run, progress=progress, console=console)
     finally:
@@ -131,13 +131,18 @@ def report_preparation(prepared: PreparedRun | None, console: Any) -> None:
         say(console, f"removed {len(prepared.cleaned)} temporary file(s) left by a crash")
 
 
-def open_log(run: Run, changes: list[Change], console: Any) -> None:
+def open_log(run: Run, changes: list[Change], console: Any, *, progress: bool = True) -> None:
     """Write `recipe.yaml`, open `metrics.jsonl` (truncated to the resumed step) with its
-    sinks (TensorBoard on rank 0 when asked) and record the resume with what it changed."""
+    sinks (TensorBoard on rank 0 when asked; plain log lines when no live bar is shown) and
+    record the resume with what it changed."""
     main = run.context.is_main
     if main:
         atomic_write_text(run.paths.recipe, run.recipe.to_yaml())
-    sinks = tensorboard_sinks(run.recipe, run.paths, main=main, resumed_from=run.resumed_from)
+    sinks = [
+        *tensorboard_sinks(run.recipe, run.paths, main=main, resumed_from=run.resumed_from),
+        *log_line_sinks(console, progress=progress, main=main, epochs=run.recipe.train.epochs,
+                        total_steps=run.total_steps, start_step=run.step),
+    ]
     run.metrics = MetricsLog(run.paths.metrics if main else None,
                              keep_until_step=run.resumed_from, sinks=sinks)
     for note in run.metrics.notes:
@@ -155,7 +160,8 @@ def open_log(run: Run, changes: list[Change], console: Any) -> None:
 def run_epochs(run: Run, *, progress: bool, console: Any) -> TrainSummary:
     """The epoch loop: train, then (per epoch) log, evaluate and checkpoint."""
     recipe, meter = run.recipe, Meter()
-    bar = training_progress(console, enabled=progress and run.context.is_main)
+    live = progress and run.context.is_main and console is not None and console.is_terminal
+    bar = training_progress(console, enabled=live)  # elsewhere: `LogLines` (see open_log)
     stop_signal = None
     with stop_on_signals() as stop, bar:
         task = bar.add_task("train", total=run.total_steps, completed=run.step,
