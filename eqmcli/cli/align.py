@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from eqmcli.cli.common import console, err_console, user_errors
+from eqmcli.data.align import align_folder
 
 
 @user_errors
@@ -31,8 +32,6 @@ def align_command(
 
     Images listed but absent or unreadable are skipped and listed in DST/align_report.txt.
     """
-    from eqmcli.data.align import align_folder  # the core imports torch: keep --help fast
-
     report = align_folder(src, dst, landmarks, template)
     console.print(
         f"aligned {report.written:,} images onto {report.template} into {dst}", highlight=False

@@ -13,11 +13,13 @@ from rich.table import Table
 from eqmcli.cli.common import console, user_errors
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
+from eqmcli.perf.analysis import benchmark_nearest_centers
 from eqmcli.perf.extraction import benchmark_extraction
 from eqmcli.perf.head_cost import HeadCostResult, benchmark_head_cost, parse_classes
 from eqmcli.perf.head_memory import HeadMemoryRow, measure_head_memory
 from eqmcli.perf.heads import benchmark_heads
 from eqmcli.perf.pipeline import pipeline_benchmark, results_to_dict
+from eqmcli.perf.protocols import benchmark_ijb_scale, benchmark_megaface_scale
 from eqmcli.perf.suite import PartResult, run_all
 from eqmcli.perf.training import TrainBenchResult, benchmark_training
 
@@ -364,10 +366,6 @@ def analysis_command(
     json_path: Path | None = typer.Option(None, "--json", help="also write the result here"),
 ) -> None:
     """Time and peak extra memory of the per-class margin (nearest class centre) search."""
-    from rich.table import Table
-
-    from eqmcli.perf.analysis import benchmark_nearest_centers
-
     result = benchmark_nearest_centers(
         classes, dim, device=device, block=block, check=check, seed=seed
     )
@@ -404,8 +402,6 @@ def protocols_command(
     json_path: Path | None = typer.Option(None, "--json", help="also write the results here"),
 ) -> None:
     """Time and peak extra memory of IJB-C scoring and MegaFace search on random features."""
-    from eqmcli.perf.protocols import benchmark_ijb_scale, benchmark_megaface_scale
-
     results = ([benchmark_ijb_scale(scale, dim)] if ijb else []) + (
         [benchmark_megaface_scale(scale, dim)] if megaface else []
     )

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from eqmcli.cli.common import console, err_console, user_errors
+from eqmcli.embed import embed_images
 
 SHOWN_UNREADABLE = 10
 
@@ -34,8 +35,6 @@ def embed_command(
     The image paths go in the same order to FEATURES.paths.txt; unreadable images are
     skipped and listed in FEATURES.unreadable.txt. MODEL may be an .onnx file (onnxruntime).
     """
-    from eqmcli.embed import embed_images
-
     result = embed_images(
         model, source, out, flip=flip, raw=raw, batch_size=batch_size, device=device,
         progress=err_console.is_terminal,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -13,9 +13,10 @@ from rich.table import Table
 from eqmcli.cli.benchmark_tables import protocol_tables
 from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.errors import UserError
-
-if TYPE_CHECKING:
-    from eqmcli.verification import SetEvaluation
+from eqmcli.evaluate import run_evaluation
+from eqmcli.protocols.ijb import IjbOptions
+from eqmcli.protocols.run import ProtocolOptions
+from eqmcli.verification import SetEvaluation
 
 NOT_REPORTED = "—"
 
@@ -180,10 +181,6 @@ def eval_command(
 
     No benchmark flag: the recipe's eval sets. Results: RUN/eval/<benchmark>.json.
     """
-    from eqmcli.evaluate import run_evaluation  # the core imports torch: keep --help fast
-    from eqmcli.protocols.ijb import IjbOptions
-    from eqmcli.protocols.run import ProtocolOptions
-
     protocols = ProtocolOptions(
         ijbb=ijbb,
         ijbc=ijbc,

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from eqmcli.cli.common import console, user_errors
+from eqmcli.errors import UserError
+from eqmcli.interop.insightface import export_insightface, import_insightface, training_source
+from eqmcli.interop.onnx import PARITY_TOLERANCE, export_onnx
 
 import_app = typer.Typer(
     help="Bring a model trained elsewhere in as an eqm run directory.", no_args_is_help=True
@@ -50,8 +53,6 @@ def import_insightface_command(
     Every tensor is mapped by name and its shape checked; preprocessing is InsightFace's
     (RGB, (x/255 - 0.5)/0.5). The head's loss is recorded as ArcFace s=64, m=0.5.
     """
-    from eqmcli.interop.insightface import import_insightface, training_source
-
     result = import_insightface(
         weights, arch, out, head=head, embedding_dim=embedding_dim, input_size=input_size,
         data=training_source(data) if data is not None else None,
@@ -84,13 +85,9 @@ def export_command(
     ] = None,
 ) -> None:
     """Export a run's backbone: ONNX (verified with onnxruntime) and/or arcface_torch weights."""
-    from eqmcli.errors import UserError
-
     if onnx is None and insightface is None:
         raise UserError("name what to write: --onnx FILE.onnx and/or --insightface FILE.pth")
     if onnx is not None:
-        from eqmcli.interop.onnx import PARITY_TOLERANCE, export_onnx
-
         done = export_onnx(run, onnx, opset=opset, batch=batch)
         (h, w), shape = done.input_size, "N" if done.batch is None else str(done.batch)
         console.print(
@@ -105,7 +102,5 @@ def export_command(
             highlight=False,
         )
     if insightface is not None:
-        from eqmcli.interop.insightface import export_insightface
-
         path, count = export_insightface(run, insightface)
         console.print(f"wrote {path}: {count} tensors in arcface_torch's names", highlight=False)

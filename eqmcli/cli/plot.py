@@ -8,6 +8,7 @@ import typer
 
 from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.errors import UserError
+from eqmcli.plots import make_figures
 from eqmcli.sweep_figure import draw_sweeps, is_sweep
 
 
@@ -42,8 +43,6 @@ def plot_command(
     Several runs are drawn side by side or overlaid, named by their directory names.
     The ROC figure skips sets whose ROC is degenerate (too few mismatched pairs), saying so.
     """
-    from eqmcli.plots import make_figures  # matplotlib and torch: keep --help fast
-
     sweeps = [path for path in runs if is_sweep(path)]  # `eqm sweep` folders
     for name, paths in draw_sweeps(sweeps, metric, x_key, out).items():
         console.print(f"{name}: " + ", ".join(map(str, paths)), highlight=False, soft_wrap=True)
