@@ -113,6 +113,7 @@ def describe_comparison(comparison: Comparison) -> str:
                 f"({w.test}; df = {w.df:.1f})")
     if comparison.mcnemar is not None:
         m = comparison.mcnemar
-        return (f"{head}: on {m.pairs} {m.benchmark} pairs, {m.only_a} right only by the "
-                f"first, {m.only_b} only by the second; p = {m.p_value:.3g} ({m.test})")
+        return (f"{head}: on {m.pairs} {m.benchmark} pairs, {m.only_b} right only by "
+                f"{comparison.b}, {m.only_a} only by {comparison.a}; p = {m.p_value:.3g} "
+                f"({m.test})")
     return f"{head}: no test: {comparison.note}"
