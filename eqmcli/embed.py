@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from eqmcli.atomic import atomic_write, atomic_write_text, temporary_sibling
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
+from eqmcli.data.transforms import to_model_input
 from eqmcli.devices import autocast, autocast_dtype, resolve_device
 from eqmcli.errors import UserError
 from eqmcli.interop.models import load_model
@@ -67,19 +68,17 @@ def _rows(features: torch.Tensor, normalize: bool) -> torch.Tensor:
 
 
 def _to_input(
-    images: list[torch.Tensor],
-    device: torch.device,
-    size: tuple[int, int],
-    channels_last: bool,
+    images: list[torch.Tensor], device: torch.device, size: tuple[int, int]
 ) -> torch.Tensor:
-    """uint8 images -> normalized float32 batch of ``size`` on ``device``."""
-    from eqmcli.data.transforms import to_model_input
+    """uint8 images -> normalized float32 NHWC (channels_last) batch of ``size`` on ``device``.
 
+    NHWC on every device: the convolutions then run in NHWC whatever the memory format of
+    the backbone's weights, so a loaded checkpoint (NCHW) and the model training left behind
+    (NHWC) give the same embeddings bit for bit."""
     if all(img.shape == images[0].shape for img in images):
-        return to_model_input(torch.stack(images), device, channels_last=channels_last, size=size)
+        return to_model_input(torch.stack(images), device, channels_last=True, size=size)
     parts = [to_model_input(img.unsqueeze(0), device, size=size) for img in images]
-    batch = torch.cat(parts)
-    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+    return torch.cat(parts).contiguous(memory_format=torch.channels_last)
 
 
 def extract_embeddings(
@@ -100,9 +99,10 @@ def extract_embeddings(
 
     ``input_size`` (H, W) pixels: images of another size are resized (bilinear) to it.
     With ``flip`` each batch is run together with its mirror image. ``precision`` follows
-    `eqmcli.devices.autocast_dtype` (``auto`` = bf16 on CUDA, fp32 on CPU). The backbone's
-    train/eval mode is restored afterwards. ``normalize=False`` returns the raw f(x) (and
-    f(x) + f(flip x)) instead of their L2-normalized versions.
+    `eqmcli.devices.autocast_dtype` (``auto`` = bf16 on CUDA, fp32 on CPU); batches are fed
+    in NHWC (`_to_input`). The backbone's train/eval mode is restored afterwards.
+    ``normalize=False`` returns the raw f(x) (and f(x) + f(flip x)) instead of their
+    L2-normalized versions.
     """
     from rich.console import Console
     from rich.progress import (
@@ -116,7 +116,6 @@ def extract_embeddings(
     device = torch.device(device)
     size = (int(input_size[0]), int(input_size[1]))
     dtype = autocast_dtype(precision, device)
-    channels_last = device.type == "cuda"
     n = len(images)  # type: ignore[arg-type]
     workers = _default_workers(n, batch_size) if num_workers is None else num_workers
     loader = DataLoader(
@@ -152,7 +151,7 @@ def extract_embeddings(
                 native = tuple(batch[0].shape[-2:])
                 if resized_from is None and any(tuple(img.shape[-2:]) != size for img in batch):
                     resized_from = (int(native[0]), int(native[1]))
-                x = _to_input(batch, device, size, channels_last)
+                x = _to_input(batch, device, size)
                 if flip:
                     x = torch.cat((x, torch.flip(x, dims=[3])))
                 with autocast(device, dtype):

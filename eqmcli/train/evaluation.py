@@ -41,6 +41,10 @@ def evaluate_epoch(
 ) -> list[dict[str, Any]]:
     """Verify on every set; one `metrics.jsonl` "eval" record each (ROC points left out).
 
+    The embeddings are computed as `eqm eval` computes them (`evaluate_set`'s default
+    precision, whatever `train.precision` trained in), so the final epoch's results equal
+    `eqm eval RUN`'s on `last.pt`.
+
     With `final_results_to`, each full result (ROC included) is also written to
     `RUN/eval/<benchmark>.json`, as `eqm eval` does.
     """
@@ -48,8 +52,7 @@ def evaluate_epoch(
     for vset in sets:
         result = evaluate_set(
             backbone, vset, device=device, input_size=input_size, flip=recipe.eval.flip,
-            batch_size=recipe.eval.batch_size, precision=recipe.train.precision,
-            progress=False,
+            batch_size=recipe.eval.batch_size, progress=False,
         )
         if final_results_to is not None:
             write_result(
