@@ -18,6 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -81,6 +89,68 @@ def _to_input(
     return torch.cat(parts).contiguous(memory_format=torch.channels_last)
 
 
+def _loader(
+    images: Dataset, batch_size: int, num_workers: int | None, device: torch.device
+) -> DataLoader:
+    """Batches of uint8 images in order (lists: sizes may differ); workers by set size."""
+    n = len(images)  # type: ignore[arg-type]
+    return DataLoader(
+        images,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=_default_workers(n, batch_size) if num_workers is None else num_workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _progress_bar(progress: bool) -> Progress:
+    """A transient bar on stderr: images done of total, images/s and the time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not progress,
+    )
+
+
+def _size_if_resized(batch: list[torch.Tensor], size: tuple[int, int]) -> tuple[int, int] | None:
+    """The batch's first image (H, W) when any image of it differs from ``size``, else None."""
+    if all(tuple(img.shape[-2:]) == size for img in batch):
+        return None
+    height, width = batch[0].shape[-2:]
+    return (int(height), int(width))
+
+
+def _embed_batch(
+    backbone: nn.Module,
+    batch: list[torch.Tensor],
+    *,
+    device: torch.device,
+    size: tuple[int, int],
+    dtype: torch.dtype | None,
+    flip: bool,
+    normalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One batch's rows on the CPU: (f(x), f(x) + f(flip x) or None), each L2-normalized
+    unless not ``normalize``; with ``flip`` the batch runs together with its mirror image."""
+    x = _to_input(batch, device, size)
+    if flip:
+        x = torch.cat((x, torch.flip(x, dims=[3])))
+    with autocast(device, dtype):
+        features = backbone(x)
+    features = features.float()
+    if not flip:
+        return _rows(features, normalize).cpu(), None
+    f_plain, f_mirror = features.chunk(2)
+    return _rows(f_plain, normalize).cpu(), _rows(f_plain + f_mirror, normalize).cpu()
+
+
 def extract_embeddings(
     backbone: nn.Module,
     images: Dataset,
@@ -104,65 +174,28 @@ def extract_embeddings(
     ``normalize=False`` returns the raw f(x) (and f(x) + f(flip x)) instead of their
     L2-normalized versions.
     """
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     device = torch.device(device)
     size = (int(input_size[0]), int(input_size[1]))
     dtype = autocast_dtype(precision, device)
-    n = len(images)  # type: ignore[arg-type]
-    workers = _default_workers(n, batch_size) if num_workers is None else num_workers
-    loader = DataLoader(
-        images,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    loader = _loader(images, batch_size, num_workers, device)
     plain_parts: list[torch.Tensor] = []
     flip_parts: list[torch.Tensor] = []
     resized_from: tuple[int, int] | None = None
     was_training = backbone.training
     backbone.eval()
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not progress,
-    )
+    bar = _progress_bar(progress)
     started = time.perf_counter()
     try:
         with bar, torch.no_grad():
-            task = bar.add_task(description, total=n, rate="")
+            task = bar.add_task(description, total=len(images), rate="")  # type: ignore[arg-type]
             done = 0
             for batch in loader:
-                native = tuple(batch[0].shape[-2:])
-                if resized_from is None and any(tuple(img.shape[-2:]) != size for img in batch):
-                    resized_from = (int(native[0]), int(native[1]))
-                x = _to_input(batch, device, size)
-                if flip:
-                    x = torch.cat((x, torch.flip(x, dims=[3])))
-                with autocast(device, dtype):
-                    features = backbone(x)
-                features = features.float()
-                if flip:
-                    f_plain, f_mirror = features.chunk(2)
-                    flip_parts.append(_rows(f_plain + f_mirror, normalize).cpu())
-                else:
-                    f_plain = features
-                plain_parts.append(_rows(f_plain, normalize).cpu())
+                resized_from = resized_from or _size_if_resized(batch, size)
+                plain, fused = _embed_batch(backbone, batch, device=device, size=size,
+                                            dtype=dtype, flip=flip, normalize=normalize)
+                plain_parts.append(plain)
+                if fused is not None:
+                    flip_parts.append(fused)
                 done += len(batch)
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 bar.update(task, advance=len(batch), rate=f"{rate:,.0f} img/s")
@@ -171,8 +204,7 @@ def extract_embeddings(
     finally:
         backbone.train(was_training)
     if not plain_parts:
-        dim = 0
-        empty = torch.zeros((0, dim), dtype=torch.float32)
+        empty = torch.zeros((0, 0), dtype=torch.float32)
         return Embeddings(empty, empty.clone() if flip else None, None)
     plain = torch.cat(plain_parts)
     return Embeddings(plain, torch.cat(flip_parts) if flip else None, resized_from)

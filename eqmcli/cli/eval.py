@@ -13,7 +13,7 @@ from rich.table import Table
 from eqmcli.cli.benchmark_tables import protocol_tables
 from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.errors import UserError
-from eqmcli.evaluate import run_evaluation
+from eqmcli.evaluate import EvalReport, run_evaluation
 from eqmcli.protocols.ijb import IjbOptions
 from eqmcli.protocols.run import ProtocolOptions
 from eqmcli.verification import SetEvaluation
@@ -82,131 +82,85 @@ def _sizes(text: str) -> tuple[int, ...]:
         ) from None
 
 
-@user_errors
-def eval_command(
-    target: Annotated[
-        Path, typer.Argument(help="Run directory (uses checkpoints/last.pt) or a checkpoint file.")
-    ],
-    lfw: Annotated[bool, typer.Option("--lfw", help="LFW (lfw.bin, or lfw/ + pairs.txt).")] = False,
-    cfp_fp: Annotated[bool, typer.Option("--cfp-fp", help="CFP-FP (cfp_fp.bin).")] = False,
-    agedb_30: Annotated[bool, typer.Option("--agedb-30", help="AgeDB-30 (agedb_30.bin).")] = False,
-    calfw: Annotated[bool, typer.Option("--calfw", help="CALFW (calfw.bin).")] = False,
-    cplfw: Annotated[bool, typer.Option("--cplfw", help="CPLFW (cplfw.bin).")] = False,
-    pairs: Annotated[
-        Path | None,
-        typer.Option(
-            "--pairs", help="Your own pairs: 'path_a path_b label' lines or LFW pairs.txt."
-        ),
-    ] = None,
-    images_root: Annotated[
-        Path | None, typer.Option("--images-root", help="Folder the --pairs paths are relative to.")
-    ] = None,
-    data_root: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-root",
-            help="Folder with <name>.bin / lfw/ "
-            "(default: recipe eval.data_root, then $EQM_DATA_ROOT).",
-        ),
-    ] = None,
-    no_flip: Annotated[
-        bool, typer.Option("--no-flip", help="Embed f(x) only (no flip-test).")
-    ] = False,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Images per batch.")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    ijbb: Annotated[
-        bool, typer.Option("--ijbb", help="IJB-B 1:1 (and 1:N when its lists exist): IJBB/.")
-    ] = False,
-    ijbc: Annotated[
-        bool, typer.Option("--ijbc", help="IJB-C 1:1 (and 1:N when its lists exist): IJBC/.")
-    ] = False,
-    detector_score: Annotated[
-        bool,
-        typer.Option(
-            "--detector-score/--no-detector-score",
-            help="IJB: weight each image by its detector score (InsightFace's default).",
-        ),
-    ] = True,
-    feature_norm: Annotated[
-        bool,
-        typer.Option(
-            "--feature-norm/--no-feature-norm",
-            help="IJB: keep each image feature's norm as a weight (InsightFace's default).",
-        ),
-    ] = True,
-    ytf: Annotated[
-        bool, typer.Option("--ytf", help="YouTube Faces: aligned_images_DB/ + splits.txt.")
-    ] = False,
-    ytf_frames: Annotated[
-        int,
-        typer.Option("--ytf-frames", help="YTF: evenly spaced frames per video (0 = all)."),
-    ] = 100,
-    megaface: Annotated[
-        bool,
-        typer.Option("--megaface", help="MegaFace challenge 1: the devkit's lists + images."),
-    ] = False,
-    megaface_sizes: Annotated[
-        str,
-        typer.Option("--megaface-sizes", help="MegaFace: distractor counts, comma-separated."),
-    ] = "10,100,1000,10000,100000,1000000",
-    megaface_features: Annotated[
-        Path | None,
-        typer.Option(
-            "--megaface-features",
-            help="MegaFace: precomputed devkit feature files (DIR/facescrub/, DIR/megaface/) "
-            "instead of embedding the images.",
-        ),
-    ] = None,
-    megaface_feature_suffix: Annotated[
-        str,
-        typer.Option("--megaface-feature-suffix", help="MegaFace: feature file suffix."),
-    ] = "_eqm.bin",
-    no_cache: Annotated[
-        bool,
-        typer.Option("--no-cache", help="IJB/YTF/MegaFace: embed again (ignore RUN/eval/cache/)."),
-    ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the results as JSON on stdout (nothing else).")
-    ] = False,
-) -> None:
-    """Evaluate a trained model: 10-fold verification, IJB-B/C, YouTube Faces, MegaFace.
+# Options, one type each, so the command's signature reads as a list of its flags.
+Target = Annotated[
+    Path, typer.Argument(help="Run directory (uses checkpoints/last.pt) or a checkpoint file.")
+]
+# benchmark flags
+Lfw = Annotated[bool, typer.Option("--lfw", help="LFW (lfw.bin, or lfw/ + pairs.txt).")]
+CfpFp = Annotated[bool, typer.Option("--cfp-fp", help="CFP-FP (cfp_fp.bin).")]
+AgeDb30 = Annotated[bool, typer.Option("--agedb-30", help="AgeDB-30 (agedb_30.bin).")]
+Calfw = Annotated[bool, typer.Option("--calfw", help="CALFW (calfw.bin).")]
+Cplfw = Annotated[bool, typer.Option("--cplfw", help="CPLFW (cplfw.bin).")]
+Ijbb = Annotated[
+    bool, typer.Option("--ijbb", help="IJB-B 1:1 (and 1:N when its lists exist): IJBB/.")
+]
+Ijbc = Annotated[
+    bool, typer.Option("--ijbc", help="IJB-C 1:1 (and 1:N when its lists exist): IJBC/.")
+]
+Ytf = Annotated[bool, typer.Option("--ytf", help="YouTube Faces: aligned_images_DB/ + splits.txt.")]
+Megaface = Annotated[
+    bool, typer.Option("--megaface", help="MegaFace challenge 1: the devkit's lists + images.")
+]
+# the other options
+PairsFile = Annotated[
+    Path | None,
+    typer.Option("--pairs", help="Your own pairs: 'path_a path_b label' lines or LFW pairs.txt."),
+]
+ImagesRoot = Annotated[
+    Path | None, typer.Option("--images-root", help="Folder the --pairs paths are relative to.")
+]
+DataRoot = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root",
+        help="Folder with <name>.bin / lfw/ (default: recipe eval.data_root, then $EQM_DATA_ROOT).",
+    ),
+]
+NoFlip = Annotated[bool, typer.Option("--no-flip", help="Embed f(x) only (no flip-test).")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DetectorScore = Annotated[
+    bool,
+    typer.Option(
+        "--detector-score/--no-detector-score",
+        help="IJB: weight each image by its detector score (InsightFace's default).",
+    ),
+]
+FeatureNorm = Annotated[
+    bool,
+    typer.Option(
+        "--feature-norm/--no-feature-norm",
+        help="IJB: keep each image feature's norm as a weight (InsightFace's default).",
+    ),
+]
+YtfFrames = Annotated[
+    int, typer.Option("--ytf-frames", help="YTF: evenly spaced frames per video (0 = all).")
+]
+MegafaceSizes = Annotated[
+    str, typer.Option("--megaface-sizes", help="MegaFace: distractor counts, comma-separated.")
+]
+MegafaceFeatures = Annotated[
+    Path | None,
+    typer.Option(
+        "--megaface-features",
+        help="MegaFace: precomputed devkit feature files (DIR/facescrub/, DIR/megaface/) "
+        "instead of embedding the images.",
+    ),
+]
+MegafaceSuffix = Annotated[
+    str, typer.Option("--megaface-feature-suffix", help="MegaFace: feature file suffix.")
+]
+NoCache = Annotated[
+    bool, typer.Option("--no-cache", help="IJB/YTF/MegaFace: embed again (ignore RUN/eval/cache/).")
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print the results as JSON on stdout (nothing else).")
+]
 
-    Pair sets: mean ± population std of 10 contiguous folds; thresholds in cosine units.
 
-    IJB: TAR at FAR 1e-6 ... 1e-1 and AUC; 1:N: CMC and TPIR at FPIR (open set).
-
-    YTF: 10-fold accuracy over the official splits. MegaFace: rank-1, TAR at FAR 1e-6.
-
-    No benchmark flag: the recipe's eval sets. Results: RUN/eval/<benchmark>.json.
-    """
-    protocols = ProtocolOptions(
-        ijbb=ijbb,
-        ijbc=ijbc,
-        ytf=ytf,
-        megaface=megaface,
-        ijb=IjbOptions(detector_score=detector_score, feature_norm=feature_norm),
-        ytf_frames=ytf_frames,
-        megaface_sizes=_sizes(megaface_sizes),
-        megaface_features=megaface_features,
-        megaface_feature_suffix=megaface_feature_suffix,
-        cache=not no_cache,
-    )
-
-    flags = {"lfw": lfw, "cfp_fp": cfp_fp, "agedb_30": agedb_30, "calfw": calfw, "cplfw": cplfw}
-    report = run_evaluation(
-        target,
-        benchmarks=[name for name, on in flags.items() if on],
-        pairs_file=pairs,
-        images_root=images_root,
-        data_root=data_root,
-        flip=not no_flip,
-        batch_size=batch_size,
-        device=device,
-        progress=err_console.is_terminal,
-        protocols=protocols,
-    )
+def print_report(report: EvalReport, as_json: bool) -> None:
+    """Notes and warnings on stderr; then the JSON, or the tables and the files written."""
     if report.resized_from and report.input_size:
         (h, w), (mh, mw) = report.resized_from, report.input_size
         err_console.print(
@@ -224,3 +178,56 @@ def eval_command(
         console.print(table)
     for path in report.written:
         console.print(f"wrote {path}", highlight=False)
+
+
+@user_errors
+def eval_command(
+    target: Target,
+    lfw: Lfw = False,
+    cfp_fp: CfpFp = False,
+    agedb_30: AgeDb30 = False,
+    calfw: Calfw = False,
+    cplfw: Cplfw = False,
+    pairs: PairsFile = None,
+    images_root: ImagesRoot = None,
+    data_root: DataRoot = None,
+    no_flip: NoFlip = False,
+    batch_size: BatchSize = None,
+    device: Device = "auto",
+    ijbb: Ijbb = False,
+    ijbc: Ijbc = False,
+    detector_score: DetectorScore = True,
+    feature_norm: FeatureNorm = True,
+    ytf: Ytf = False,
+    ytf_frames: YtfFrames = 100,
+    megaface: Megaface = False,
+    megaface_sizes: MegafaceSizes = "10,100,1000,10000,100000,1000000",
+    megaface_features: MegafaceFeatures = None,
+    megaface_feature_suffix: MegafaceSuffix = "_eqm.bin",
+    no_cache: NoCache = False,
+    as_json: AsJson = False,
+) -> None:
+    """Evaluate a trained model: 10-fold verification, IJB-B/C, YouTube Faces, MegaFace.
+
+    Pair sets: mean ± population std of 10 contiguous folds; thresholds in cosine units.
+
+    IJB: TAR at FAR 1e-6 ... 1e-1 and AUC; 1:N: CMC and TPIR at FPIR (open set).
+
+    YTF: 10-fold accuracy over the official splits. MegaFace: rank-1, TAR at FAR 1e-6.
+
+    No benchmark flag: the recipe's eval sets. Results: RUN/eval/<benchmark>.json.
+    """
+    protocols = ProtocolOptions(
+        ijbb=ijbb, ijbc=ijbc, ytf=ytf, megaface=megaface,
+        ijb=IjbOptions(detector_score=detector_score, feature_norm=feature_norm),
+        ytf_frames=ytf_frames, megaface_sizes=_sizes(megaface_sizes),
+        megaface_features=megaface_features, megaface_feature_suffix=megaface_feature_suffix,
+        cache=not no_cache,
+    )
+    flags = {"lfw": lfw, "cfp_fp": cfp_fp, "agedb_30": agedb_30, "calfw": calfw, "cplfw": cplfw}
+    report = run_evaluation(
+        target, benchmarks=[name for name, on in flags.items() if on], pairs_file=pairs,
+        images_root=images_root, data_root=data_root, flip=not no_flip, batch_size=batch_size,
+        device=device, progress=err_console.is_terminal, protocols=protocols,
+    )
+    print_report(report, as_json)
