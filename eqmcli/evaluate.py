@@ -26,7 +26,8 @@ from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
 from eqmcli.interop.models import load_model as load_any_model
 from eqmcli.pair_outcomes import write_pair_scores
-from eqmcli.protocols.run import ModelSetup, ProtocolOptions, ProtocolResult, run_protocols
+from eqmcli.protocols.features import ModelSetup
+from eqmcli.protocols.run import ProtocolOptions, ProtocolResult, run_protocols
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths, Trained
 from eqmcli.verification import SetEvaluation, evaluate_set

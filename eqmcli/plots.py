@@ -558,6 +558,23 @@ def draw_roc(selection: RocSelection) -> Figure:
 MAX_LEGEND_CLASSES = 20
 
 
+def _class_points(
+    ax: Any,
+    emb: np.ndarray,
+    labels: np.ndarray,
+    sizes: np.ndarray,
+    colors: list[Any],
+    c: int,
+    **style: Any,
+) -> None:
+    """Class ``c``'s embeddings (2-D or 3-D rows) as points in its colour, labelled with its
+    training-image count; ``style`` adds matplotlib scatter options (marker size ``s``)."""
+    mask = labels == c
+    ax.scatter(
+        *emb[mask].T, alpha=0.6, color=colors[c], label=f"class {c} (n={int(sizes[c])})", **style
+    )
+
+
 def _draw_sphere_2d(
     ax: Axes,
     emb: np.ndarray,
@@ -569,16 +586,7 @@ def _draw_sphere_2d(
     t = np.linspace(0, 2 * np.pi, 361)
     ax.plot(np.cos(t), np.sin(t), color="0.6", lw=0.8, zorder=0)
     for c in range(centers.shape[0]):
-        mask = labels == c
-        ax.scatter(
-            emb[mask, 0],
-            emb[mask, 1],
-            s=10,
-            alpha=0.6,
-            color=colors[c],
-            lw=0,
-            label=f"class {c} (n={int(sizes[c])})",
-        )
+        _class_points(ax, emb, labels, sizes, colors, c, s=10, lw=0)
         ax.annotate(
             "",
             xy=(1.12 * centers[c, 0], 1.12 * centers[c, 1]),
@@ -603,16 +611,7 @@ def _draw_sphere_3d(
     u, v = np.mgrid[0 : 2 * np.pi : 25j, 0 : np.pi : 13j]
     ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.8", lw=0.4)
     for c in range(centers.shape[0]):
-        mask = labels == c
-        ax.scatter(
-            emb[mask, 0],
-            emb[mask, 1],
-            emb[mask, 2],
-            s=8,
-            alpha=0.6,
-            color=colors[c],
-            label=f"class {c} (n={int(sizes[c])})",
-        )
+        _class_points(ax, emb, labels, sizes, colors, c, s=8)
         tip = 1.15 * centers[c]
         ax.plot([0, tip[0]], [0, tip[1]], [0, tip[2]], color=colors[c], lw=2)
     ticks = [-1.0, -0.5, 0.0, 0.5, 1.0]  # the default 0.25 steps overlap on small axes

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from eqmcli.recipe import load_recipe
+from eqmcli.train import train
+
 TINY_RECIPE = {
     "name": "tiny",
     "seed": 3,
@@ -38,3 +41,12 @@ def tiny_recipe_path(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_RECIPE))
     return path
+
+
+@pytest.fixture
+def one_epoch_run(tiny_recipe_path: Path, tmp_path: Path) -> Path:
+    """`tmp_path/run`: the tiny recipe trained for one epoch, without verification."""
+    out = tmp_path / "run"
+    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
+          progress=False)
+    return out

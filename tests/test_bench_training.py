@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.errors import UserError
-from eqmcli.perf.head_cost import benchmark_head_cost, estimate_bytes, parse_classes
+from eqmcli.perf.head_cost import benchmark_head_cost, estimate_bytes
 from eqmcli.perf.suite import run_all
 from eqmcli.perf.training import TrainConfig, benchmark_training, default_configs
 
@@ -93,9 +93,10 @@ def test_head_cost_skips_what_does_not_fit() -> None:
 
 
 @pytest.mark.parametrize("text", ["0", "10,x", "", "1"])
-def test_parse_classes_rejects_bad_lists(text: str) -> None:
-    with pytest.raises(UserError):
-        parse_classes(text)
+def test_head_cost_rejects_bad_class_lists(text: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "head-cost", "--classes", text, "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "--classes" in result.output and "Traceback" not in result.output
 
 
 def test_cli_bench_head_cost_bad_classes_exit_2() -> None:

@@ -46,12 +46,8 @@ def test_final_training_eval_equals_eqm_eval_of_last_checkpoint(
     np.testing.assert_array_equal(evaluated_scores, trained_scores)
 
 
-def test_embeddings_do_not_depend_on_the_models_memory_format(tiny_recipe_path: Path,
-                                                              tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
-          progress=False)
-    trained = load_trained(out)
+def test_embeddings_do_not_depend_on_the_models_memory_format(one_epoch_run: Path) -> None:
+    trained = load_trained(one_epoch_run)
     images = load_training_sets(trained.recipe)[0].images
     kwargs = {"device": "cpu", "input_size": trained.input_size, "progress": False}
     contiguous = extract_embeddings(trained.backbone, images, **kwargs)

@@ -24,6 +24,25 @@ def _set_weight(head: torch.nn.Module, weight: torch.Tensor) -> None:
         head.weight.copy_(weight)
 
 
+def _assert_same_loss_and_gradients(
+    first: torch.nn.Module,
+    second: torch.nn.Module,
+    weight: torch.Tensor,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+) -> None:
+    """Both heads, given the class weights `weight`, give the same loss and the same
+    gradients to x and W on (x, labels), to 1e-12 (float64)."""
+    results = []
+    for head in (first, second):
+        _set_weight(head, weight)
+        xi = x.clone().requires_grad_(True)
+        loss = head(xi, labels)
+        results.append((loss, *torch.autograd.grad(loss, [xi, head.weight])))
+    for got, expected in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
 # ---------------------------------------------------------------- EqM properties
 def test_eqm_ideal_case_is_the_floor_with_zero_gradients() -> None:
     num_classes, dim, s, t1, t2 = 6, 8, 64.0, 0.5, 0.1
@@ -85,14 +104,7 @@ def test_eqm_worst_case_equals_normface() -> None:
     normface = build_head("normface", weight.shape[0], weight.shape[1], scale=64.0).double()
     cos = F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T
     assert cos.abs().max() < 0.95  # the worst case holds for every term
-    results = []
-    for head in (eqm, normface):
-        _set_weight(head, weight)
-        xi = x.clone().requires_grad_(True)
-        loss = head(xi, labels)
-        results.append((loss, *torch.autograd.grad(loss, [xi, head.weight])))
-    for got, expected in zip(results[0], results[1], strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    _assert_same_loss_and_gradients(eqm, normface, weight, x, labels)
     assert eqm.last_stats["case_both"] == 1.0
 
 
@@ -200,16 +212,9 @@ def test_a_softmax_psi_is_continuous_and_monotone() -> None:
 
 def test_focal_with_gamma_zero_equals_normface() -> None:
     x, weight, labels = _random_problem(seed=7)
-    results = []
-    for head in (build_head("focal", 9, 6, scale=30.0, gamma=0.0),
-                 build_head("normface", 9, 6, scale=30.0)):
-        head = head.double()
-        _set_weight(head, weight)
-        xi = x.clone().requires_grad_(True)
-        loss = head(xi, labels)
-        results.append((loss, *torch.autograd.grad(loss, [xi, head.weight])))
-    for got, expected in zip(results[0], results[1], strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    focal = build_head("focal", 9, 6, scale=30.0, gamma=0.0).double()
+    normface = build_head("normface", 9, 6, scale=30.0).double()
+    _assert_same_loss_and_gradients(focal, normface, weight, x, labels)
 
 
 def test_focal_down_weights_confident_samples() -> None:

@@ -17,6 +17,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def recipe_error(tmp_path: Path, text: str) -> str:
+    """The one sentence `load_recipe` raises (as a `UserError`) for a recipe holding `text`."""
+    with pytest.raises(UserError) as info:
+        load_recipe(write(tmp_path, text))
+    return str(info.value)
+
+
 def test_empty_recipe_gets_every_default(tmp_path):
     recipe = load_recipe(write(tmp_path, "{}\n"))
     assert recipe.data.train.kind == "synthetic"
@@ -44,43 +51,37 @@ def test_overrides_parse_yaml_scalars_and_reach_nested_keys(tmp_path):
 
 
 def test_typo_names_yaml_path_and_nearest_key(tmp_path):
-    with pytest.raises(UserError) as info:
-        load_recipe(write(tmp_path, "train:\n  epoch: 3\n"))
-    assert "train.epoch" in str(info.value)
-    assert "did you mean 'epochs'" in str(info.value)
+    message = recipe_error(tmp_path, "train:\n  epoch: 3\n")
+    assert "train.epoch" in message
+    assert "did you mean 'epochs'" in message
 
 
 def test_typo_inside_data_source_names_nearest_key(tmp_path):
-    with pytest.raises(UserError) as info:
-        load_recipe(write(tmp_path, "data:\n  train:\n    kind: synthetic\n    num_clases: 5\n"))
-    assert "data.train.num_clases" in str(info.value)
-    assert "num_classes" in str(info.value)
+    message = recipe_error(tmp_path, "data:\n  train:\n    kind: synthetic\n    num_clases: 5\n")
+    assert "data.train.num_clases" in message
+    assert "num_classes" in message
 
 
 def test_wrong_type_names_key_and_value(tmp_path):
-    with pytest.raises(UserError) as info:
-        load_recipe(write(tmp_path, "train:\n  batch_size: lots\n"))
-    assert "train.batch_size" in str(info.value)
-    assert "lots" in str(info.value)
+    message = recipe_error(tmp_path, "train:\n  batch_size: lots\n")
+    assert "train.batch_size" in message
+    assert "lots" in message
 
 
 def test_broken_yaml_names_the_line(tmp_path):
-    with pytest.raises(UserError) as info:
-        load_recipe(write(tmp_path, "train:\n  epochs: 3\n loss: [\n"))
-    assert "YAML syntax error" in str(info.value)
-    assert "line 3" in str(info.value)
+    message = recipe_error(tmp_path, "train:\n  epochs: 3\n loss: [\n")
+    assert "YAML syntax error" in message
+    assert "line 3" in message
 
 
 def test_bad_loss_hyperparameter_is_a_recipe_error(tmp_path):
-    with pytest.raises(UserError) as info:
-        load_recipe(write(tmp_path, "loss:\n  name: eqm\n  t1: 0.1\n  t2: 0.5\n"))
-    assert "loss" in str(info.value) and "t1" in str(info.value)
+    message = recipe_error(tmp_path, "loss:\n  name: eqm\n  t1: 0.1\n  t2: 0.5\n")
+    assert "loss" in message and "t1" in message
 
 
 def test_unknown_backbone_lists_the_choices(tmp_path):
-    with pytest.raises(UserError) as info:
-        load_recipe(write(tmp_path, "model:\n  backbone: resnet9000\n"))
-    assert "model.backbone" in str(info.value) and "iresnet50" in str(info.value)
+    message = recipe_error(tmp_path, "model:\n  backbone: resnet9000\n")
+    assert "model.backbone" in message and "iresnet50" in message
 
 
 def test_missing_recipe_file_is_a_user_error(tmp_path):

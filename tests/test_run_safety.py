@@ -82,10 +82,8 @@ def test_force_removes_a_run_directory_and_says_what_it_removed(tiny_recipe_path
     assert [r["kind"] for r in records(out)].count("epoch") == 1, "a fresh run, not appended"
 
 
-def test_force_accepts_a_run_made_before_the_marker_existed(tiny_recipe_path, tmp_path):
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
-          progress=False)
+def test_force_accepts_a_run_made_before_the_marker_existed(tiny_recipe_path, one_epoch_run):
+    out = one_epoch_run
     (out / ".eqm-run").unlink()  # an older run: recipe.yaml + checkpoints/ only
     result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--force",
                                  *QUICK])
@@ -146,20 +144,16 @@ def test_resume_applies_and_records_changed_optimizer_settings(tiny_recipe_path,
     assert resume["step"] == first_step and state["resumes"][-1]["step"] == first_step
 
 
-def test_resume_with_another_optimizer_type_is_one_sentence(tiny_recipe_path, tmp_path):
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
-          progress=False)
+def test_resume_with_another_optimizer_type_is_one_sentence(tiny_recipe_path, one_epoch_run):
+    out = one_epoch_run
     result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
                                  "--set", "optim.name=adamw", *QUICK])
     assert result.exit_code == 2, result.output
     assert "optim.name" in result.output and "Traceback" not in result.output
 
 
-def test_performance_settings_do_not_block_resume(tiny_recipe_path, tmp_path):
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
-          progress=False)
+def test_performance_settings_do_not_block_resume(tiny_recipe_path, one_epoch_run):
+    out = one_epoch_run
     summary = train(
         load_recipe(tiny_recipe_path, ["train.epochs=2", "eval.every_epochs=0",
                                        "data.num_workers=1", "train.log_every=3",
@@ -169,10 +163,8 @@ def test_performance_settings_do_not_block_resume(tiny_recipe_path, tmp_path):
     assert summary.resumed_from_step == summary.steps // 2
 
 
-def test_resume_still_refuses_a_changed_data_source(tiny_recipe_path, tmp_path):
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
-          progress=False)
+def test_resume_still_refuses_a_changed_data_source(tiny_recipe_path, one_epoch_run):
+    out = one_epoch_run
     with pytest.raises(UserError, match="data.train.num_classes"):
         train(load_recipe(tiny_recipe_path, ["data.train.num_classes=9"]), out, resume=True,
               progress=False)

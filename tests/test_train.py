@@ -72,10 +72,8 @@ def test_non_empty_run_dir_is_refused_without_resume_or_force(tiny_recipe_path, 
     assert (out / "notes.txt").read_text() == "mine", "nothing already written is lost"
 
 
-def test_resume_refuses_a_changed_model(tiny_recipe_path, tmp_path):
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
-          progress=False)
+def test_resume_refuses_a_changed_model(tiny_recipe_path, one_epoch_run):
+    out = one_epoch_run
     with pytest.raises(UserError, match="model"):
         train(load_recipe(tiny_recipe_path, ["model.embedding_dim=8"]), out, resume=True,
               progress=False)

@@ -10,12 +10,12 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from eqmcli.cli.common import console, user_errors
+from eqmcli.cli.common import comma_separated_ints, console, user_errors
 from eqmcli.devices import resolve_device
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 from eqmcli.perf.analysis import benchmark_nearest_centers
 from eqmcli.perf.extraction import benchmark_extraction
-from eqmcli.perf.head_cost import HeadCostResult, benchmark_head_cost, parse_classes
+from eqmcli.perf.head_cost import HeadCostResult, benchmark_head_cost
 from eqmcli.perf.head_memory import HeadMemoryRow, measure_head_memory
 from eqmcli.perf.heads import benchmark_heads
 from eqmcli.perf.pipeline import pipeline_benchmark, results_to_dict
@@ -199,12 +199,9 @@ def pipeline_command(
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
     """Input-pipeline images/s from a .rec and an image folder of JPEGs, per worker count."""
-    try:
-        counts = [int(w) for w in workers.split(",")] if workers else None
-    except ValueError:
-        raise UserError(f"--workers {workers!r} is not a comma-separated list of ints") from None
-    if counts is not None and min(counts) < 0:
-        raise UserError(f"--workers {workers!r}: worker counts must be >= 0")
+    counts = comma_separated_ints(workers, "--workers") if workers else None
+    if counts is not None and (not counts or min(counts) < 0):
+        raise UserError(f"--workers {shown(workers)}: worker counts must be >= 0")
     results = pipeline_benchmark(
         counts, num_images=images, batch_size=batch, image_size=size, epochs=epochs, root=data_dir
     )
@@ -275,7 +272,8 @@ def head_cost_command(
 ) -> None:
     """Head-only fwd+bwd time and peak memory for large C (sizes that do not fit are skipped)."""
     result = benchmark_head_cost(
-        parse_classes(classes), head=head, dim=dim, batch=batch, device=device, repeats=repeats
+        comma_separated_ints(classes, "--classes"), head=head, dim=dim, batch=batch,
+        device=device, repeats=repeats,
     )
     console.print(head_cost_table(result))
     console.print(f"peak memory: {result.peak_method}", highlight=False)
@@ -293,10 +291,7 @@ def head_memory_command(
     json_path: Path | None = typer.Option(None, "--json", help="also write the rows here"),
 ) -> None:
     """Per-rank bytes of the class-sharded head (CPU processes with Gloo)."""
-    try:
-        sizes = tuple(int(n) for n in world_sizes.split(","))
-    except ValueError:
-        raise UserError(f"--world-sizes {world_sizes!r} is not a comma-separated list") from None
+    sizes = tuple(comma_separated_ints(world_sizes, "--world-sizes"))
     rows = measure_head_memory(classes, dim, batch, sizes)
     console.print(head_memory_table(rows, classes, dim, batch))
     _write_json(json_path, {"benchmark": "head-memory", "classes": classes, "dim": dim,

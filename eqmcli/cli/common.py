@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,3 +40,15 @@ def user_errors(func: F) -> F:
             raise fail(f"file not found: {exc.filename or exc}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def comma_separated_ints(text: str, option: str) -> list[int]:
+    """``"10,100"`` -> [10, 100] for an option taking a comma-separated list (blank parts
+    skipped); anything but integers is a `UserError` naming ``option``. The core checks the
+    values' range."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(
+            f"{option} takes comma-separated integers (e.g. 10,100), got {shown(text)}"
+        ) from None

@@ -11,8 +11,7 @@ from rich import box
 from rich.table import Table
 
 from eqmcli.cli.benchmark_tables import protocol_tables
-from eqmcli.cli.common import console, err_console, user_errors
-from eqmcli.errors import UserError
+from eqmcli.cli.common import comma_separated_ints, console, err_console, user_errors
 from eqmcli.evaluate import EvalReport, run_evaluation
 from eqmcli.protocols.ijb import IjbOptions
 from eqmcli.protocols.run import ProtocolOptions
@@ -70,16 +69,6 @@ def render_table(results: list[SetEvaluation]) -> Any:
         ]
         table.add_row(*row)
     return table
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    """``"10,100"`` -> (10, 100); anything else is a `UserError` naming the option."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(
-            "--megaface-sizes takes comma-separated integers, e.g. 10,100,1000"
-        ) from None
 
 
 # Options, one type each, so the command's signature reads as a list of its flags.
@@ -220,7 +209,8 @@ def eval_command(
     protocols = ProtocolOptions(
         ijbb=ijbb, ijbc=ijbc, ytf=ytf, megaface=megaface,
         ijb=IjbOptions(detector_score=detector_score, feature_norm=feature_norm),
-        ytf_frames=ytf_frames, megaface_sizes=_sizes(megaface_sizes),
+        ytf_frames=ytf_frames,
+        megaface_sizes=tuple(comma_separated_ints(megaface_sizes, "--megaface-sizes")),
         megaface_features=megaface_features, megaface_feature_suffix=megaface_feature_suffix,
         cache=not no_cache,
     )

@@ -9,12 +9,12 @@ class weights W (C, d), as in training; W's gradient is freed before each step, 
 - ``weight_bytes``, ``grad_bytes``: W and its gradient (C x d float32 each);
 - ``saved_bytes``: tensors autograd keeps from the forward for the backward (unique
   storages, counted with saved-tensor hooks: cosines, logits, normalized W, ...);
-- ``peak_bytes``: on CUDA, ``torch.cuda.max_memory_allocated`` during the step minus the
-  allocation before the head was built (i.e. the head's weight plus the step's peak);
-  on the CPU, the process's peak resident set size during the step (``VmHWM`` of
-  /proc/self/status, reset through /proc/self/clear_refs) minus the resident size before
-  the head was built -- the same quantity measured by the OS. Where the peak cannot be
-  reset, ``peak_bytes`` is None and ``peak_method`` says so.
+- ``peak_bytes``: the peak above the level before the head was built, through its warm-up
+  and timed steps (`eqmcli.perf.memory.peak_memory`, i.e. the head's weight plus the
+  step's peak): on CUDA ``torch.cuda.max_memory_allocated``, on the CPU the process's
+  peak resident set size (``VmHWM`` of /proc/self/status, reset through
+  /proc/self/clear_refs) -- the same quantity measured by the OS. Where the peak cannot
+  be reset, ``peak_bytes`` is None and ``peak_method`` says so.
 
 A size whose estimated need exceeds the memory available (CUDA: free device memory;
 CPU: half of MemAvailable, the machine being shared) is skipped with a note instead of
@@ -28,15 +28,16 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
 from eqmcli.losses import build_head, canonical_name
-from eqmcli.perf.timing import environment
+from eqmcli.perf.memory import PROC_MEMINFO, peak_memory, proc_bytes
+from eqmcli.perf.timing import environment, synchronize
 
 DEFAULT_CLASSES: tuple[int, ...] = (10575, 85742, 1_000_000)
 """CASIA-WebFace, MS1M(-ArcFace), and a million identities."""
@@ -99,54 +100,11 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * 0.9)
-    fields = _proc_kib(Path("/proc/meminfo"), ("MemAvailable",))
-    if "MemAvailable" in fields:
-        return int(fields["MemAvailable"] * 1024 * CPU_MEMORY_FRACTION)
+    available = proc_bytes("MemAvailable", PROC_MEMINFO)
+    if available is not None:
+        return int(available * CPU_MEMORY_FRACTION)
     pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return int(pages * CPU_MEMORY_FRACTION)
-
-
-def _proc_kib(path: Path, keys: tuple[str, ...]) -> dict[str, int]:
-    """Read `key: N kB` lines from a /proc file (empty where unavailable)."""
-    found: dict[str, int] = {}
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in keys:
-                found[name] = int(value.split()[0])
-    except (OSError, ValueError, IndexError):
-        return {}
-    return found
-
-
-def _rss_bytes() -> int | None:
-    fields = _proc_kib(Path("/proc/self/status"), ("VmRSS",))
-    return fields["VmRSS"] * 1024 if "VmRSS" in fields else None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's peak RSS (VmHWM) to its current RSS; False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_bytes() -> int | None:
-    fields = _proc_kib(Path("/proc/self/status"), ("VmHWM",))
-    return fields["VmHWM"] * 1024 if "VmHWM" in fields else None
-
-
-def parse_classes(text: str) -> list[int]:
-    """`"10575,85742"` -> [10575, 85742]; UserError for anything but integers >= 2."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--classes {text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 2:
-        raise UserError(f"--classes {text!r}: every class count must be >= 2")
-    return values
 
 
 def benchmark_head_cost(
@@ -170,17 +128,11 @@ def benchmark_head_cost(
     if not classes or min(classes) < 2:
         raise UserError(f"--classes must all be >= 2, got {list(classes)}")
     target = resolve_device(device)
-    if target.type == "cuda":
-        method = "torch.cuda.max_memory_allocated during the step, minus the allocation before"
-    elif _reset_peak_rss() and _peak_rss_bytes() is not None:
-        method = "process peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before"
-    else:
-        method = "unavailable (peak RSS cannot be reset on this platform)"
     result = HeadCostResult(
         settings={"classes": list(classes), "head": head, "dim": dim, "batch": batch,
                   "repeats": repeats, "warmup": warmup},
         environment=environment(target),
-        peak_method=method,
+        peak_method="not measured (every size was skipped)",
     )
     generator = torch.Generator().manual_seed(seed)
     for num_classes in classes:
@@ -194,7 +146,9 @@ def benchmark_head_cost(
             )
             result.notes.append(f"C={num_classes:,} skipped: {row.skipped}")
             continue
-        _measure(row, head, num_classes, dim, batch, target, repeats, warmup, generator, method)
+        result.peak_method = _measure(
+            row, head, num_classes, dim, batch, target, repeats, warmup, generator
+        )
         gc.collect()  # the head is gone with _measure's frame: give its memory back
         if target.type == "cuda":
             torch.cuda.empty_cache()
@@ -212,63 +166,61 @@ def _measure(
     repeats: int,
     warmup: int,
     generator: torch.Generator,
-    method: str,
-) -> None:
-    """Fill `row` with the time and memory of one class count."""
-    cuda = device.type == "cuda"
+) -> str:
+    """Fill `row` with the time and memory of one class count; returns how the peak was
+    measured (`eqmcli.perf.memory.peak_memory`, from before the head is built)."""
     embeddings = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
     labels = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize(device)
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated(device)
-    else:
-        before = _rss_bytes() or 0
-    head = build_head(head_name, num_classes, dim).to(device)
-    row.weight_bytes = head.weight.numel() * head.weight.element_size()
-
     saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    def step(count_saved: bool) -> float:
-        head.weight.grad = None
-        embeddings.grad = None
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        if count_saved:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = head(embeddings, labels)
-        else:
-            loss = head(embeddings, labels)
-        loss.backward()
-        if cuda:
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) * 1000.0
-
-    try:
-        for _ in range(warmup):
-            step(False)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        peak_ok = not cuda and method.startswith("process") and _reset_peak_rss()
-        times = [step(count_saved=i == 0) for i in range(repeats)]
-        if cuda:
-            row.peak_bytes = torch.cuda.max_memory_allocated(device) - before
-        elif peak_ok:
-            peak = _peak_rss_bytes()
-            row.peak_bytes = peak - before if peak is not None else None
-    except torch.OutOfMemoryError as exc:
-        row.skipped = f"out of memory: {str(exc).splitlines()[0][:160]}"
-        return
-    finally:
-        grad = head.weight.grad
-        row.grad_bytes = grad.numel() * grad.element_size() if grad is not None else None
+    with peak_memory(device) as peak:
+        head = build_head(head_name, num_classes, dim).to(device)
+        row.weight_bytes = head.weight.numel() * head.weight.element_size()
+        try:
+            for _ in range(warmup):
+                _step_ms(head, embeddings, labels, device)
+            times = [
+                _step_ms(head, embeddings, labels, device, saved if i == 0 else None)
+                for i in range(repeats)
+            ]
+        except torch.OutOfMemoryError as exc:
+            row.skipped = f"out of memory: {str(exc).splitlines()[0][:160]}"
+            return peak.method
+        finally:
+            grad = head.weight.grad
+            row.grad_bytes = grad.numel() * grad.element_size() if grad is not None else None
+    row.peak_bytes = peak.extra_bytes
     row.saved_bytes = sum(saved.values())
     row.ms = statistics.median(times)
     row.samples = len(times)
+    return peak.method
+
+
+def _step_ms(
+    head: nn.Module,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    saved: dict[int, int] | None = None,
+) -> float:
+    """Milliseconds of one fwd+bwd, W's gradient freed first (as `zero_grad(set_to_none=True)`);
+    with `saved`, the bytes of each storage autograd keeps for the backward, by address."""
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()  # type: ignore[index]
+        return tensor
+
+    head.weight.grad = None
+    embeddings.grad = None
+    synchronize(device)
+    start = time.perf_counter()
+    if saved is None:
+        loss = head(embeddings, labels)
+    else:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = head(embeddings, labels)
+    loss.backward()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1000.0

@@ -18,7 +18,7 @@ import torch
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
 from eqmcli.losses import LOSS_NAMES, build_head, canonical_name
-from eqmcli.perf.timing import timing_setup
+from eqmcli.perf.timing import synchronize, timing_setup
 
 BASELINE = "normface"
 
@@ -97,12 +97,10 @@ def _run(
     heads = {name: build_head(name, num_classes, embedding_dim).to(target) for name in chosen}
 
     def timed(name: str) -> float:
-        if target.type == "cuda":
-            torch.cuda.synchronize(target)
+        synchronize(target)
         start = now()
         _step(heads[name], embeddings, labels)
-        if target.type == "cuda":
-            torch.cuda.synchronize(target)
+        synchronize(target)
         return (now() - start) * 1000.0
 
     for _ in range(warmup):

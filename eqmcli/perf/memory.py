@@ -12,6 +12,7 @@ import torch
 
 PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+PROC_MEMINFO = Path("/proc/meminfo")
 
 
 @dataclass
@@ -22,10 +23,11 @@ class PeakMemory:
     extra_bytes: int | None = None
 
 
-def _status_bytes(key: str) -> int | None:
-    """A `kB` field of /proc/self/status in bytes (None where unavailable)."""
+def proc_bytes(key: str, path: Path = PROC_STATUS) -> int | None:
+    """A `kB` field of a /proc file (default /proc/self/status) in bytes; None where
+    unavailable."""
     try:
-        for line in PROC_STATUS.read_text().splitlines():
+        for line in path.read_text().splitlines():
             name, _, value = line.partition(":")
             if name == key:
                 return int(value.split()[0]) * 1024
@@ -40,7 +42,7 @@ def _reset_peak_rss() -> bool:
         PROC_CLEAR_REFS.write_text("5")
     except OSError:
         return False
-    return _status_bytes("VmHWM") is not None
+    return proc_bytes("VmHWM") is not None
 
 
 @contextlib.contextmanager
@@ -66,8 +68,8 @@ def peak_memory(device: torch.device) -> Iterator[PeakMemory]:
     if not _reset_peak_rss():
         yield PeakMemory("unavailable (the peak RSS cannot be reset on this platform)")
         return
-    before = _status_bytes("VmRSS") or 0
+    before = proc_bytes("VmRSS") or 0
     found = PeakMemory("process peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before")
     yield found
-    peak = _status_bytes("VmHWM")
+    peak = proc_bytes("VmHWM")
     found.extra_bytes = None if peak is None else max(0, peak - before)

@@ -35,6 +35,12 @@ def timing_setup(clock: str, threads: int | None) -> Iterator[Callable[[], float
         torch.set_num_threads(previous_threads)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a CUDA `device` (a no-op elsewhere): call around a timing."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Device name, torch version, CPU threads: what makes runs comparable."""
     name = (

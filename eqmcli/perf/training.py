@@ -38,7 +38,7 @@ from eqmcli.data.transforms import random_flip_mask
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError
 from eqmcli.losses import Head, build_head, canonical_name
-from eqmcli.perf.timing import environment, timing_setup
+from eqmcli.perf.timing import environment, synchronize, timing_setup
 from eqmcli.recipe import OptimSection
 from eqmcli.schedule import LrSchedule
 from eqmcli.train.step import StepParts, build_optimizer, compiled, place_model, train_step
@@ -130,11 +130,6 @@ class TrainBenchResult:
             "notes": self.notes,
             "seconds": self.seconds,
         }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Trainee:
@@ -230,36 +225,28 @@ def benchmark_training(
     honest with `threads=1`; CPU only).
     """
     with timing_setup(clock, threads) as timer:
-        return _benchmark_training(
-            backbone, head, classes, batch, size, steps, warmup, device, include_compile,
-            configs, seed, timer, clock,
+        target = resolve_device(device)
+        if clock != "wall" and target.type == "cuda":
+            raise UserError("--clock cpu measures host CPU time; use the wall clock on CUDA")
+        settings = resolve_settings(
+            target, backbone=backbone, head=head, classes=classes, batch=batch, size=size,
+            steps=steps, warmup=warmup,
         )
+        return _time_configs(settings, target, include_compile, configs, seed, timer, clock)
 
 
-def _benchmark_training(
-    backbone: str | None,
-    head: str,
-    classes: int | None,
-    batch: int | None,
-    size: int | None,
-    steps: int | None,
-    warmup: int | None,
-    device: str,
+def _time_configs(
+    settings: dict[str, Any],
+    target: torch.device,
     include_compile: bool | None,
     configs: list[TrainConfig] | None,
     seed: int,
     now: Callable[[], float],
     clock: str,
 ) -> TrainBenchResult:
-    """The body of `benchmark_training` (arguments as there; `now` reads the clock)."""
+    """The body of `benchmark_training` once `settings` (`resolve_settings`) are known;
+    `now` reads the clock."""
     started = time.perf_counter()
-    target = resolve_device(device)
-    if clock != "wall" and target.type == "cuda":
-        raise UserError("--clock cpu measures host CPU time; use the wall clock on CUDA")
-    settings = resolve_settings(
-        target, backbone=backbone, head=head, classes=classes, batch=batch, size=size,
-        steps=steps, warmup=warmup,
-    )
     result = TrainBenchResult(settings=settings, environment=environment(target))
     chosen = _choose_configs(target, configs, include_compile, result.notes)
     settings["configs"] = [c.label for c in chosen]
@@ -329,11 +316,11 @@ def _warm_up(
     """Untimed steps (compilation happens here); False when a compile failed (row skipped)."""
     config, device = trainee.config, trainee.parts.device
     try:
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for i in range(max(warmup, 1 if config.compile else 0)):
             trainee.step(*batches[i % 2])
-        _sync(device)
+        synchronize(device)
         row.warmup_s = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - a failing compile becomes a skipped row
         if not config.compile:
@@ -356,10 +343,10 @@ def _time_interleaved(
     for round_index in range(steps):
         shift = round_index % len(order)
         for config in order[shift:] + order[:shift]:
-            _sync(device)
+            synchronize(device)
             t0 = now()
             trainees[config].step(*batches[round_index % 2])
-            _sync(device)
+            synchronize(device)
             samples[config].append((now() - t0) * 1000.0)
     return samples
 

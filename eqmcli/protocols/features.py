@@ -84,20 +84,37 @@ class FeatureCache:
 
 
 @dataclass
-class Embedder:
-    """A model ready to embed benchmark images (see `features`)."""
+class ModelSetup:
+    """The loaded model and how to run it (from `eqm eval`'s options)."""
 
     backbone: nn.Module
-    model_id: str
-    device: str | torch.device
+    checkpoint: Path
     input_size: tuple[int, int]
-    flip: bool = True
-    batch_size: int = 256
-    precision: str = "auto"
-    progress: bool = True
+    device: str | torch.device
+    flip: bool
+    batch_size: int
+    precision: str
+    progress: bool
+
+
+@dataclass
+class Embedder:
+    """A model ready to embed benchmark images (see `features`); ``model_id`` (the model
+    file's checksum) keys the cache."""
+
+    model: ModelSetup
+    model_id: str
     cache: FeatureCache = field(default_factory=lambda: FeatureCache(None))
     resized_from: tuple[int, int] | None = None
     cached_sets: list[str] = field(default_factory=list)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.model.input_size
+
+    @property
+    def flip(self) -> bool:
+        return self.model.flip
 
     def features(
         self,
@@ -119,15 +136,16 @@ class Embedder:
         if found is not None and found.shape[0] == len(listing):
             self.cached_sets.append(benchmark)
             return found
+        model = self.model
         emb = extract_embeddings(
-            self.backbone,
+            model.backbone,
             images,
-            batch_size=self.batch_size,
-            device=self.device,
-            input_size=self.input_size,
-            flip=self.flip,
-            precision=self.precision,
-            progress=self.progress,
+            batch_size=model.batch_size,
+            device=model.device,
+            input_size=model.input_size,
+            flip=model.flip,
+            precision=model.precision,
+            progress=model.progress,
             description=f"embedding {benchmark}",
             **({"normalize": False} if raw else {}),
         )

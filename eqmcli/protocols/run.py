@@ -5,15 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from eqmcli.data.align import require_align
 from eqmcli.data.ijb import IJB_SETS, read_ijb
 from eqmcli.data.megaface import MegafaceLists, read_megaface
 from eqmcli.data.ytf import read_ytf
 from eqmcli.errors import UserError
-from eqmcli.protocols.features import Embedder, FeatureCache, file_checksum
+from eqmcli.protocols.features import Embedder, FeatureCache, ModelSetup, file_checksum
 from eqmcli.protocols.ijb import IjbOptions, IjbResult, evaluate_ijb
 from eqmcli.protocols.megaface import (
     MEGAFACE_SIZES,
@@ -58,20 +55,6 @@ class ProtocolOptions:
             raise UserError(f"--megaface-features folder not found: {self.megaface_features}")
 
 
-@dataclass
-class ModelSetup:
-    """The loaded model and how to run it (from `eqm eval`'s options)."""
-
-    backbone: nn.Module
-    checkpoint: Path
-    input_size: tuple[int, int]
-    device: str | torch.device
-    flip: bool
-    batch_size: int
-    precision: str
-    progress: bool
-
-
 def run_protocols(
     options: ProtocolOptions, model: ModelSetup, data_root: Path | None, cache_dir: Path | None
 ) -> list[ProtocolResult]:
@@ -92,17 +75,7 @@ def run_protocols(
         lists = read_megaface(data_root, options.megaface_sizes)
         readers.append(lambda e: _megaface(lists, e, options))
     cache = FeatureCache(cache_dir if options.cache else None)
-    embedder = Embedder(
-        backbone=model.backbone,
-        model_id=file_checksum(model.checkpoint),
-        device=model.device,
-        input_size=model.input_size,
-        flip=model.flip,
-        batch_size=model.batch_size,
-        precision=model.precision,
-        progress=model.progress,
-        cache=cache,
-    )
+    embedder = Embedder(model, model_id=file_checksum(model.checkpoint), cache=cache)
     return [replace(run(embedder), checkpoint=str(model.checkpoint)) for run in readers]
 
 
