@@ -47,6 +47,7 @@ from eqmcli.errors import UserError
 from eqmcli.losses import build_head
 from eqmcli.losses.base import Head, MarginHead, margin_loss
 from eqmcli.losses.reduction import WholeRows
+from eqmcli.seeds import seeded_generator
 
 
 def shard_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -281,7 +282,7 @@ class ShardedHead(Head):
         if not 0.0 < sample_rate <= 1.0:
             raise UserError(f"train.sample_rate must be in (0, 1], got {sample_rate!r}")
         reduction = ClassSharded(num_classes, group)
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + reduction.start)
+        generator = seeded_generator(int(seed) * 1_000_003 + reduction.start)
         super().__init__(
             template.name, num_classes, embedding_dim, template.hyperparameters,
             rows=reduction.stop - reduction.start, generator=generator, reduction=reduction,
@@ -330,9 +331,9 @@ class ShardedHead(Head):
         keep = min(local, math.ceil(self.sample_rate * local))
         if not self.training or keep >= local:
             return None
-        generator = torch.Generator(device=self.weight.device)
-        generator.manual_seed(
-            (self.seed * 1_000_003 + self.shard_start) * 1_000_033 + self.draws
+        generator = seeded_generator(
+            (self.seed * 1_000_003 + self.shard_start) * 1_000_033 + self.draws,
+            self.weight.device,
         )
         self.draws += 1
         score = torch.rand(local, generator=generator, device=self.weight.device)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from eqmcli.seeds import seeded_generator
+
 
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch, optionally skipping the samples already consumed.
@@ -35,7 +37,7 @@ class EpochSampler(Sampler[int]):
         self.skip = skip
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = seeded_generator(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=generator)[self.skip :]
         if self.world_size > 1:
             steps = len(order) // (self.world_size * self.batch_size)

@@ -23,6 +23,7 @@ from eqmcli.distributed import init_distributed
 from eqmcli.errors import TrainingStopped
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths
+from eqmcli.seeds import seeded_generator
 from eqmcli.train.checkpoints import read_resume_state, restore, save
 from eqmcli.train.evaluation import evaluate_epoch, evaluation_due
 from eqmcli.train.interrupts import StopRequest, stop_on_signals
@@ -200,7 +201,7 @@ def train_epoch(
     steps = 0
     for images, labels in run.loader:
         flip = random_flip_mask(
-            images.shape[0], torch.Generator().manual_seed(recipe.seed * 1_000_003 + run.step)
+            images.shape[0], seeded_generator(recipe.seed * 1_000_003 + run.step)
         )
         logging = (run.step + 1) % recipe.train.log_every == 0 or run.step + 1 == run.total_steps
         loss = train_step(parts, images, labels, flip, run.step, collect_stats=logging)
