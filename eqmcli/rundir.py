@@ -2,11 +2,12 @@
 
 ```
 runs/<name>/recipe.yaml  metrics.jsonl  checkpoints/{last,best}.pt  eval/  analysis/  figures/
-             .eqm-run (the marker: "eqm train made this folder")  .eqm-lock (the run's OS lock)
+             .eqm-run (the marker: "an eqm command made this folder")  .eqm-lock (the OS lock)
 ```
 
 A folder is recognisably a run directory when it holds the marker and `recipe.yaml`, or
-(runs made before the marker existed) `recipe.yaml` and `checkpoints/`.
+(runs made before the marker existed) `recipe.yaml` and `checkpoints/`. `eqm train` and
+`eqm import` write the marker through `RunPaths.mark`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eqmcli.atomic import atomic_write_text
 from eqmcli.backbones import build_backbone
 from eqmcli.checkpoint import load_checkpoint, load_weights, require_fields
 from eqmcli.errors import UserError, shown
@@ -81,8 +83,13 @@ class RunPaths:
     def lock(self) -> Path:
         return self.root / LOCK
 
+    def mark(self, command: str) -> None:
+        """Write the marker saying which eqm command made this folder (kept if present)."""
+        if not self.marker.is_file():
+            atomic_write_text(self.marker, f"made by '{command}'; see eqmcli/rundir.py\n")
+
     def is_run_directory(self) -> bool:
-        """True for a folder `eqm train` made (marker + recipe, or an older run's recipe +
+        """True for a folder an eqm command made (marker + recipe, or an older run's recipe +
         checkpoints/)."""
         if not self.recipe.is_file():
             return False

@@ -7,6 +7,7 @@ InsightFace's parameter names and architecture; their ``state_dict`` is what a
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -159,6 +160,22 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     code, out = invoke("import", "insightface", tmp_path / "none.pth", "--arch", "mbf", "--out",
                        tmp_path / "b")
     assert code == 2 and "none.pth" in out
+
+
+def test_imported_run_carries_our_marker_so_force_recognises_it(
+    tmp_path: Path, tiny_recipe_path: Path
+) -> None:
+    _, weights = save_reference(tmp_path, "mbf")
+    run = tmp_path / "imported"
+    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out", run)
+    assert code == 0, out
+    marker = run / ".eqm-run"
+    assert marker.is_file() and "eqm import insightface" in marker.read_text()
+    shutil.rmtree(run / "checkpoints")  # recognised by the marker, not by an older run's layout
+    code, out = invoke("train", tiny_recipe_path, "--out", run, "--force", "--set",
+                       "train.epochs=1", "--set", "eval.every_epochs=0", "--no-progress")
+    assert code == 0, out
+    assert not (run / "imported.json").exists(), "the imported run was replaced"
 
 
 def test_export_insightface_is_the_inverse_mapping(tmp_path: Path) -> None:

@@ -264,6 +264,26 @@ def _empty_output(out: Path) -> RunPaths:
     return RunPaths(out)
 
 
+def _import_note(
+    weights: Path, arch: str, recipe: Recipe, tensors: int, head_files: list[Path],
+    num_classes: int | None,
+) -> dict[str, Any]:
+    """Where an imported run's weights came from (`RUN/<IMPORT_NOTE>`)."""
+    return {
+        "source": "InsightFace arcface_torch",
+        "weights": str(weights.resolve()),
+        "sha256": _sha256(weights),
+        "arch": arch,
+        "backbone": recipe.model.backbone,
+        "tensors": tensors,
+        "head_shards": [str(p.resolve()) for p in head_files],
+        "num_classes": num_classes,
+        "preprocessing": recipe.model.preprocessing.model_dump(),
+        "loss": "arcface s=64 m=0.5, arcface_torch's default margin_list (1.0, 0.5, 0.0)",
+        "imported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def import_insightface(
     weights: str | Path,
     arch: str,
@@ -323,20 +343,9 @@ def import_insightface(
         classifier.load_state_dict({"weight": centres})
         state["head"] = classifier.state_dict()
         state["num_classes"] = int(centres.shape[0])
-    note = {
-        "source": "InsightFace arcface_torch",
-        "weights": str(weights.resolve()),
-        "sha256": _sha256(weights),
-        "arch": arch,
-        "backbone": backbone_name,
-        "tensors": len(mapped),
-        "head_shards": [str(p.resolve()) for p in files],
-        "num_classes": state.get("num_classes"),
-        "preprocessing": recipe.model.preprocessing.model_dump(),
-        "loss": "arcface s=64 m=0.5, arcface_torch's default margin_list (1.0, 0.5, 0.0)",
-        "imported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    note = _import_note(weights, arch, recipe, len(mapped), files, state.get("num_classes"))
     paths.root.mkdir(parents=True, exist_ok=True)
+    paths.mark("eqm import insightface")
     save_checkpoint(state, paths.last)
     atomic_write_text(paths.root / IMPORT_NOTE, json.dumps(note, indent=2) + "\n")
     atomic_write_text(paths.recipe, recipe.to_yaml())

@@ -140,8 +140,7 @@ def prepare_run_dir(
             for stale in stale_temporaries(folder):
                 stale.unlink()
                 cleaned.append(stale.name)
-        if not paths.marker.is_file():
-            atomic_write_text(paths.marker, "made by 'eqm train'; see eqmcli/rundir.py\n")
+        paths.mark("eqm train")
     except OSError as error:
         lock.release()
         raise UserError(f"cannot use run directory {out_dir}: {error.strerror}") from None
