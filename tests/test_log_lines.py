@@ -43,3 +43,18 @@ def test_no_progress_on_a_terminal_still_logs_lines(tiny_recipe_path, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "epoch 1/1 done: mean loss" in result.output
+
+
+def test_speed_window_restarted_at_an_epoch_start_leaves_out_the_evaluation_before_it(
+    monkeypatch,
+):
+    from eqmcli.train import trainer
+
+    clock = iter([10.0, 30.0, 31.0])  # 100 images in 10 s, then a 20 s evaluation
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(clock))
+    meter = trainer.Meter(started=0.0, window_start=0.0)
+    meter.add(100)
+    assert meter.window_speed() == 10.0  # 100 images / 10 s
+    meter.restart_window()  # t = 30: the next epoch starts after a 20 s evaluation
+    meter.add(100)
+    assert meter.window_speed() == 100.0  # 100 images / 1 s, the 20 s left out

@@ -71,8 +71,14 @@ class Meter:
         self.images += images
         self.window_images += images
 
+    def restart_window(self) -> None:
+        """Start a new speed window (at each epoch start: evaluation and checkpoint time
+        before it are not training time)."""
+        self.window_start, self.window_images = time.perf_counter(), 0
+
     def window_speed(self) -> float:
-        """Images/s since the previous call (the progress bar's and metrics' img/s)."""
+        """Images/s since the previous call or window restart (the progress bar's and
+        metrics' img/s)."""
         now = time.perf_counter()
         speed = self.window_images / max(now - self.window_start, 1e-9)
         self.window_start, self.window_images = now, 0
@@ -197,6 +203,7 @@ def train_epoch(
     skip_steps = run.step - epoch * run.steps_per_epoch
     run.sampler.set_epoch(epoch, skip=skip_steps * run.global_batch)
     bar.update(task, epoch=f"{epoch + 1}/{recipe.train.epochs}")
+    meter.restart_window()
     loss_sum = torch.zeros((), device=parts.device)
     steps = 0
     for images, labels in run.loader:
