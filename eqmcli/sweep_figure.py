@@ -1,8 +1,9 @@
-"""The figure of an `eqm sweep`: a metric against one swept parameter, mean ± std over seeds.
+"""The figure of an `eqm sweep`: metrics against one swept parameter, mean ± std over seeds.
 
-One line per combination of the other swept parameters, error bars = the sample standard
-deviation over the config's finished seeds (none for a single seed). Read from the
-configs of `OUT/sweep.json`; fractions are drawn as percentages.
+One panel per metric, side by side; in each, one line per combination of the other
+swept parameters, error bars = the sample standard deviation over the config's finished
+seeds (none for a single seed). Read from the configs of `OUT/sweep.json`; fractions are
+drawn as percentages.
 """
 
 from __future__ import annotations
@@ -51,15 +52,9 @@ def _x_key(grid: dict[str, list[Any]], x_key: str | None) -> str:
     return (numeric or several)[0]
 
 
-def figure_sweep(sweep_dir: Path, metric: str = "accuracy", x_key: str | None = None) -> Figure:
-    """The sweep figure (see the module docstring); `metric` as in `eqmcli.run_results`."""
-    from matplotlib.figure import Figure
-
-    data = _load(sweep_dir)
+def _panel(ax: Any, data: dict[str, Any], metric: str, x_key: str) -> None:
+    """One metric against `x_key`: a line per combination of the other swept keys."""
     grid, configs = data["grid"], data["configs"]
-    x_key = _x_key(grid, x_key)
-    if not any(metric in c["metrics"] for c in configs):
-        raise UserError(f"no finished run of {sweep_dir} has the metric {shown(metric)}")
     numeric = all(isinstance(v, int | float) for v in grid[x_key])
     position = {json.dumps(v): (v if numeric else i) for i, v in enumerate(grid[x_key])}
     scale = 100.0 if is_fraction(metric) else 1.0
@@ -72,8 +67,6 @@ def figure_sweep(sweep_dir: Path, metric: str = "accuracy", x_key: str | None = 
         x = position[json.dumps(config["assignments"][x_key])]
         lines.setdefault(", ".join(others), []).append(
             (x, scale * stats["mean"], scale * (stats["std"] or 0.0)))
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.add_subplot()
     for label, points in lines.items():
         points.sort()
         xs, ys, errors = zip(*points, strict=True)
@@ -82,22 +75,42 @@ def figure_sweep(sweep_dir: Path, metric: str = "accuracy", x_key: str | None = 
         ax.set_xticks(range(len(grid[x_key])), [str(v) for v in grid[x_key]])
     ax.set_xlabel(x_key)
     ax.set_ylabel(f"{metric} (%)" if scale == 100.0 else metric)
-    ax.set_title(f"{Path(sweep_dir).name}: {metric} vs {x_key}\nmean ± std over seeds "
-                 f"({data.get('seeds', '?')} per config)")
+    ax.set_title(f"{metric} vs {x_key}")
     ax.grid(alpha=0.3)
     if any(lines):  # one line per value of the other swept keys
         ax.legend(fontsize="small")
+
+
+def figure_sweep(
+    sweep_dir: Path, metrics: list[str] | None = None, x_key: str | None = None
+) -> Figure:
+    """The sweep figure (see the module docstring): one panel per metric (default:
+    accuracy) side by side; metric names as in `eqmcli.run_results`."""
+    from matplotlib.figure import Figure
+
+    metrics = metrics or ["accuracy"]
+    data = _load(sweep_dir)
+    x_key = _x_key(data["grid"], x_key)
+    for metric in metrics:
+        if not any(metric in c["metrics"] for c in data["configs"]):
+            raise UserError(f"no finished run of {sweep_dir} has the metric {shown(metric)}")
+    fig = Figure(figsize=(6.4 * len(metrics), 4.4), layout="constrained")
+    for index, metric in enumerate(metrics):
+        _panel(fig.add_subplot(1, len(metrics), index + 1), data, metric, x_key)
+    fig.suptitle(f"{Path(sweep_dir).name}: mean ± std over seeds "
+                 f"({data.get('seeds', '?')} per config)")
     return fig
 
 
 def draw_sweeps(
-    sweeps: list[Path], metric: str, x_key: str | None, out: Path | None
+    sweeps: list[Path], metrics: list[str], x_key: str | None, out: Path | None
 ) -> dict[str, list[Path]]:
-    """Save `sweep-<metric>-vs-<x>.png/.pdf` for each sweep (into `out` or its figures/)."""
+    """Save `sweep-<metric>[+<metric>...]-vs-<x>.png/.pdf` for each sweep (into `out` or
+    its figures/)."""
     written = {}
     for sweep_dir in sweeps:
         key = _x_key(_load(sweep_dir)["grid"], x_key)
-        stem = f"sweep-{metric}-vs-{key}".replace("/", "_")
-        fig = figure_sweep(sweep_dir, metric, key)
+        stem = f"sweep-{'+'.join(metrics)}-vs-{key}".replace("/", "_")
+        fig = figure_sweep(sweep_dir, metrics, key)
         written[f"sweep {sweep_dir}"] = save_figure(fig, out or Path(sweep_dir) / "figures", stem)
     return written

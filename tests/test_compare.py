@@ -167,19 +167,49 @@ def test_cli_compare_two_runs_prints_mcnemar_and_json(tmp_path):
 def test_sweep_figure_draws_metric_against_the_swept_key(tmp_path):
     sweep = _fake_sweep(tmp_path / "sweep", {"t1=0.4": [0.90, 0.92, 0.94],
                                              "t1=0.6": [0.93, 0.96, 0.95]})
-    fig = figure_sweep(sweep, "accuracy")
+    fig = figure_sweep(sweep, ["accuracy"])
     ax = fig.axes[0]
     assert ax.get_xlabel() == "loss.t1" and "%" in ax.get_ylabel()
     line = ax.lines[0]
     np.testing.assert_allclose(np.asarray(line.get_xdata(), dtype=float), [0.4, 0.6])
     np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float), [92.0, 94.6667],
                                atol=1e-3)
-    written = draw_sweeps([sweep], "accuracy", None, tmp_path / "figs")
+    written = draw_sweeps([sweep], ["accuracy"], None, tmp_path / "figs")
     assert [p.name for p in written[f"sweep {sweep}"]] == ["sweep-accuracy-vs-loss.t1.png",
                                                            "sweep-accuracy-vs-loss.t1.pdf"]
     assert (tmp_path / "figs" / "sweep-accuracy-vs-loss.t1.png").stat().st_size > 1000
     with pytest.raises(UserError, match="is not swept here"):
-        figure_sweep(sweep, "accuracy", "loss.scale2")
+        figure_sweep(sweep, ["accuracy"], "loss.scale2")
     flat = _fake_sweep(tmp_path / "flat", {"t1=0.4": [0.9, 0.91]}, grid={"loss.t1": [0.4]})
     with pytest.raises(UserError, match="varies no parameter"):
-        draw_sweeps([flat], "accuracy", None, None)
+        draw_sweeps([flat], ["accuracy"], None, None)
+
+
+def test_plot_draws_several_metrics_of_a_loss_by_scale_sweep_as_panels_of_one_figure(tmp_path):
+    from eqmcli.cli import app
+
+    folder = tmp_path / "scale"
+    configs = []
+    for loss in ("eqm", "am"):
+        for scale in (16, 64):
+            values = [0.9, 0.92] if loss == "eqm" else [0.8, 0.84]
+            stats = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)),
+                     "n": 2, "values": values}
+            tar = {**stats, "mean": stats["mean"] - 0.2}
+            configs.append({"config": f"name={loss},scale={scale}",
+                            "assignments": {"loss.name": loss, "loss.scale": scale},
+                            "runs": [], "metrics": {"accuracy": stats, "tar@far=1e-03": tar}})
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps({
+        "grid": {"loss.name": ["eqm", "am"], "loss.scale": [16, 64]}, "seeds": 2,
+        "members": [], "configs": configs}))
+    fig = figure_sweep(folder, ["accuracy", "tar@far=1e-03"])
+    accuracy, tar = fig.axes
+    assert accuracy.get_xlabel() == tar.get_xlabel() == "loss.scale"  # numeric key first
+    legend = [text.get_text() for text in accuracy.get_legend().get_texts()]
+    assert legend == ["loss.name=eqm", "loss.name=am"]
+    np.testing.assert_allclose(np.asarray(tar.lines[0].get_ydata(), dtype=float), [71.0, 71.0])
+    result = CliRunner().invoke(app, ["plot", str(folder), "--metric", "accuracy",
+                                      "--metric", "tar@far=1e-03", "--out", str(tmp_path / "f")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "f" / "sweep-accuracy+tar@far=1e-03-vs-loss.scale.png").is_file()

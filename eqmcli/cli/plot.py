@@ -30,8 +30,9 @@ def plot_command(
         help="roc: only these evaluation sets (repeatable or comma-separated, e.g. lfw,ijbb); "
         "default: every set with a drawable ROC",
     ),
-    metric: str = typer.Option(
-        "accuracy", "--metric", help="sweep folders: the metric drawn (as in eqm compare)"
+    metric: list[str] | None = typer.Option(
+        None, "--metric", help="sweep folders: a metric drawn, as in eqm compare (repeatable: "
+        "one panel each, e.g. --metric accuracy --metric tar@far=1e-03); default: accuracy"
     ),
     x_key: str | None = typer.Option(
         None, "--x", help="sweep folders: the swept key on the x axis (default: the first)"
@@ -44,7 +45,7 @@ def plot_command(
     The ROC figure skips sets whose ROC is degenerate (too few mismatched pairs), saying so.
     """
     sweeps = [path for path in runs if is_sweep(path)]  # `eqm sweep` folders
-    for name, paths in draw_sweeps(sweeps, metric, x_key, out).items():
+    for name, paths in draw_sweeps(sweeps, metric or ["accuracy"], x_key, out).items():
         console.print(f"{name}: " + ", ".join(map(str, paths)), highlight=False, soft_wrap=True)
     runs = [path for path in runs if path not in sweeps]
     if not runs:
