@@ -16,7 +16,9 @@ from eqmcli.losses import LOSS_NAMES, resolve_hyperparameters
 from eqmcli.recipe import Recipe, load_recipe
 from eqmcli.rundir import default_run_dir
 from eqmcli.train import TrainSummary, train
+from eqmcli.train.progress import say
 from eqmcli.train.run_state import resume_command
+from eqmcli.train.setup import infeasible_t2_warning
 
 
 def loss_defaults() -> str:
@@ -104,6 +106,9 @@ def train_command(
     recipe = load_recipe(recipe_path, overrides)
     if dry_run:
         console.print(_describe_model(recipe))
+        warning = infeasible_t2_warning(recipe)  # the class count is known for synthetic data
+        if warning is not None:
+            say(console, warning)
         console.print(recipe.to_yaml(), highlight=False)
         return
     out_dir = out or default_run_dir(recipe.name)

@@ -22,7 +22,8 @@ from eqmcli.devices import autocast_dtype
 from eqmcli.distributed import DistributedContext, ShardedHead
 from eqmcli.errors import UserError
 from eqmcli.interop.pretrained import initialize_from
-from eqmcli.losses import Head, build_head
+from eqmcli.losses import Head, build_head, canonical_name
+from eqmcli.losses.feasibility import infeasible_t2_message
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths
 from eqmcli.schedule import LrSchedule
@@ -90,6 +91,22 @@ def build_training_head(recipe: Recipe, num_classes: int) -> Head:
         recipe.loss.name, num_classes=num_classes, embedding_dim=recipe.model.embedding_dim,
         **hyperparameters,
     )
+
+
+def infeasible_t2_warning(recipe: Recipe, num_classes: int | None = None) -> str | None:
+    """EqM only: a one-line warning when `loss.t2` (a cosine) is below what `num_classes`
+    centres in `model.embedding_dim` dimensions can reach (`infeasible_t2_message`).
+
+    Without `num_classes`, the count the recipe states itself (synthetic data); None where
+    only the data knows it (image folders, records), as for every loss but EqM.
+    """
+    if canonical_name(recipe.loss.name) != "eqm":
+        return None
+    if num_classes is None:
+        num_classes = getattr(recipe.data.train, "num_classes", None)
+        if num_classes is None:
+            return None
+    return infeasible_t2_message(recipe.loss.t2, num_classes, recipe.model.embedding_dim)
 
 
 def steps_per_epoch(recipe: Recipe, num_images: int, world_size: int) -> int:

@@ -36,7 +36,13 @@ from eqmcli.train.run_state import (
     prepare_run_dir,
     with_absolute_paths,
 )
-from eqmcli.train.setup import Run, set_up, start, training_data_roots
+from eqmcli.train.setup import (
+    Run,
+    infeasible_t2_warning,
+    set_up,
+    start,
+    training_data_roots,
+)
 from eqmcli.train.step import train_step
 from eqmcli.train.tensorboard import check_tensorboard, tensorboard_sinks
 
@@ -117,6 +123,7 @@ def train(
         run = set_up(recipe, paths, context, device, fresh=state is None)
         if state is not None:
             restore(run, state)
+        warn_infeasible_t2(run, console)
         open_log(run, changes, console, progress=progress)
         start(run)
         return run_epochs(run, progress=progress, console=console)
@@ -136,6 +143,14 @@ def report_preparation(prepared: PreparedRun | None, console: Any) -> None:
         say(console, f"--force: removed {', '.join(prepared.removed)} from {prepared.paths.root}")
     if prepared.cleaned:
         say(console, f"removed {len(prepared.cleaned)} temporary file(s) left by a crash")
+
+
+def warn_infeasible_t2(run: Run, console: Any) -> None:
+    """Rank 0, before training: say when EqM's t2 is below what the run's class centres
+    can reach in its embedding dimension (the run goes on)."""
+    warning = infeasible_t2_warning(run.recipe, run.data.num_classes)
+    if warning is not None and run.context.is_main:
+        say(console, warning)
 
 
 def open_log(run: Run, changes: list[Change], console: Any, *, progress: bool = True) -> None:
