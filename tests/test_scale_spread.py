@@ -1,0 +1,45 @@
+"""benchmarks/scale_spread.py: the drop of a metric over s and its Welch interval."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "scale_spread.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("scale_spread", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_contrast_of_two_groups_matches_a_hand_computed_welch_interval():
+    a, b = [1.0, 2.0, 3.0], [4.0, 6.0, 8.0]  # variances 1 and 4, n = 3 each
+    estimate, half, df = _module().contrast([(1.0, a), (-1.0, b)])
+    assert estimate == pytest.approx(2.0 - 6.0)
+    var = 1 / 3 + 4 / 3
+    assert df == pytest.approx(var**2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2))  # 2.941...
+    # t(0.975, df) lies between the table values 4.303 (df 2) and 3.182 (df 3): 3.219 at 2.94
+    assert half == pytest.approx(3.219 * math.sqrt(var), rel=1e-3)
+
+
+def test_script_prints_each_loss_drop_and_the_pairwise_differences(tmp_path, capsys, monkeypatch):
+    configs = [
+        {"assignments": {"loss.name": loss, "loss.scale": s},
+         "metrics": {"accuracy": {"values": values}}}
+        for loss, s, values in [("eqm", 16, [0.95, 0.96, 0.97]), ("eqm", 64, [0.94, 0.95, 0.96]),
+                                ("am", 16, [0.97, 0.97, 0.98]), ("am", 64, [0.95, 0.95, 0.96])]
+    ]
+    (tmp_path / "sweep.json").write_text(json.dumps({"configs": configs}))
+    monkeypatch.setattr("sys.argv", ["scale_spread.py", str(tmp_path)])
+    _module().main()
+    out = capsys.readouterr().out
+    assert "eqm: accuracy at s 16 − at s 64 = +1.00 pp" in out
+    assert "am: accuracy at s 16 − at s 64 = +2.00 pp" in out
+    assert "drop of eqm − drop of am: -1.00 pp" in out
