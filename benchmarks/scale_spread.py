@@ -3,8 +3,8 @@
 Reads `OUT/sweep.json` of a sweep over `loss.name` x `loss.scale` (docs/imbalance-study.md,
 "The scale claim") and prints, per loss, the drop mean(metric at the smallest s) −
 mean(metric at the largest s) with its 95% Welch interval, then every pair of losses'
-difference of drops (a contrast of four independent group means: variance Σ var_i / n_i,
-Welch–Satterthwaite degrees of freedom). Fractions are printed in percentage points.
+difference of drops (a contrast of four independent group means,
+`eqmcli.compare.welch_contrast`). Fractions are printed in percentage points.
 
     python benchmarks/scale_spread.py runs/study/scale [--metric accuracy]
 """
@@ -13,20 +13,27 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import math
+import sys
 from pathlib import Path
 
-from scipy import stats
+from eqmcli.compare import welch_contrast
+from eqmcli.errors import UserError
+from eqmcli.sweep_figure import load_summary
 
 
-def contrast(groups: list[tuple[float, list[float]]]) -> tuple[float, float, float]:
-    """Σ sign·mean over (sign, values) groups: (estimate, 95% half-width, Welch df)."""
-    estimate = sum(sign * sum(v) / len(v) for sign, v in groups)
-    parts = [stats.tvar(v) / len(v) for _, v in groups]  # var of each group's mean
-    pairs = zip(parts, groups, strict=True)
-    df = sum(parts) ** 2 / sum(p * p / (len(v) - 1) for p, (_, v) in pairs)
-    return estimate, stats.t.ppf(0.975, df) * math.sqrt(sum(parts)), df
+def drops(sweep: dict, metric: str) -> dict[str, tuple[float, float, list[tuple[float, list]]]]:
+    """Per loss: (smallest s, largest s, the contrast groups of metric(small) − metric(large))."""
+    values: dict[str, dict[float, list[float]]] = {}
+    for config in sweep["configs"]:
+        found = config["metrics"].get(metric)
+        if found:
+            loss, scale = config["assignments"]["loss.name"], config["assignments"]["loss.scale"]
+            values.setdefault(loss, {})[scale] = [100 * v for v in found["values"]]
+    result = {}
+    for loss, by_scale in values.items():
+        low, high = min(by_scale), max(by_scale)
+        result[loss] = (low, high, [(1.0, by_scale[low]), (-1.0, by_scale[high])])
+    return result
 
 
 def main() -> None:
@@ -34,25 +41,20 @@ def main() -> None:
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
-    sweep = json.loads((args.sweep / "sweep.json").read_text())
-    values: dict[str, dict[float, list[float]]] = {}
-    for config in sweep["configs"]:
-        stats_ = config["metrics"].get(args.metric)
-        if stats_:
-            loss, scale = config["assignments"]["loss.name"], config["assignments"]["loss.scale"]
-            values.setdefault(loss, {})[scale] = [100 * v for v in stats_["values"]]
-    drops = {}
-    for loss, by_scale in values.items():
-        low, high = min(by_scale), max(by_scale)
-        drops[loss] = [(1.0, by_scale[low]), (-1.0, by_scale[high])]
-        estimate, half, df = contrast(drops[loss])
-        print(f"{loss}: {args.metric} at s {low:g} − at s {high:g} = {estimate:+.2f} pp "
-              f"± {half:.2f} (95% Welch, df {df:.1f})")
-    for a, b in itertools.combinations(drops, 2):
-        flipped = [(-sign, v) for sign, v in drops[b]]
-        estimate, half, df = contrast(drops[a] + flipped)
-        print(f"drop of {a} − drop of {b}: {estimate:+.2f} pp, 95% CI "
-              f"[{estimate - half:+.2f}, {estimate + half:+.2f}] (df {df:.1f})")
+    try:
+        found = drops(load_summary(args.sweep), args.metric)
+    except UserError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    for loss, (low, high, groups) in found.items():
+        r = welch_contrast(groups)
+        print(f"{loss}: {args.metric} at s {low:g} − at s {high:g} = {r.difference:+.2f} pp "
+              f"± {r.high - r.difference:.2f} (95% Welch, df {r.df:.1f})")
+    for a, b in itertools.combinations(found, 2):
+        flipped = [(-sign, v) for sign, v in found[b][2]]
+        r = welch_contrast(found[a][2] + flipped)
+        print(f"drop of {a} − drop of {b}: {r.difference:+.2f} pp, 95% CI "
+              f"[{r.low:+.2f}, {r.high:+.2f}] (df {r.df:.1f})")
 
 
 if __name__ == "__main__":

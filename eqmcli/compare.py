@@ -111,17 +111,26 @@ class CompareReport:
 
 def welch_interval(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> WelchResult:
     """Welch's t-test and confidence interval for mean(b) - mean(a); each needs >= 2 values."""
+    return welch_contrast([(-1.0, a), (1.0, b)], confidence)
+
+
+def welch_contrast(
+    groups: list[tuple[float, list[float]]], confidence: float = CONFIDENCE
+) -> WelchResult:
+    """Welch's t-test and confidence interval for Σ c_i · mean(values_i) over independent
+    groups `(c_i, values_i)` (each >= 2 values): variance Σ c_i² var_i / n_i,
+    Welch-Satterthwaite degrees of freedom. Two groups (-1, a), (1, b) give Welch's test."""
     from scipy import stats
 
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.size < 2 or y.size < 2:
+    arrays = [(c, np.asarray(v, dtype=np.float64)) for c, v in groups]
+    if any(x.size < 2 for _, x in arrays):
         raise ValueError("Welch's t-test needs at least two values in each group")
-    difference = float(y.mean() - x.mean())
-    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se = math.sqrt(va + vb)
+    difference = float(sum(c * x.mean() for c, x in arrays))
+    parts = [c * c * x.var(ddof=1) / x.size for c, x in arrays]
+    se = math.sqrt(sum(parts))
     if se == 0.0:
         return WelchResult(difference, difference, difference, None, None, None, confidence)
-    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    df = sum(parts) ** 2 / sum(v**2 / (x.size - 1) for v, (_, x) in zip(parts, arrays, strict=True))
     t = difference / se
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
     p = float(2 * stats.t.sf(abs(t), df))

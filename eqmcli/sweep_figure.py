@@ -26,7 +26,8 @@ def is_sweep(path: Path) -> bool:
     return (Path(path) / SWEEP_FILE).is_file()
 
 
-def _load(sweep_dir: Path) -> dict[str, Any]:
+def load_summary(sweep_dir: Path) -> dict[str, Any]:
+    """The `sweep.json` of `sweep_dir`; `UserError` when it is missing or not a sweep's."""
     path = Path(sweep_dir) / SWEEP_FILE
     try:
         data = json.loads(path.read_text())
@@ -89,7 +90,7 @@ def figure_sweep(
     from matplotlib.figure import Figure
 
     metrics = metrics or ["accuracy"]
-    data = _load(sweep_dir)
+    data = load_summary(sweep_dir)
     x_key = _x_key(data["grid"], x_key)
     for metric in metrics:
         if not any(metric in c["metrics"] for c in data["configs"]):
@@ -109,7 +110,7 @@ def draw_sweeps(
     its figures/)."""
     written = {}
     for sweep_dir in sweeps:
-        key = _x_key(_load(sweep_dir)["grid"], x_key)
+        key = _x_key(load_summary(sweep_dir)["grid"], x_key)
         stem = f"sweep-{'+'.join(metrics)}-vs-{key}".replace("/", "_")
         fig = figure_sweep(sweep_dir, metrics, key)
         written[f"sweep {sweep_dir}"] = save_figure(fig, out or Path(sweep_dir) / "figures", stem)

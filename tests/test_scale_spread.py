@@ -20,8 +20,11 @@ def _module():
 
 
 def test_contrast_of_two_groups_matches_a_hand_computed_welch_interval():
+    from eqmcli.compare import welch_contrast
+
     a, b = [1.0, 2.0, 3.0], [4.0, 6.0, 8.0]  # variances 1 and 4, n = 3 each
-    estimate, half, df = _module().contrast([(1.0, a), (-1.0, b)])
+    result = welch_contrast([(1.0, a), (-1.0, b)])
+    estimate, half, df = result.difference, result.high - result.difference, result.df
     assert estimate == pytest.approx(2.0 - 6.0)
     var = 1 / 3 + 4 / 3
     assert df == pytest.approx(var**2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2))  # 2.941...
@@ -36,10 +39,19 @@ def test_script_prints_each_loss_drop_and_the_pairwise_differences(tmp_path, cap
         for loss, s, values in [("eqm", 16, [0.95, 0.96, 0.97]), ("eqm", 64, [0.94, 0.95, 0.96]),
                                 ("am", 16, [0.97, 0.97, 0.98]), ("am", 64, [0.95, 0.95, 0.96])]
     ]
-    (tmp_path / "sweep.json").write_text(json.dumps({"configs": configs}))
+    grid = {"loss.name": ["eqm", "am"], "loss.scale": [16, 64]}
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": grid, "configs": configs}))
     monkeypatch.setattr("sys.argv", ["scale_spread.py", str(tmp_path)])
     _module().main()
     out = capsys.readouterr().out
     assert "eqm: accuracy at s 16 − at s 64 = +1.00 pp" in out
     assert "am: accuracy at s 16 − at s 64 = +2.00 pp" in out
     assert "drop of eqm − drop of am: -1.00 pp" in out
+
+
+def test_script_refuses_a_folder_without_a_sweep_in_one_sentence(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["scale_spread.py", str(tmp_path)])
+    with pytest.raises(SystemExit) as stopped:
+        _module().main()
+    assert stopped.value.code == 2
+    assert "is not a sweep summary written by 'eqm sweep'" in capsys.readouterr().err
