@@ -273,6 +273,18 @@ def figure_fig5(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
     return fig
 
 
+def _t1_in_legend_order(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> str:
+    """The t1 of the hard/easy split for the title: " = v" when every run used the same
+    value, else one "name v" per run in the legend's order; "" when no summary has one."""
+    t1s = [(name, s.get("t1")) for name, s in zip(names, summaries, strict=True)
+           if s.get("t1") is not None]
+    if not t1s:
+        return ""
+    if len({t for _, t in t1s}) == 1:
+        return f" = {t1s[0][1]:g}"
+    return ": " + ", ".join(f"{name} {t:g}" for name, t in t1s)
+
+
 # -------------------------------------------------------------------------- fig 6
 def figure_fig6(runs: Sequence[Path], *, head_classes: int | None = None) -> Figure:
     """Paper's Fig. 6: identification accuracy (%) per class-size bin, and hard vs easy.
@@ -336,13 +348,12 @@ def figure_fig6(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
             counts.append(total)
         bars = ax_hard.bar(xc + (i - (len(runs) - 1) / 2) * width, values, width, label=name)
         ax_hard.bar_label(bars, labels=[f"n={c}" for c in counts], fontsize=6, padding=1)
-    t1s = sorted({s.get("t1") for s in summaries if s.get("t1") is not None})
-    t1_text = ", ".join(f"{t:g}" for t in t1s) if t1s else "t1"
+    t1_text = _t1_in_legend_order(names, summaries)
     ax_hard.set_xticks(xc, [c[0] for c in cats], rotation=30, ha="right")
     ax_hard.set_xlabel("class group (training images): samples")
     ax_hard.set_ylabel("identification accuracy (%)")
     ax_hard.set_ylim(0, 110)
-    ax_hard.set_title(f"Hard vs easy samples\n(hard: cos to own centre < t1 = {t1_text})")
+    ax_hard.set_title(f"Hard vs easy samples\n(hard: cos to own centre < t1{t1_text})")
     ax_hard.grid(True, axis="y", alpha=0.3)
     handles, labels = ax_bins.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)

@@ -46,6 +46,16 @@ def is_fraction(metric: str) -> bool:
     return metric.rpartition("/")[2].startswith(FRACTION_PREFIXES)
 
 
+def axis_label(metric: str) -> str:
+    """`metric` with the unit it is drawn in: "%" for fractions, "deg" for the mean margin
+    and scope angles; CVs and other ratios have none."""
+    if is_fraction(metric):
+        return f"{metric} (%)"
+    if metric.rpartition("/")[2] in ("margin_mean_all", "scope_mean_all"):
+        return f"{metric} (deg)"
+    return metric
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from `path`, None when the file is absent; unreadable: `UserError`."""
     if not path.is_file():

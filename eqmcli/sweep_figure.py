@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from eqmcli.errors import UserError, shown
 from eqmcli.plots import save_figure
-from eqmcli.run_results import is_fraction
+from eqmcli.run_results import axis_label, is_fraction
 from eqmcli.sweep import SWEEP_FILE
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def _panel(ax: Any, data: dict[str, Any], metric: str, x_key: str) -> None:
     if not numeric:
         ax.set_xticks(range(len(grid[x_key])), [str(v) for v in grid[x_key]])
     ax.set_xlabel(x_key)
-    ax.set_ylabel(f"{metric} (%)" if scale == 100.0 else metric)
+    ax.set_ylabel(axis_label(metric))
     ax.set_title(f"{metric} vs {x_key}")
     ax.grid(alpha=0.3)
     if any(lines):  # one line per value of the other swept keys
@@ -98,8 +98,10 @@ def figure_sweep(
     fig = Figure(figsize=(6.4 * len(metrics), 4.4), layout="constrained")
     for index, metric in enumerate(metrics):
         _panel(fig.add_subplot(1, len(metrics), index + 1), data, metric, x_key)
-    fig.suptitle(f"{Path(sweep_dir).name}: mean ± std over seeds "
-                 f"({data.get('seeds', '?')} per config)")
+    seeds = data.get("seeds")
+    spread = ("one seed per config, no error bars" if seeds == 1
+              else f"mean ± std over seeds ({seeds if seeds else '?'} per config)")
+    fig.suptitle(f"{Path(sweep_dir).name}: {spread}")
     return fig
 
 

@@ -50,3 +50,9 @@ def one_epoch_run(tiny_recipe_path: Path, tmp_path: Path) -> Path:
     train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
           progress=False)
     return out
+
+
+@pytest.fixture
+def skimage_installed() -> None:
+    """Skip the test, saying why, when scikit-image (the `[align]` extra) is not installed."""
+    pytest.importorskip("skimage", reason="needs scikit-image: pip install 'eqmcli[align]'")

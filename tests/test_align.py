@@ -9,17 +9,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-pytest.importorskip("skimage")
-
-from eqmcli.cli import app  # noqa: E402
-from eqmcli.data.align import (  # noqa: E402
+from eqmcli.cli import app
+from eqmcli.data.align import (
     TEMPLATES,
     align_face,
     read_landmarks,
     similarity_matrix,
     warp_to_template,
 )
-from eqmcli.errors import UserError  # noqa: E402
+from eqmcli.errors import UserError
 
 SIGMA = 1.5  # px, the blobs drawn at the landmarks
 
@@ -58,6 +56,7 @@ def _blob_centres(image: np.ndarray, near: np.ndarray, radius: int = 5) -> np.nd
     return np.asarray(centres)
 
 
+@pytest.mark.usefixtures("skimage_installed")
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 @pytest.mark.parametrize(
     ("angle", "scale", "tx", "ty"), [(17.0, 1.7, 40.0, 25.0), (-30.0, 0.8, 90.0, 60.0)]
@@ -92,6 +91,7 @@ def test_landmark_rows_with_the_wrong_column_count_name_the_line(tmp_path: Path)
     assert listed.points.shape == (1, 5, 2) and listed.points[0, 4, 1] == 10.0
 
 
+@pytest.mark.usefixtures("skimage_installed")
 def test_eqm_data_align_writes_crops_and_lists_missing_images(tmp_path: Path) -> None:
     template = TEMPLATES["sphereface-112x96"]
     truth = _similarity(10.0, 1.4, 30.0, 20.0)

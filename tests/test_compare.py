@@ -185,6 +185,23 @@ def test_sweep_figure_draws_metric_against_the_swept_key(tmp_path):
         draw_sweeps([flat], ["accuracy"], None, None)
 
 
+def test_sweep_figure_labels_angles_in_degrees_and_one_seed_without_a_spread(tmp_path):
+    folder = tmp_path / "scope"
+    stats = {"mean": 66.0, "std": None, "n": 1, "values": [66.0]}
+    configs = [{"config": f"t1={t1}", "assignments": {"loss.t1": t1}, "runs": [],
+                "metrics": {"scope_mean_all": stats, "margin_cv_few": {**stats, "mean": 0.05}}}
+               for t1 in (0.4, 0.6)]
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps(
+        {"grid": {"loss.t1": [0.4, 0.6]}, "seeds": 1, "members": [], "configs": configs}))
+    fig = figure_sweep(folder, ["scope_mean_all", "margin_cv_few"])
+    scope, cv = fig.axes
+    assert scope.get_ylabel() == "scope_mean_all (deg)"
+    assert cv.get_ylabel() == "margin_cv_few"  # a ratio: no unit
+    title = fig._suptitle.get_text()
+    assert "one seed" in title and "±" not in title
+
+
 def test_plot_draws_several_metrics_of_a_loss_by_scale_sweep_as_panels_of_one_figure(tmp_path):
     from eqmcli.cli import app
 

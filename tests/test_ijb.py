@@ -11,13 +11,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-pytest.importorskip("skimage")
+from eqmcli.cli import app
+from eqmcli.data.align import TEMPLATES, align_face, warp_to_template
+from eqmcli.embed import extract_embeddings
+from eqmcli.rundir import load_trained
+from tests.test_eval_cli import make_checkpoint_run
 
-from eqmcli.cli import app  # noqa: E402
-from eqmcli.data.align import TEMPLATES, align_face, warp_to_template  # noqa: E402
-from eqmcli.embed import extract_embeddings  # noqa: E402
-from eqmcli.rundir import load_trained  # noqa: E402
-from tests.test_eval_cli import make_checkpoint_run  # noqa: E402
+# every test builds its IJB fixture by warping faces, which needs the [align] extra
+pytestmark = pytest.mark.usefixtures("skimage_installed")
 
 SUBJECTS, TEMPLATES_PER_SUBJECT = 8, 4
 

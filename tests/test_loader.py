@@ -56,7 +56,13 @@ def test_shuffle_drop_last_and_generator(record_dataset: RecordDataset) -> None:
         )
         return [int(x) for _, labels in loader for x in labels]
 
-    assert len(order(0)) == 10 and order(0) == order(0)
+    in_file_order = [int(x) for _, labels in make_loader(record_dataset, batch_size=5,
+                                                           num_workers=0) for x in labels]
+    first = order(0)
+    assert len(first) == 10  # drop_last: 12 images give two full batches of 5
+    assert first == order(0)  # the generator fixes the order
+    assert first != in_file_order[:10] and first != order(1)  # and the order is shuffled
+    assert all(first.count(label) <= in_file_order.count(label) for label in set(first))
 
 
 def test_defaults_and_collate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,6 +116,17 @@ def test_fig6_bars_per_bin_and_hard_easy(tmp_path):
     assert "am" in labels and "eqm" in labels
 
 
+def test_fig6_title_gives_each_runs_t1_in_the_legends_order(tmp_path):
+    runs = [make_run(tmp_path, "am"), make_run(tmp_path, "eqm", seed=1)]
+    for run, t1 in zip(runs, (0.5, 0.4), strict=True):
+        path = run / "analysis" / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "t1": t1}))
+    fig = figure_fig6(runs)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert [label for label in labels if label in ("am", "eqm")] == ["am", "eqm"]
+    assert "t1: am 0.5, eqm 0.4" in fig.get_axes()[1].get_title()
+
+
 def test_fig6_prefers_the_held_out_test_split(tmp_path):
     run = make_run(tmp_path, "eqm")
     assert "test split" not in figure_fig6([run])._suptitle.get_text()

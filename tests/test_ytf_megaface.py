@@ -173,6 +173,7 @@ def test_megaface_precomputed_devkit_features(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "not a devkit float32 feature file" in bad.stderr
 
 
+@pytest.mark.usefixtures("skimage_installed")
 def test_megaface_images_with_json_boxes_and_a_missing_image(tmp_path: Path) -> None:
     run = make_checkpoint_run(tmp_path)
     lists = make_megaface_lists(tmp_path / "data", probes=6, distractors=12)
