@@ -42,6 +42,7 @@ def old_nearest_centers() -> Callable:
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("analysis_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module.nearest_centers
 

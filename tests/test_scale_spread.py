@@ -44,9 +44,16 @@ def test_script_prints_each_loss_drop_and_the_pairwise_differences(tmp_path, cap
     monkeypatch.setattr("sys.argv", ["scale_spread.py", str(tmp_path)])
     _module().main()
     out = capsys.readouterr().out
-    assert "eqm: accuracy at s 16 − at s 64 = +1.00 pp" in out
-    assert "am: accuracy at s 16 − at s 64 = +2.00 pp" in out
-    assert "drop of eqm − drop of am: -1.00 pp" in out
+    # intervals by hand: each group has variance 1 (eqm) or 1/3 (am) in pp², n = 3, so the
+    # eqm drop has se² = 2/3 and the am drop 2/9, both with Welch df 4, t(0.975, 4) = 2.7764;
+    # the difference of drops has se² = 8/9 and df (8/9)² / (2·(1/3)²/2 + 2·(1/9)²/2) = 6.4,
+    # t(0.975, 6.4) = 2.4103 (between the table's 2.447 at df 6 and 2.365 at df 7)
+    eqm_half, am_half = 2.7764 * math.sqrt(2 / 3), 2.7764 * math.sqrt(2 / 9)
+    diff_half = 2.4103 * math.sqrt(8 / 9)
+    assert f"eqm: accuracy at s 16 − at s 64 = +1.00 pp ± {eqm_half:.2f} (95% Welch, df 4.0)" in out
+    assert f"am: accuracy at s 16 − at s 64 = +2.00 pp ± {am_half:.2f} (95% Welch, df 4.0)" in out
+    assert (f"drop of eqm − drop of am: -1.00 pp, 95% CI [{-1 - diff_half:+.2f}, "
+            f"{-1 + diff_half:+.2f}] (df 6.4)") in out
 
 
 def test_script_refuses_a_folder_without_a_sweep_in_one_sentence(tmp_path, capsys, monkeypatch):
