@@ -120,21 +120,43 @@ def welch_contrast(
     """Welch's t-test and confidence interval for Σ c_i · mean(values_i) over independent
     groups `(c_i, values_i)` (each >= 2 values): variance Σ c_i² var_i / n_i,
     Welch-Satterthwaite degrees of freedom. Two groups (-1, a), (1, b) give Welch's test."""
-    from scipy import stats
-
     arrays = [(c, np.asarray(v, dtype=np.float64)) for c, v in groups]
     if any(x.size < 2 for _, x in arrays):
         raise ValueError("Welch's t-test needs at least two values in each group")
-    difference = float(sum(c * x.mean() for c, x in arrays))
-    parts = [c * c * x.var(ddof=1) / x.size for c, x in arrays]
-    se = math.sqrt(sum(parts))
+    return welch_contrast_of_moments(
+        [(c, float(x.mean()), float(x.var(ddof=1)), x.size) for c, x in arrays], confidence)
+
+
+def welch_contrast_of_moments(
+    groups: list[tuple[float, float, float, int]], confidence: float = CONFIDENCE
+) -> WelchResult:
+    """`welch_contrast` from each group's summary `(c_i, mean_i, var_i, n_i)` (sample
+    variance, ddof 1; n_i >= 2): what a table of means and spreads is enough to re-check."""
+    from scipy import stats
+
+    difference = float(sum(c * mean for c, mean, _, _ in groups))
+    parts = [(c * c * var / n, n) for c, _, var, n in groups]
+    se = math.sqrt(sum(v for v, _ in parts))
     if se == 0.0:
         return WelchResult(difference, difference, difference, None, None, None, confidence)
-    df = sum(parts) ** 2 / sum(v**2 / (x.size - 1) for v, (_, x) in zip(parts, arrays, strict=True))
+    df = se**4 / sum(v**2 / (n - 1) for v, n in parts)
     t = difference / se
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
     p = float(2 * stats.t.sf(abs(t), df))
     return WelchResult(difference, difference - half, difference + half, t, df, p, confidence)
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given): the k-th
+    smallest becomes max over j <= k of min(1, (m - j + 1) · p_(j)); controls the
+    family-wise error rate at any level without assumptions about dependence."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:

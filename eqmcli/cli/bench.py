@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from eqmcli.atomic import atomic_write_text
 from eqmcli.cli.common import comma_separated_ints, console, user_errors
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
@@ -21,6 +22,7 @@ from eqmcli.perf.heads import benchmark_heads
 from eqmcli.perf.pipeline import pipeline_benchmark, results_to_dict
 from eqmcli.perf.protocols import benchmark_ijb_scale, benchmark_megaface_scale
 from eqmcli.perf.suite import PartResult, run_all
+from eqmcli.perf.timing import describe_machine, machine
 from eqmcli.perf.training import TrainBenchResult, benchmark_training
 
 app = typer.Typer(help="Micro-benchmarks: time the building blocks.", no_args_is_help=True)
@@ -134,10 +136,15 @@ PART_TABLES = {
 
 
 def _write_json(json_path: Path | None, payload: dict) -> None:
-    """Write `payload` as indented JSON to `json_path` (when given) and say so."""
+    """Print the machine the figures come from; write `payload` with it (under "machine",
+    unless its environment holds it already) as indented JSON to `json_path`, atomically."""
+    host = payload.get("environment", {}).get("machine") or machine()
+    console.print(f"machine: {describe_machine(host)}", highlight=False)
     if json_path is not None:
+        if "machine" not in payload.get("environment", {}):
+            payload = {**payload, "machine": host}
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
         console.print(f"wrote {json_path}")
 
 
