@@ -71,3 +71,24 @@ def test_per_seed_rows_are_written_for_every_run_and_metric(tmp_path):
     # the second seed has no closed-set result: its neighbours' values stay with their runs
     assert few == [(str(runs[0]), "closed_accuracy_few", 0.9),
                    (str(runs[2]), "closed_accuracy_few", 0.95)]
+
+
+def test_the_kept_pass1_sweep_holds_the_page_s_table_values_and_plots(tmp_path):
+    from typer.testing import CliRunner
+
+    from eqmcli.cli import app
+
+    folder = ROOT / "docs" / "data" / "imbalance-pass1-stage-a"
+    page = (ROOT / "docs" / "imbalance-study.md").read_text()
+    for config in json.loads((folder / "sweep.json").read_text())["configs"]:
+        a = config["assignments"]
+        accuracy = 100 * config["metrics"]["accuracy"]["mean"]
+        row = next(line for line in page.splitlines()
+                   if line.startswith(f"| {a['loss.t1']} | 0.1 | {a['loss.scale']} |"))
+        cells = [c.strip() for c in row.split("|")]
+        assert cells[4].startswith(f"{accuracy:.2f}")  # verification %
+        assert cells[11] == f"{config['metrics']['scope_mean_all']['mean']:.1f}"  # scope °
+    result = CliRunner().invoke(app, ["plot", str(folder), "--metric", "scope_mean_all",
+                                      "--x", "loss.t1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sweep-scope_mean_all-vs-loss.t1.png").is_file()
