@@ -1,4 +1,4 @@
-"""The face-verification protocol (DESIGN §5): cosine scores -> 10-fold accuracy, TAR@FAR, ROC.
+"""Face verification (docs/reference.md §3): cosine scores -> 10-fold accuracy, TAR@FAR, ROC.
 
 Scores are cosine similarities of L2-normalized embeddings, so every threshold here is in
 **cosine units** (a pair is declared "same" when ``score > threshold``); the squared L2

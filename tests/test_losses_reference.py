@@ -1,4 +1,4 @@
-"""Every head against a float64 per-sample reference written from the DESIGN §3 formulas."""
+"""Every head against a float64 per-sample reference written from docs/reference.md §1."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ C, D, B = 7, 5, 8
 
 def _reference_logit(name: str, hp: dict, x: torch.Tensor, w: torch.Tensor, is_target: bool,
                      iteration: int) -> torch.Tensor:
-    """One logit z_j for one sample, from the DESIGN table (float64, autograd-friendly)."""
+    """One logit z_j for one sample, from docs/reference.md §1 (float64, autograd-friendly)."""
     if name == "softmax":
         return w @ x
     c = (x / x.norm()) @ (w / w.norm())

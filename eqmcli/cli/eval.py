@@ -94,7 +94,9 @@ Megaface = Annotated[
 # the other options
 PairsFile = Annotated[
     Path | None,
-    typer.Option("--pairs", help="Your own pairs: 'path_a path_b label' lines or LFW pairs.txt."),
+    typer.Option("--pairs", help="Your own pairs: 'path_a path_b label' lines (label 1/0; "
+                 "10 folds in file order; paths relative to the file or --images-root; "
+                 "docs/reference.md §2) or LFW's pairs.txt."),
 ]
 ImagesRoot = Annotated[
     Path | None, typer.Option("--images-root", help="Folder the --pairs paths are relative to.")

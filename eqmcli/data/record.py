@@ -1,6 +1,6 @@
 """InsightFace RecordIO (``train.rec`` + ``train.idx`` + ``property``) in pure Python.
 
-Format (DESIGN §4; mxnet/dmlc RecordIO as used by InsightFace):
+Format (docs/reference.md §2; mxnet/dmlc RecordIO as used by InsightFace):
 
 - ``.idx``: text lines ``key<TAB>byte_offset``.
 - ``.rec``: records of ``uint32 magic 0xced7230a``, ``uint32 lrecord`` (low 29 bits the part

@@ -26,7 +26,7 @@ from eqmcli.errors import UserError
 # ------------------------------------------------------------------ the container
 @dataclass
 class VerificationSet:
-    """Image pairs for the 10-fold verification protocol (DESIGN §5).
+    """Image pairs for the 10-fold verification protocol (docs/reference.md §3).
 
     `images` is a Dataset of `(uint8 (3, H, W) tensor, label)` items (the label is
     ignored); `pairs` an int64 array `(P, 2)` of indices into `images`; `issame` a bool

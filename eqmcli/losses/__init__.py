@@ -1,4 +1,4 @@
-"""Loss heads: the cosine classifier, EqM and the paper's baselines (DESIGN §3).
+"""Loss heads: the cosine classifier, EqM and the paper's baselines (docs/reference.md §1).
 
     head = build_head("eqm", num_classes=C, embedding_dim=d, scale=64.0, t1=0.5, t2=0.1)
     loss = head(embeddings, labels)     # scalar, mean over the batch

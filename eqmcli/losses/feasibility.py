@@ -1,7 +1,7 @@
 """How far apart C class centres can be in d dimensions: the smallest achievable largest
 pairwise cosine of C unit vectors in R^d, where it is known (a spherical-code bound).
 
-EqM (DESIGN §3) asks every feature to keep cos θ_j ≤ t2 to the other class centres. A
+EqM (docs/reference.md §1) asks every feature to keep cos θ_j ≤ t2 to the other class centres. A
 feature sitting at its own centre sees the other centres at the centres' pairwise
 cosines, and some pair of C centres always has a cosine of at least this bound, so a t2
 below it cannot be met by features near their centres (`infeasible_t2_message`).

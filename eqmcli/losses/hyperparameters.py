@@ -1,4 +1,4 @@
-"""Loss names, their hyperparameters, defaults (DESIGN §3) and validation.
+"""Loss names, their hyperparameters, defaults (docs/reference.md §1) and validation.
 
 Units: `scale` is the logit scale s (dimensionless), `margin` is in radians for ArcFace,
 cosine units for CosFace/AM, a multiplicative angle factor for GA-Softmax and the integer

@@ -2,7 +2,7 @@
 
 Each `transform(cos, labels)` maps the cosine matrix (B, C) to logits (B, C) in float32
 (float64 inputs stay float64); `labels[i]` is the target column of row i, or -1 when the
-target lives in another shard. Formulas and defaults: DESIGN §3.
+target lives in another shard. Formulas and defaults: docs/reference.md §1.
 """
 
 from __future__ import annotations
