@@ -120,11 +120,12 @@ def _progress_bar(progress: bool) -> Progress:
 
 
 def _size_if_resized(batch: list[torch.Tensor], size: tuple[int, int]) -> tuple[int, int] | None:
-    """The batch's first image (H, W) when any image of it differs from ``size``, else None."""
-    if all(tuple(img.shape[-2:]) == size for img in batch):
-        return None
-    height, width = batch[0].shape[-2:]
-    return (int(height), int(width))
+    """The (H, W) of the batch's first image whose size differs from ``size``, else None."""
+    for image in batch:
+        height, width = image.shape[-2:]
+        if (int(height), int(width)) != size:
+            return (int(height), int(width))
+    return None
 
 
 def _embed_batch(

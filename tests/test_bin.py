@@ -142,8 +142,14 @@ def test_make_bin_round_trip(tmp_path: Path) -> None:
     pairs_file = tmp_path / "pairs.txt"
     pairs_file.write_text("\n".join(lines) + "\n")
     out = tmp_path / "mine.bin"
-    result = CliRunner().invoke(app, ["data", "make-bin", str(root), str(pairs_file), str(out)])
+    previous_umask = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(app, ["data", "make-bin", str(root), str(pairs_file),
+                                          str(out)])
+    finally:
+        os.umask(previous_umask)
     assert result.exit_code == 0, result.output
+    assert out.stat().st_mode & 0o777 == 0o644  # the umask's mode, not mkstemp's 0600
     raw = out.read_bytes()
     assert raw[:2] == b"\x80\x02"  # pickle protocol 2
     bins, issame = pickle.loads(raw, encoding="bytes")

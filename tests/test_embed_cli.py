@@ -70,6 +70,16 @@ def test_other_image_sizes_are_resized_with_a_note(tmp_path: Path, tiny_run: Pat
     assert np.load(tmp_path / "f.npy").shape == (2, 16)
 
 
+def test_the_resize_note_names_the_size_that_was_resized(tmp_path: Path, tiny_run: Path) -> None:
+    write_images(tmp_path / "mixed" / "a", 2, size=24)  # the model's size, embedded first
+    write_images(tmp_path / "mixed" / "b", 1, size=40)
+    code, text = invoke("embed", tiny_run, tmp_path / "mixed", "--out", tmp_path / "f.npy",
+                        "--batch-size", "8")
+    assert code == 0, text
+    assert "(40×40) were resized to the model's input size (24×24)" in text
+    assert "(24×24) were resized" not in text
+
+
 @pytest.mark.parametrize(
     ("make_input", "out_name", "message"),
     [

@@ -7,9 +7,7 @@ a user's pairs file). Readers for the file formats live below the dataclass.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from eqmcli.atomic import atomic_write
 from eqmcli.data.decode import DecodeError, decode_file, decode_image, encode_jpeg
 from eqmcli.data.pairs import read_lfw_pairs, read_pairs_file
 from eqmcli.errors import UserError
@@ -273,7 +272,8 @@ def write_bin(
 
     The file is `pickle.dumps((bins, issame), protocol=2)`: for pair k, bins[2k] and
     bins[2k+1] are the encoded images (JPEG files are copied byte for byte; other
-    formats are re-encoded as JPEG, quality 95). Written to a temporary file, then renamed.
+    formats are re-encoded as JPEG, quality 95). Written to a temporary sibling, then renamed;
+    created with the mode any file gets under the umask (not mkstemp's 0600).
     """
     out = Path(out)
     listed = read_pairs_file(pairs_file, images_root)
@@ -296,12 +296,5 @@ def write_bin(
         bins.extend((encoded(a), encoded(b)))
     issame = [bool(v) for v in listed.issame.tolist()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            pickle.dump((bins, issame), stream, protocol=2)
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda stream: pickle.dump((bins, issame), stream, protocol=2))
     return len(issame), len(cache)
