@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -116,6 +117,85 @@ def test_ytf_header_by_name_missing_video_and_bad_rows(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "splits.txt:2: expected 5 comma-separated fields, got 4" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("header", "row"),
+    [  # the issue's reading of the published header: lengths and a distance between
+        ("split number, first name, second name, first length, second length, distance, "
+         "is same person", "{split}, {first}, {second}, 120, 87, 1500.25, {same}"),
+        # the layout other tools read the published rows in (pair id second, 5 fields)
+        ("Split_Number,Pair_ID,First_Name,Second_Name,Is_Same",
+         "{split},{pair},{first},{second},{same}"),
+    ],
+)
+def test_ytf_published_header_and_variants_give_the_same_result(
+    tmp_path: Path, header: str, row: str
+) -> None:
+    """Issue 20, broken 9: the header of the published splits.txt (and variants in
+    circulation) is read by column name; the result equals the plain file's on every split."""
+    run = make_checkpoint_run(tmp_path)
+    base = make_ytf(tmp_path / "data")
+    args = ["eval", str(run), "--ytf", "--data-root", str(tmp_path / "data"), "--json",
+            "--no-cache"]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 0, plain.output
+    lines = (base / "splits.txt").read_text().splitlines()[1:]
+    rows = [row.format(split=f[0], pair=k, first=f[1], second=f[2], same=f[3])
+            for k, f in enumerate([x.strip() for x in line.split(",")] for line in lines)]
+    (base / "splits.txt").write_text("\n".join([header, *rows]) + "\n")
+    published = CliRunner().invoke(app, args)
+    assert published.exit_code == 0, published.output
+    expected, got = json.loads(plain.stdout)["ytf"], json.loads(published.stdout)["ytf"]
+    assert got["pairs"] == 40 and got["folds"] == 10
+    assert got["fold_accuracies"] == expected["fold_accuracies"]
+    assert got["auc"] == expected["auc"]
+
+
+def test_ytf_split_numbers_that_are_not_positive_name_the_file_and_column(
+    tmp_path: Path,
+) -> None:
+    """Issue 20, degraded: all-negative split numbers are one sentence naming the file,
+    the line and the column; a file with one split only says so."""
+    run = make_checkpoint_run(tmp_path)
+    base = make_ytf(tmp_path / "data")
+    lines = (base / "splits.txt").read_text().splitlines()
+    (base / "splits.txt").write_text("\n".join([lines[0], *("-" + x for x in lines[1:])]))
+    args = ["eval", str(run), "--ytf", "--data-root", str(tmp_path / "data")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert f"{base / 'splits.txt'}:2: column 'split number' must be a positive" in result.stderr
+    (base / "splits.txt").write_text("\n".join([lines[0], *("1" + x[x.index(","):]
+                                                       for x in lines[1:])]))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "every pair is in split 1; the protocol needs at least 2 splits" in result.stderr
+
+
+def test_feature_cache_is_keyed_by_the_images_not_their_names(tmp_path: Path) -> None:
+    """Issue 20, broken 2: a second data root with the same names (every frame black), or a
+    frame replaced in place, is embedded again, never served the first set's features."""
+    run = make_checkpoint_run(tmp_path)
+    make_ytf(tmp_path / "ok")
+    black = make_ytf(tmp_path / "black")
+    frames = sorted(black.rglob("*.jpg"))
+    for frame in frames:
+        Image.new("RGB", (20, 20)).save(frame)
+
+    def ytf(root: str, *extra: str) -> dict:
+        result = CliRunner().invoke(
+            app, ["eval", str(run), "--ytf", "--data-root", str(tmp_path / root), "--json", *extra]
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["ytf"]
+
+    assert ytf("ok")["auc"] > 0.5
+    cached_black, fresh_black = ytf("black"), ytf("black", "--no-cache")
+    assert cached_black["auc"] == fresh_black["auc"] == 0.5
+    Image.new("RGB", (20, 20), (255, 255, 255)).save(frames[0])  # one frame changed in place
+    os.utime(frames[0], ns=(1, 1))
+    assert ytf("black")["auc"] == ytf("black", "--no-cache")["auc"] != 0.5
+    assert len(list((run / "eval" / "cache").glob("ytf-*.npy"))) == 3
 
 
 # ------------------------------------------------------------------------- MegaFace

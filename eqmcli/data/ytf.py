@@ -6,9 +6,14 @@
   splits.txt                              (or meta_data/splits.txt)
 ```
 
-``splits.txt`` is comma separated with a header row; its columns are found by name:
-``split number`` (1-10), ``first name`` and ``second name`` (``<person>/<video>``) and
-``is same`` (1 or 0). The official file lists 5,000 video pairs, 500 per split.
+``splits.txt`` is comma separated with a header row; its columns are found by name, in
+any order, other columns ignored. The published file's rows are ``split number, pair id,
+first name, second name, is same`` (``1, 1, Person_A/0, Person_A/2, 1``; values after a
+comma start with a space); the names that copies in circulation give the columns are
+accepted too (`COLUMN_NAMES`), compared without case, ``_``/``-`` and repeated spaces:
+``split number`` (a positive integer, 1-10 in the official file), ``first name`` and
+``second name`` (``<person>/<video>``) and ``is same`` (1 or 0; also ``is same person``,
+``same``, ``label``...). The official file lists 5,000 video pairs, 500 per split.
 """
 
 from __future__ import annotations
@@ -19,10 +24,21 @@ from pathlib import Path
 
 import numpy as np
 
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 
 FRAMES_FOLDER = "aligned_images_DB"
-REQUIRED_COLUMNS = ("split number", "first name", "second name", "is same")
+#: Each column the reader needs, and the header names it is known by (normalized).
+COLUMN_NAMES = {
+    "split number": ("split number", "split", "split id", "split no", "fold", "fold number"),
+    "first name": ("first name", "first video", "first", "name 1", "video 1", "first video name"),
+    "second name": (
+        "second name", "second video", "second", "name 2", "video 2", "second video name",
+    ),
+    "is same": (
+        "is same", "is same person", "is the same", "is the same person", "same",
+        "same person", "issame", "label",
+    ),
+}
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
@@ -66,14 +82,8 @@ def read_splits(path: Path) -> tuple[np.ndarray, list[str], list[str], np.ndarra
     ]
     if not lines:
         raise UserError(f"{path} is empty: expected a header row and one row per video pair")
-    header = [name.strip().lower() for name in lines[0][1].split(",")]
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise UserError(
-            f"{path}:{lines[0][0]}: the header lacks the column(s) {', '.join(missing)}; "
-            f"expected {', '.join(REQUIRED_COLUMNS)}"
-        )
-    at = {name: header.index(name) for name in REQUIRED_COLUMNS}
+    header = lines[0][1].split(",")
+    at = header_columns(header, f"{path}:{lines[0][0]}")
     split, first, second, same = [], [], [], []
     for number, line in lines[1:]:
         fields = [f.strip() for f in line.split(",")]
@@ -81,19 +91,52 @@ def read_splits(path: Path) -> tuple[np.ndarray, list[str], list[str], np.ndarra
             raise UserError(
                 f"{path}:{number}: expected {len(header)} comma-separated fields, got {len(fields)}"
             )
-        try:
-            split.append(int(fields[at["split number"]]))
-            flag = int(fields[at["is same"]])
-        except ValueError:
-            raise UserError(f"{path}:{number}: split number and is same must be integers") from None
-        if flag not in (0, 1):
-            raise UserError(f"{path}:{number}: 'is same' must be 1 or 0")
+        split_field, flag_field = fields[at["split number"]], fields[at["is same"]]
+        if not split_field.isdigit() or int(split_field) < 1:
+            raise UserError(
+                f"{path}:{number}: column '{header[at['split number']].strip()}' must be a "
+                f"positive split number (1-10 in the official file), got {shown(split_field)}"
+            )
+        if flag_field not in ("0", "1"):
+            raise UserError(
+                f"{path}:{number}: column '{header[at['is same']].strip()}' must be 1 or 0, "
+                f"got {shown(flag_field)}"
+            )
+        split.append(int(split_field))
         first.append(fields[at["first name"]])
         second.append(fields[at["second name"]])
-        same.append(bool(flag))
+        same.append(flag_field == "1")
     if not split:
         raise UserError(f"{path} lists no video pair")
+    if len(set(split)) < 2:
+        raise UserError(
+            f"{path}: every pair is in split {split[0]}; the protocol needs at least 2 splits "
+            "(10 in the official file)"
+        )
     return np.asarray(split), first, second, np.asarray(same, dtype=bool)
+
+
+def _normalized(name: str) -> str:
+    return " ".join(name.strip().strip('"').lower().replace("_", " ").replace("-", " ").split())
+
+
+def header_columns(header: list[str], where: str) -> dict[str, int]:
+    """The index of each needed column in ``header`` (by any of its `COLUMN_NAMES`), or
+    one sentence naming the column(s) it lacks and the names accepted for them."""
+    names = [_normalized(name) for name in header]
+    at, missing = {}, []
+    for column, aliases in COLUMN_NAMES.items():
+        found = [i for i, name in enumerate(names) if name in aliases]
+        if found:
+            at[column] = found[0]
+        else:
+            missing.append(f"{column} (or {', '.join(aliases[1:4])})")
+    if missing:
+        raise UserError(
+            f"{where}: the header lacks the column(s) {'; '.join(missing)}; the published "
+            "header is 'split number, pair id, first name, second name, is same'"
+        )
+    return at
 
 
 def read_ytf(data_root: Path | None) -> YtfPairs:

@@ -1,12 +1,14 @@
 """Embedding for the large benchmarks, with a feature cache under ``RUN/eval/cache/``.
 
 `Embedder.features` runs `eqmcli.embed.extract_embeddings` (batched, progress bar, flip
-fusion) over a data set, unless a cached result exists for the same model file, benchmark,
-image list and preprocessing. The cache key hashes: the model file's SHA-256, the
-benchmark name, the ordered image list, the model input size, flip on/off, raw or
-L2-normalized features and any protocol-specific settings (alignment template,
-landmarks). Files are ``RUN/eval/cache/<benchmark>-<key>.npy`` (float32 (N, d)), written
-through a temporary sibling, so a second `eqm eval` reads them instead of embedding again.
+fusion) over a data set, unless a cached result exists for the same model file, images and
+preprocessing. The cache key hashes: the model file's SHA-256, the benchmark name, the
+identity of every image file in order (its resolved absolute path, size in bytes and
+modification time in ns: another data root, or an image replaced in place, is another
+key), the model input size, the extraction precision, flip on/off, raw or L2-normalized
+features and any protocol-specific settings (alignment template, landmarks). Files are
+``RUN/eval/cache/<benchmark>-<key>.npy`` (float32 (N, d)), written through a temporary
+sibling, so a second `eqm eval` reads them instead of embedding again.
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (lists of names, sizes, flags)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+def files_fingerprint(paths: Sequence[Path]) -> str:
+    """A short hash of the identity of each file in order: resolved absolute path, size
+    (bytes) and modification time (ns); a file that is absent counts as such."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = path.stat()
+            identity = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        except OSError:
+            identity = f"{Path(path).absolute()}\0absent"
+        digest.update(identity.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()[:20]
 
 
 def array_fingerprint(array: np.ndarray) -> str:
@@ -120,20 +136,21 @@ class Embedder:
         self,
         benchmark: str,
         images: Dataset,
-        listing: Sequence[str],
+        files: Sequence[Path],
         *,
         raw: bool = False,
         settings: dict[str, Any] | None = None,
     ) -> np.ndarray:
         """float32 (N, d) features of ``images`` (flip-fused when ``flip``): L2-normalized,
-        or the raw network outputs when ``raw`` (their norm kept). ``listing`` names the
-        images in order (for the cache key), ``settings`` any other preprocessing."""
+        or the raw network outputs when ``raw`` (their norm kept). ``files`` are the image
+        files ``images`` reads, in order (their identity keys the cache), ``settings`` any
+        other preprocessing."""
         key = fingerprint(
-            self.model_id, benchmark, list(listing), list(self.input_size), self.flip, raw,
-            settings or {},
+            self.model_id, benchmark, files_fingerprint(files), list(self.input_size),
+            self.model.precision, self.flip, raw, settings or {},
         )
         found = self.cache.load(benchmark, key)
-        if found is not None and found.shape[0] == len(listing):
+        if found is not None and found.shape[0] == len(files):
             self.cached_sets.append(benchmark)
             return found
         model = self.model

@@ -130,11 +130,12 @@ def image_features(meta: IjbSet, embedder: Embedder, options: IjbOptions) -> tup
     missing = [n for n, ok in zip(meta.image_names, present, strict=True) if not ok]
     template = template_for_input(embedder.input_size)
     kept = np.flatnonzero(present)
-    dataset = AlignedImages([paths[i] for i in kept], meta.landmarks[kept], template)
+    kept_paths = [paths[i] for i in kept]
+    dataset = AlignedImages(kept_paths, meta.landmarks[kept], template)
     feats = embedder.features(
         meta.name,
         dataset,
-        [meta.image_names[i] for i in kept],
+        kept_paths,
         raw=options.feature_norm,
         settings={"template": template.name, "landmarks": array_fingerprint(meta.landmarks)},
     )

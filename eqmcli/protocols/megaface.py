@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqmcli.data.align import template_for_input
+from eqmcli.data.align import Template, template_for_input
 from eqmcli.data.megaface import MegafaceImages, MegafaceLists, read_feature_files
-from eqmcli.protocols.features import Embedder, FeatureCache, fingerprint
+from eqmcli.protocols.features import Embedder, FeatureCache, files_fingerprint, fingerprint
 from eqmcli.verification import PROVENANCE, Provenance, json_safe
 
 MEGAFACE_SIZES: tuple[int, ...] = (10, 100, 1000, 10000, 100000, 1000000)
@@ -221,13 +221,21 @@ class PrecomputedFeatures:
 
 
 def _precomputed(source: PrecomputedFeatures, kind: str, names: list[str]) -> np.ndarray:
-    key = fingerprint(str(source.folder.resolve()), kind, source.suffix, names)
+    files = [source.folder / kind / f"{name}{source.suffix}" for name in names]
+    key = fingerprint(kind, source.suffix, files_fingerprint(files))
     found = source.cache.load(f"megaface-{kind}", key)
     if found is not None and found.shape[0] == len(names):
         return found
     features = read_feature_files(source.folder / kind, names, source.suffix)
     source.cache.save(f"megaface-{kind}", key, features)
     return features
+
+
+def _preparation(template: Template, images: list[Path]) -> dict[str, str]:
+    """What else decides the features of ``images`` (for the cache key): the alignment
+    template and each image's ``<image>.json`` (landmarks or box) as it is on disk."""
+    sidecars = [image.with_name(image.name + ".json") for image in images]
+    return {"template": template.name, "sidecars": files_fingerprint(sidecars)}
 
 
 def _present(folder: Path, names: list[str]) -> np.ndarray:
@@ -244,7 +252,6 @@ def _embedded(
     """From the images that exist: probe features and identities, distractor features and
     memberships (all L2-normalized), and the listed images that are missing."""
     template = template_for_input(embedder.input_size)
-    settings = {"template": template.name}
     probe_ok = _present(lists.probe_images, lists.probe_paths)
     union_ok = _present(lists.distractor_images, union)
     probe_paths = [p for p, ok in zip(lists.probe_paths, probe_ok, strict=True) if ok]
@@ -253,17 +260,15 @@ def _embedded(
     missing = [f"facescrub_images/{p}" for p, ok in zip(lists.probe_paths, probe_ok, strict=True)
                if not ok]
     missing += [f"megaface_images/{p}" for p, ok in zip(union, union_ok, strict=True) if not ok]
+    probe_files = [lists.probe_images / p for p in probe_paths]
+    distractor_files = [lists.distractor_images / p for p in kept_union]
     probes = embedder.features(
-        "megaface-facescrub",
-        MegafaceImages([lists.probe_images / p for p in probe_paths], template),
-        probe_paths,
-        settings=settings,
+        "megaface-facescrub", MegafaceImages(probe_files, template), probe_files,
+        settings=_preparation(template, probe_files),
     )
     distractors = embedder.features(
-        "megaface-distractors",
-        MegafaceImages([lists.distractor_images / p for p in kept_union], template),
-        kept_union,
-        settings=settings,
+        "megaface-distractors", MegafaceImages(distractor_files, template), distractor_files,
+        settings=_preparation(template, distractor_files),
     )
     kept_members = {size: mask[union_ok] for size, mask in members.items()}
     return probes, probe_ids, distractors, kept_members, missing

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,7 @@ def evaluate_ytf(pairs: YtfPairs, embedder: Embedder, frames: int = DEFAULT_FRAM
         )
     paths = [p for v in present for p in chosen[v]]
     feats = embedder.features(
-        "ytf", ImageFiles(paths), paths, settings={"frames": frames}
+        "ytf", ImageFiles(paths), [Path(p) for p in paths], settings={"frames": frames}
     )
     descriptors = video_descriptors(feats, [len(chosen[v]) for v in present])
     row = {v: i for i, v in enumerate(present)}
