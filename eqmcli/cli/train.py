@@ -11,14 +11,16 @@ from rich.table import Table
 
 from eqmcli.backbones import build_backbone, default_input_size
 from eqmcli.cli.common import console, err_console, user_errors
+from eqmcli.data import build_train_data
 from eqmcli.errors import TrainingStopped
 from eqmcli.losses import LOSS_NAMES, resolve_hyperparameters
 from eqmcli.recipe import Recipe, load_recipe
 from eqmcli.rundir import default_run_dir
 from eqmcli.train import TrainSummary, train
+from eqmcli.train.evaluation import verification_sets
 from eqmcli.train.progress import say
 from eqmcli.train.run_state import resume_command
-from eqmcli.train.setup import infeasible_t2_warning
+from eqmcli.train.setup import infeasible_t2_warning, steps_per_epoch
 
 
 def loss_defaults() -> str:
@@ -30,25 +32,55 @@ def loss_defaults() -> str:
     return "; ".join(parts)
 
 
-def _describe_model(recipe: Recipe) -> Table:
+def _fallback_input_size(recipe: Recipe) -> tuple[int, int]:
+    """(height, width) in pixels when the data is not read: the recipe's own sizes."""
+    if recipe.model.input_size:
+        return tuple(recipe.model.input_size)
     data_size = recipe.data.train.image_size
-    input_size = tuple(
-        recipe.model.input_size
-        or ((data_size, data_size) if data_size else default_input_size(recipe.model.backbone))
-    )
+    if isinstance(data_size, int):
+        return (data_size, data_size)
+    return tuple(data_size) if data_size else default_input_size(recipe.model.backbone)
+
+
+def _describe_data(recipe: Recipe, table: Table) -> tuple[tuple[int, int], str | None]:
+    """Rows for the training data and verification sets; the input size (height, width)
+    and the infeasible-t2 warning. A file-backed source whose folder is missing is not
+    read (the dry run validates a recipe for another machine too)."""
+    source = recipe.data.train
+    root = getattr(source, "root", None)
+    if root is not None and not Path(root).exists():
+        table.add_row("data", f"{source.kind}: not checked: {root} does not exist "
+                      "(training needs it)")
+        return _fallback_input_size(recipe), infeasible_t2_warning(recipe)
+    data = build_train_data(source, strict=recipe.data.strict, bad_images_path=None,
+                            input_size=recipe.model.input_size)
+    held_out = len(data.test_dataset) if data.test_dataset is not None else 0
+    table.add_row("data", f"{source.kind}: {data.num_classes:,} classes, "
+                  f"{len(data.dataset):,} images ({held_out:,} held out)")
+    for vset in verification_sets(recipe):
+        table.add_row("verification", f"{vset.name}: {len(vset.pairs):,} pairs in "
+                      f"{vset.folds} folds")
+    steps = steps_per_epoch(recipe, len(data.dataset), world_size=1)
+    table.add_row("steps", f"{steps:,} per epoch on one process")
+    input_size = tuple(recipe.model.input_size or data.image_size)
+    return input_size, infeasible_t2_warning(recipe, data.num_classes)
+
+
+def _describe_run(recipe: Recipe) -> tuple[Table, str | None]:
+    """The dry run's table (model, loss, data, schedule) and the infeasible-t2 warning."""
+    table = Table(title=f"recipe '{recipe.name}' is valid", show_header=False)
+    input_size, warning = _describe_data(recipe, table)
     backbone = build_backbone(
         recipe.model.backbone, embedding_dim=recipe.model.embedding_dim, input_size=input_size
     )
     parameters = sum(p.numel() for p in backbone.parameters())
-    table = Table(title=f"recipe '{recipe.name}' is valid", show_header=False)
     table.add_row("backbone", f"{recipe.model.backbone} ({parameters / 1e6:.2f} M parameters)")
     table.add_row("input", f"{input_size[0]}x{input_size[1]} px -> {recipe.model.embedding_dim}-d")
     loss = ", ".join(f"{k}={v:g}" for k, v in recipe.loss.hyperparameters().items())
     table.add_row("loss", f"{recipe.loss.name} ({loss})")
-    table.add_row("data", recipe.data.train.kind)
     table.add_row("schedule", f"{recipe.train.epochs} epochs, batch {recipe.train.batch_size}, "
                   f"{recipe.optim.name} lr {recipe.optim.lr:g} ({recipe.optim.schedule})")
-    return table
+    return table, warning
 
 
 def _render_summary(summary: TrainSummary) -> None:
@@ -105,8 +137,8 @@ def train_command(
         overrides = [*overrides, "train.tensorboard=true"]
     recipe = load_recipe(recipe_path, overrides)
     if dry_run:
-        console.print(_describe_model(recipe))
-        warning = infeasible_t2_warning(recipe)  # the class count is known for synthetic data
+        table, warning = _describe_run(recipe)
+        console.print(table)
         if warning is not None:
             say(console, warning)
         console.print(recipe.to_yaml(), highlight=False)
