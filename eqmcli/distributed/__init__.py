@@ -141,6 +141,28 @@ class DistributedContext:
         return nn.parallel.DistributedDataParallel(head, device_ids=ids)
 
 
+def rank_gpu(device_text: str, local_rank: int, world_size: int) -> torch.device:
+    """The GPU of the rank `local_rank` of this machine: `cuda:LOCAL_RANK`.
+
+    `UserError` when a fixed `cuda:N` would put several ranks on one GPU (NCCL refuses
+    that) or when this machine has fewer GPUs than its ranks.
+    """
+    if device_text.startswith("cuda:") and world_size > 1:
+        raise UserError(
+            f"train.device {device_text!r} would put all {world_size} torchrun ranks on one "
+            "GPU; use train.device=cuda (or auto): each rank then takes cuda:LOCAL_RANK"
+        )
+    if device_text.startswith("cuda:"):
+        return torch.device(device_text)
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise UserError(
+            f"torchrun started local rank {local_rank} but this machine has {count} CUDA "
+            f"GPU(s); start at most {count} process(es) per node (--nproc-per-node)"
+        )
+    return torch.device("cuda", local_rank)
+
+
 def init_distributed(
     device_text: str, mode: str = "ddp"
 ) -> tuple[DistributedContext, torch.device]:
@@ -155,8 +177,7 @@ def init_distributed(
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        if device_text in ("auto", "cuda"):
-            device = torch.device("cuda", local_rank)
+        device = rank_gpu(device_text, local_rank, world)
         torch.cuda.set_device(device)
     owns = False
     if not dist.is_initialized():

@@ -119,7 +119,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     """Load weights, optimizer, scaler, RNG and step from a checkpoint into `run`.
 
     The optimizer's hyperparameters come from the recipe (a resume may change them); the
-    step is converted when the global batch changed (`rescale_resumed_step`).
+    step is converted when the global batch changed (`rescale_resumed_step`). A checkpoint
+    saved without fp16 holds an empty scaler state: an fp16 resume starts a fresh scaler.
     """
     parts, source = run.parts, run.paths.last
     load_weights(parts.backbone, state["backbone"], source, "backbone")
@@ -132,7 +133,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         raise UserError(f"{source}: its optimizer state does not fit this model "
                         f"({str(error).splitlines()[0][:120]})") from None
     apply_optimizer_settings(parts.optimizer, run.recipe.optim)
-    parts.scaler.load_state_dict(state["scaler"])
+    if state["scaler"]:  # empty when saved without fp16: the scaler starts afresh
+        parts.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
     run.step = rescale_resumed_step(
         state, len(run.data.dataset), run.global_batch, run.steps_per_epoch

@@ -1,0 +1,36 @@
+"""Issue 18's multi-rank faults, reproduced and checked on the CPU.
+
+Multi-process cases run 2 Gloo ranks with the harness of `tests/test_distributed.py`;
+GPU-count cases pretend CUDA GPUs exist (they fail before any GPU would be touched).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eqmcli.distributed import init_distributed
+from eqmcli.errors import UserError
+
+
+def torchrun_environment(
+    monkeypatch: pytest.MonkeyPatch, *, world: int, local_rank: int, gpus: int
+) -> None:
+    """torchrun's variables for one rank, on a machine that says it has `gpus` GPUs."""
+    for name, value in {"RANK": local_rank, "WORLD_SIZE": world, "LOCAL_RANK": local_rank,
+                        "LOCAL_WORLD_SIZE": world}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+
+
+def test_fixed_cuda_device_with_several_ranks_is_refused(monkeypatch):
+    torchrun_environment(monkeypatch, world=2, local_rank=1, gpus=2)
+    with pytest.raises(UserError, match=r"'cuda:0' would put all 2 torchrun ranks on one GPU"):
+        init_distributed("cuda:0")
+
+
+def test_local_rank_beyond_the_gpu_count_is_one_sentence(monkeypatch):
+    torchrun_environment(monkeypatch, world=4, local_rank=2, gpus=2)
+    with pytest.raises(UserError, match="local rank 2 but this machine has 2 CUDA GPU"):
+        init_distributed("cuda")

@@ -1,0 +1,35 @@
+"""Issue 18's single-process faults of the CUDA path, reproduced and checked on the CPU.
+
+fp16 on the CPU (`torch.autocast("cpu", dtype=torch.float16)` with a CPU `GradScaler`)
+stands in for CUDA fp16: the scaler code is the same.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import eqmcli.train.setup as trainer_setup
+from eqmcli.checkpoint import load_checkpoint
+from eqmcli.recipe import load_recipe
+from eqmcli.train import train
+
+
+def fp16_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the trainer's precision resolve to float16 (the CUDA-only choice) on the CPU."""
+    monkeypatch.setattr(trainer_setup, "autocast_dtype", lambda *args, **kwargs: torch.float16)
+
+
+def test_fp16_resume_from_a_checkpoint_without_scaler_state(
+    tiny_recipe_path, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0",
+                                         "train.precision=fp32"]), run, progress=False)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["scaler"] == {}
+    fp16_on_the_cpu(monkeypatch)
+    summary = train(load_recipe(tiny_recipe_path, ["train.epochs=2", "eval.every_epochs=0"]),
+                    run, resume=True, progress=False)
+    assert summary.epochs_done == 2
+    scaler = load_checkpoint(run / "checkpoints" / "last.pt")["scaler"]
+    assert scaler["scale"] > 0, "the fp16 run saved its own, active scaler"
