@@ -46,20 +46,27 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
 
+def gpu_has_native_bf16() -> bool:
+    """True when the current CUDA GPU computes bf16 in hardware (not emulated)."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def autocast_dtype(
     precision: str, device: torch.device, *, training: bool = False
 ) -> torch.dtype | None:
     """The autocast dtype for a precision option (None = plain float32).
 
-    `auto` is bf16 on CUDA. On the CPU, `auto` trains (`training=True`) in bf16 when the
-    CPU has native bf16 (`cpu_has_native_bf16`: the quickstart reaches the same accuracy,
-    docs/performance.md) and in float32 elsewhere; embeddings (evaluation, analysis,
-    `eqm embed`) stay float32 on every CPU, so they are exact and comparable across tools.
+    `auto` on CUDA is bf16 where the GPU computes bf16 natively (Ampere and later:
+    `gpu_has_native_bf16`) and fp16 elsewhere (V100, T4: emulated bf16 is slow). On the
+    CPU, `auto` trains (`training=True`) in bf16 when the CPU has native bf16
+    (`cpu_has_native_bf16`: the quickstart reaches the same accuracy, docs/performance.md)
+    and in float32 elsewhere; embeddings (evaluation, analysis, `eqm embed`) stay float32
+    on every CPU, so they are exact and comparable across tools.
     `fp16` is only meaningful on CUDA.
     """
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16
+            return torch.bfloat16 if gpu_has_native_bf16() else torch.float16
         native = training and device.type == "cpu" and cpu_has_native_bf16()
         return torch.bfloat16 if native else None
     if precision == "fp32":

@@ -3,7 +3,7 @@ training's eval.
 
 uint8 images are batched by a DataLoader, converted/normalized (and resized to the model's
 input size when they differ) on the device, run through the backbone in eval mode under
-``torch.no_grad`` (bf16 autocast on CUDA by default) and returned as L2-normalized float32
+``torch.no_grad`` (`auto`: bf16 or fp16 autocast on CUDA) and returned as L2-normalized float32
 CPU tensors.
 """
 
@@ -170,8 +170,9 @@ def extract_embeddings(
 
     ``input_size`` (H, W) pixels: images of another size are resized (bilinear) to it.
     With ``flip`` each batch is run together with its mirror image. ``precision`` follows
-    `eqmcli.devices.autocast_dtype` (``auto`` = bf16 on CUDA, fp32 on CPU); batches are fed
-    in NHWC (`_to_input`). The backbone's train/eval mode is restored afterwards.
+    `eqmcli.devices.autocast_dtype` (``auto`` = bf16 on CUDA, fp16 on GPUs without native
+    bf16, fp32 on CPU); batches are fed in NHWC (`_to_input`). The backbone's train/eval
+    mode is restored afterwards.
     ``normalize=False`` returns the raw f(x) (and f(x) + f(flip x)) instead of their
     L2-normalized versions.
     """

@@ -225,7 +225,8 @@ class TrainSection(Section):
     batch_size: int = Field(128, ge=2)
     device: str = Field("auto", max_length=40)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32"
+        "auto", description="auto = bf16 autocast where the GPU or CPU has native bf16; "
+        "else fp16 (+ GradScaler) on CUDA, fp32 on the CPU"
     )
     channels_last: bool = Field(
         True, description="NHWC memory format (faster on CUDA and on the CPU: eqm bench train)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eqmcli.devices import autocast, autocast_dtype, resolve_device
+from eqmcli.devices import autocast, autocast_dtype, gpu_has_native_bf16, resolve_device
 from eqmcli.recipe import load_recipe
 from eqmcli.train import train
 
@@ -15,8 +15,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_auto_device_and_precision_follow_the_hardware():
     device = resolve_device("auto")
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    expected = torch.bfloat16 if device.type == "cuda" else None
-    assert autocast_dtype("auto", device) == expected
+    if device.type == "cuda":
+        assert autocast_dtype("auto", device) == (
+            torch.bfloat16 if gpu_has_native_bf16() else torch.float16
+        )
+    else:
+        assert autocast_dtype("auto", device) is None
 
 
 @pytest.mark.cuda

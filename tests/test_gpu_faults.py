@@ -11,6 +11,7 @@ import torch
 
 import eqmcli.train.setup as trainer_setup
 from eqmcli.checkpoint import load_checkpoint
+from eqmcli.devices import autocast_dtype
 from eqmcli.recipe import load_recipe
 from eqmcli.train import train
 
@@ -33,3 +34,16 @@ def test_fp16_resume_from_a_checkpoint_without_scaler_state(
     assert summary.epochs_done == 2
     scaler = load_checkpoint(run / "checkpoints" / "last.pt")["scaler"]
     assert scaler["scale"] > 0, "the fp16 run saved its own, active scaler"
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_on_cuda_is_bf16_only_where_the_gpu_has_native_bf16(
+    monkeypatch, native, expected
+):
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return native or including_emulation  # pre-Ampere GPUs only emulate bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cuda = torch.device("cuda")
+    assert autocast_dtype("auto", cuda, training=True) == expected
+    assert autocast_dtype("auto", cuda) == expected
