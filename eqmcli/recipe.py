@@ -120,7 +120,8 @@ TrainSource = Annotated[
 class DataSection(Section):
     train: TrainSource = Field(default_factory=SyntheticSource)
     num_workers: int | None = Field(
-        None, ge=0, description="DataLoader workers; null picks from the CPU count"
+        None, ge=0, description="DataLoader workers per rank; null: min(8, CPUs / ranks on this "
+        "machine - 1)"
     )
     strict: bool = Field(False, description="an undecodable image stops the run")
 

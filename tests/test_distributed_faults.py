@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from eqmcli.data.loader import default_num_workers
 from eqmcli.distributed import init_distributed
 from eqmcli.errors import UserError
 
@@ -34,3 +35,12 @@ def test_local_rank_beyond_the_gpu_count_is_one_sentence(monkeypatch):
     torchrun_environment(monkeypatch, world=4, local_rank=2, gpus=2)
     with pytest.raises(UserError, match="local rank 2 but this machine has 2 CUDA GPU"):
         init_distributed("cuda")
+
+
+def test_default_loader_workers_are_divided_among_the_ranks_of_a_machine(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_num_workers(cpus=16) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert default_num_workers(cpus=16) == 1, "16 CPUs shared by 8 ranks: 2 each"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert default_num_workers(cpus=16) == 7

@@ -36,16 +36,24 @@ def available_cpus() -> int:
     return max(os.cpu_count() or 1, 1)
 
 
-def default_num_workers(cpus: int | None = None) -> int:
-    """Default DataLoader workers: ``min(8, cpus - 1)``, at least 1 when there are 2+ CPUs.
+def ranks_on_this_machine() -> int:
+    """Training processes sharing this machine: torchrun's `LOCAL_WORLD_SIZE`, else 1."""
+    return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
 
-    One CPU is left to the training process (which runs the model on CPU, or feeds the GPU);
-    the rest decode JPEGs. A 112x112 JPEG decodes in ~0.2 ms, so 8 workers feed well over
-    10k images/s, more than one GPU trains on; beyond that workers only cost memory. With a
-    single CPU, decoding stays in the main process (0 workers).
+
+def default_num_workers(cpus: int | None = None, ranks: int | None = None) -> int:
+    """Default DataLoader workers per rank: ``min(8, cpus // ranks - 1)``, at least 0.
+
+    The machine's CPUs are shared by its `ranks` training processes (default
+    `ranks_on_this_machine()`: 8 ranks on 16 CPUs get 1 worker each, not 8). Of each
+    rank's share, one CPU is left to the training process (which runs the model on CPU, or
+    feeds the GPU); the rest decode JPEGs. A 112x112 JPEG decodes in ~0.2 ms, so 8 workers
+    feed well over 10k images/s, more than one GPU trains on; beyond that workers only
+    cost memory. With a single CPU per rank, decoding stays in the main process (0 workers).
     """
     cpus = available_cpus() if cpus is None else cpus
-    return max(0, min(MAX_DEFAULT_WORKERS, cpus - 1))
+    ranks = ranks_on_this_machine() if ranks is None else ranks
+    return max(0, min(MAX_DEFAULT_WORKERS, cpus // max(ranks, 1) - 1))
 
 
 @dataclass(frozen=True)
