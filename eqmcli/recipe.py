@@ -250,6 +250,10 @@ class TrainSection(Section):
 # --------------------------------------------------------------------------- eval
 class EvalSection(Section):
     every_epochs: int = Field(1, ge=0, description="0 = no verification during training")
+    every_steps: int = Field(
+        0, ge=0, description="also verify every N optimizer steps (arcface_torch's `verbose`); "
+        "0 = only at epoch ends"
+    )
     sets: list[Annotated[str, Field(max_length=MAX_PATH_CHARS)]] = Field(
         default_factory=lambda: ["synthetic"],
         max_length=100,
@@ -259,6 +263,12 @@ class EvalSection(Section):
     data_root: RecipePath | None = Field(None, description="folder with <name>.bin / lfw/")
     flip: bool = True
     batch_size: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _sets_to_verify(self) -> EvalSection:
+        if self.every_steps and not self.sets:
+            raise ValueError("eval.every_steps needs at least one set in eval.sets")
+        return self
 
 
 class Recipe(Section):

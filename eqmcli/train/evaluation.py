@@ -16,16 +16,33 @@ from eqmcli.rundir import RunPaths
 from eqmcli.verification import evaluate_set
 
 
+def verifies(recipe: Recipe) -> bool:
+    """Whether the run verifies during training (`eval.every_epochs` or `eval.every_steps`)."""
+    return bool(recipe.eval.every_epochs or recipe.eval.every_steps)
+
+
 def verification_sets(recipe: Recipe) -> list[VerificationSet]:
     """The recipe's `eval.sets`, loaded once before training starts (fails early if missing);
-    none when `eval.every_epochs` is 0."""
-    return load_training_sets(recipe) if recipe.eval.every_epochs else []
+    none when the run does not verify during training."""
+    return load_training_sets(recipe) if verifies(recipe) else []
 
 
-def evaluation_due(recipe: Recipe, epoch: int) -> bool:
-    """Whether to verify after (0-based) `epoch`: every `eval.every_epochs`, and the last."""
+def step_evaluation_due(recipe: Recipe, step: int) -> bool:
+    """Whether to verify after optimizer step `step` (counted from 1): every `eval.every_steps`."""
+    every = recipe.eval.every_steps
+    return bool(every) and step % every == 0
+
+
+def evaluation_due(recipe: Recipe, epoch: int, step: int) -> bool:
+    """Whether to verify at the end of (0-based) `epoch`, which ends with optimizer step
+    `step`: every `eval.every_epochs`, when `step` is due (`eval.every_steps`), and after
+    the last epoch of a run that verifies at all."""
     every = recipe.eval.every_epochs
-    return bool(every) and (epoch + 1 == recipe.train.epochs or (epoch + 1) % every == 0)
+    return verifies(recipe) and (
+        epoch + 1 == recipe.train.epochs
+        or (bool(every) and (epoch + 1) % every == 0)
+        or step_evaluation_due(recipe, step)
+    )
 
 
 def evaluate_epoch(
@@ -35,11 +52,14 @@ def evaluate_epoch(
     *,
     device: torch.device,
     input_size: tuple[int, ...],
-    epoch: int,
+    epoch: float,
     step: int,
     final_results_to: RunPaths | None = None,
 ) -> list[dict[str, Any]]:
     """Verify on every set; one `metrics.jsonl` "eval" record each (ROC points left out).
+
+    `epoch` is the number of epochs done: an integer at an epoch's end, a fraction for a
+    verification within an epoch (`eval.every_steps`).
 
     The embeddings are computed as `eqm eval` computes them (`evaluate_set`'s default
     precision, whatever `train.precision` trained in), so the final epoch's results equal

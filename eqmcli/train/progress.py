@@ -97,8 +97,12 @@ class LogLines:
 
 
 def eval_line(record: dict[str, Any]) -> str:
-    """`epoch 3 verification on synthetic: 93.27% ± 0.81, threshold 0.508 (cos)`."""
-    head = f"epoch {record['epoch']} verification on {record['benchmark']}"
+    """`epoch 3 verification on synthetic: 93.27% ± 0.81, threshold 0.508 (cos)`; within an
+    epoch (`eval.every_steps`) it starts `step 150 (epoch 2.5) verification`."""
+    epoch = record["epoch"]
+    within = f"step {record['step']} (epoch {epoch:g})"
+    where = f"epoch {epoch}" if isinstance(epoch, int) else within
+    head = f"{where} verification on {record['benchmark']}"
     if record.get("accuracy") is None:
         return f"{head}: accuracy not available (the pairs have one class)"
     return (f"{head}: {100 * record['accuracy']:.2f}% ± {100 * record['accuracy_std']:.2f}, "

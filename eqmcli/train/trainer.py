@@ -25,7 +25,7 @@ from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths
 from eqmcli.seeds import seeded_generator
 from eqmcli.train.checkpoints import read_resume_state, restore, save
-from eqmcli.train.evaluation import evaluate_epoch, evaluation_due
+from eqmcli.train.evaluation import evaluate_epoch, evaluation_due, step_evaluation_due
 from eqmcli.train.interrupts import StopRequest, stop_on_signals
 from eqmcli.train.progress import log_line_sinks, say, stats_fields, training_progress
 from eqmcli.train.run_state import (
@@ -76,6 +76,12 @@ class Meter:
     def add(self, images: int) -> None:
         self.images += images
         self.window_images += images
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent on something else (a verification within an epoch) out of
+        the training time, and start a new speed window."""
+        self.train_seconds -= seconds
+        self.restart_window()
 
     def restart_window(self) -> None:
         """Start a new speed window (at each epoch start: evaluation and checkpoint time
@@ -235,11 +241,21 @@ def train_epoch(
             stop_if_non_finite(run, epoch)
             log_step(run, epoch, loss, meter.window_speed(), bar, task)
         bar.update(task, completed=run.step)
+        if run.sets and step_evaluation_due(recipe, run.step) and not epoch_end(run):
+            stop_if_non_finite(run, epoch)  # never verify a diverged model
+            paused = time.perf_counter()
+            verify_and_keep_best(run, round(run.step / run.steps_per_epoch, 4), epoch)
+            meter.exclude(time.perf_counter() - paused)
         if stop_requested(run, stop):
             stop_if_non_finite(run, epoch)
             return False, 0.0
     stop_if_non_finite(run, epoch)
     return True, float(loss_sum) / max(steps, 1)
+
+
+def epoch_end(run: Run) -> bool:
+    """Whether the step just taken is the last of its epoch (`end_epoch` takes over)."""
+    return run.step % run.steps_per_epoch == 0
 
 
 def stop_requested(run: Run, stop: StopRequest) -> bool:
@@ -289,24 +305,32 @@ def end_epoch(run: Run, epoch: int, loss: float, seconds: float) -> None:
     """The epoch record, verification when due (rank 0), `best.pt` if better, `last.pt`."""
     run.metrics.write({"kind": "epoch", "epoch": epoch + 1, "step": run.step, "loss": loss,
                        "seconds": round(seconds, 2)})
-    improved = False
-    if run.sets and evaluation_due(run.recipe, epoch):
-        if run.context.is_main:
-            improved = verify(run, epoch)
-        # the other ranks wait here while rank 0 evaluates
-        improved, run.best_accuracy = run.context.broadcast((improved, run.best_accuracy))
-    if improved:
-        save(run, epoch + 1, run.paths.best)
+    if run.sets and evaluation_due(run.recipe, epoch, run.step):
+        verify_and_keep_best(run, epoch + 1, epoch + 1)
     save(run, epoch + 1, run.paths.last)
 
 
-def verify(run: Run, epoch: int) -> bool:
-    """Verify on the recipe's sets (rank 0); True when the first set's accuracy improved."""
-    last_epoch = epoch + 1 == run.recipe.train.epochs
+def verify_and_keep_best(run: Run, epochs_done: float, checkpoint_epoch: int) -> None:
+    """Verify (rank 0; the other ranks wait) and write `best.pt` when the first set's
+    accuracy improved. `epochs_done` goes into the records (a fraction within an epoch);
+    `checkpoint_epoch` is the whole epochs `best.pt` records."""
+    improved = False
+    if run.context.is_main:
+        improved = verify(run, epochs_done)
+    improved, run.best_accuracy = run.context.broadcast((improved, run.best_accuracy))
+    if improved:
+        save(run, checkpoint_epoch, run.paths.best)
+
+
+def verify(run: Run, epochs_done: float) -> bool:
+    """Verify on the recipe's sets (rank 0); True when the first set's accuracy improved.
+
+    After the run's last step the full results also go to `RUN/eval/<set>.json`.
+    """
     records = evaluate_epoch(
         run.parts.backbone, run.sets, run.recipe, device=run.parts.device,
-        input_size=run.input_size, epoch=epoch + 1, step=run.step,
-        final_results_to=run.paths if last_epoch else None,
+        input_size=run.input_size, epoch=epochs_done, step=run.step,
+        final_results_to=run.paths if run.step == run.total_steps else None,
     )
     for record in records:
         run.metrics.write(record)
