@@ -236,6 +236,10 @@ class TrainSection(Section):
     log_every: int = Field(20, ge=1, description="steps between metrics.jsonl step records")
     distributed: Literal["ddp", "sharded"] = "ddp"
     sample_rate: float = Field(1.0, gt=0, le=1, description="Partial FC centre sampling")
+    process_group_timeout_s: float = Field(
+        1800.0, gt=0, le=7 * 86400, description="seconds a rank waits in a collective "
+        "(e.g. for rank 0's evaluation and checkpoint writes) before the job fails"
+    )
     tensorboard: bool = Field(
         False, description="also write metrics.jsonl's records as TensorBoard scalars in RUN/tb/ "
         "(needs the [tensorboard] extra)"

@@ -44,3 +44,31 @@ def test_default_loader_workers_are_divided_among_the_ranks_of_a_machine(monkeyp
     assert default_num_workers(cpus=16) == 1, "16 CPUs shared by 8 ranks: 2 each"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert default_num_workers(cpus=16) == 7
+
+
+def test_process_group_timeout_comes_from_the_recipe(monkeypatch, tiny_recipe_path, tmp_path):
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    import eqmcli.train.trainer as trainer
+    from eqmcli.recipe import load_recipe
+
+    default = load_recipe(tiny_recipe_path).train.process_group_timeout_s
+    assert default >= 30 * 60, "generous: rank 0 evaluates while the others wait"
+    recipe = load_recipe(tiny_recipe_path, ["train.process_group_timeout_s=90"])
+
+    def joined(device_text: str, mode: str, **kwargs: float) -> None:
+        raise UserError(f"asked for {kwargs}")
+
+    monkeypatch.setattr(trainer, "init_distributed", joined)
+    with pytest.raises(UserError, match="'timeout_s': 90.0"):
+        trainer.train(recipe, tmp_path / "run", progress=False)
+
+    asked: dict = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: asked.update(kwargs))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    torchrun_environment(monkeypatch, world=2, local_rank=0, gpus=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    init_distributed("cpu", timeout_s=90.0)
+    assert asked["backend"] == "gloo" and asked["timeout"] == timedelta(seconds=90)

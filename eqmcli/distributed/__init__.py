@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -164,12 +165,13 @@ def rank_gpu(device_text: str, local_rank: int, world_size: int) -> torch.device
 
 
 def init_distributed(
-    device_text: str, mode: str = "ddp"
+    device_text: str, mode: str = "ddp", *, timeout_s: float = 1800.0
 ) -> tuple[DistributedContext, torch.device]:
     """The context and device of this process; joins the process group under torchrun.
 
     Under torchrun the backend is NCCL when the device resolves to CUDA (the device
     becomes `cuda:LOCAL_RANK`) and Gloo otherwise. A group that already exists is reused.
+    `timeout_s` (seconds, `train.process_group_timeout_s`) bounds every wait in a collective.
     """
     device = resolve_device(device_text)
     if not launched_by_torchrun():
@@ -183,7 +185,8 @@ def init_distributed(
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s), **kwargs)
         owns = True
     context = DistributedContext(
         rank=rank, world_size=world, local_rank=local_rank, active=True, owns_group=owns,

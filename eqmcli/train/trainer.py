@@ -114,7 +114,8 @@ def train(
     out_dir = Path(out_dir)
     recipe = with_absolute_paths(recipe)  # recorded so, the run finds its data from anywhere
     check_tensorboard(recipe)  # a missing optional extra is refused before anything exists
-    context, device = init_distributed(recipe.train.device, recipe.train.distributed)
+    context, device = init_distributed(recipe.train.device, recipe.train.distributed,
+                                       timeout_s=recipe.train.process_group_timeout_s)
     prepared: PreparedRun | None = None
     run: Run | None = None
     try:
