@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -74,3 +75,26 @@ def test_a_mistyped_command_is_refused_with_a_suggestion() -> None:
     result = runner.invoke(app, ["trian"])
     assert result.exit_code == 2
     assert "Did you mean 'train'" in result.output
+
+
+def _leaf_commands(name: str, command) -> list[tuple[list[str], object]]:
+    """(argv to reach it, click command) for every command under `name`."""
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        return [([name], command)]
+    return [([name, *argv], leaf) for sub, child in subcommands.items()
+            for argv, leaf in _leaf_commands(sub, child)]
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_bracketed_words_in_option_help_survive_rich_markup(name: str) -> None:
+    """`[tensorboard]` in an option's help is text, not a rich markup tag to drop."""
+    for argv, command in _leaf_commands(name, load_command(name, COMMANDS[name])):
+        texts = [param.help or "" for param in command.params if hasattr(param, "help")]
+        words = {w for text in texts for w in re.findall(r"\[[a-z][a-z0-9_-]*\]", text)}
+        if not words:
+            continue
+        result = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        for word in words:
+            assert word in result.output, f"eqm {' '.join(argv)} --help lost {word}"

@@ -127,7 +127,7 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     tensorboard: bool = typer.Option(
         False, "--tensorboard", help="Also write TensorBoard scalars to RUN/tb/ (sets "
-        "train.tensorboard=true; needs the [tensorboard] extra).",
+        "train.tensorboard=true; needs the \\[tensorboard] extra).",
     ),
 ) -> None:
     """Train a face-embedding network from a YAML recipe."""
