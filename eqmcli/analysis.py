@@ -94,20 +94,23 @@ class PerClassTable:
     def __len__(self) -> int:
         return int(self.class_id.shape[0])
 
-    def to_csv(self, path: Path) -> None:
+    def to_csv(self, path: Path, class_names: list[str] | None = None) -> None:
         """Write one header line and one row per class (floats with 6 decimals).
 
-        The file is written to a temporary sibling and renamed into place.
+        The second column, `class_name`, is each class's name from `class_names` (an image
+        folder's identity folders), empty where the data has none. The file is written to a
+        temporary sibling and renamed into place.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         names = self.columns()
         text = io.StringIO(newline="")
         writer = csv.writer(text)
-        writer.writerow(names)
+        writer.writerow([names[0], "class_name", *names[1:]])
         cols = [getattr(self, name) for name in names]
         for i in range(len(self)):
-            row = []
-            for name, col in zip(names, cols, strict=True):
+            row = [str(int(self.class_id[i])),
+                   class_names[int(self.class_id[i])] if class_names is not None else ""]
+            for name, col in zip(names[1:], cols[1:], strict=True):
                 value = col[i]
                 if name in self.INT_COLUMNS:
                     row.append(str(int(value)))
@@ -500,12 +503,13 @@ def _split_dataset(train_data: TrainData, split: str) -> Any:
 
 
 def _write_outputs(
-    out_dir: Path, table: PerClassTable, summary: dict[str, Any], features: dict | None
+    out_dir: Path, table: PerClassTable, summary: dict[str, Any], features: dict | None,
+    class_names: list[str] | None = None,
 ) -> tuple[Path, Path, Path | None]:
     """per_class.csv, summary.json and (when given) features.npz, each renamed into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, summary_path = out_dir / "per_class.csv", out_dir / "summary.json"
-    table.to_csv(csv_path)
+    table.to_csv(csv_path, class_names)
     atomic_write_text(summary_path, json.dumps(summary, indent=2, default=_json_default) + "\n")
     if features is None:
         return csv_path, summary_path, None
@@ -582,7 +586,8 @@ def analyze_trained(
                         "labels": labels[indices], "centers": _unit(centers).numpy(),
                         "class_sizes": class_sizes}
     csv_path, summary_path, features_path = _write_outputs(
-        out_dir if split == "train" else out_dir / split, table, summary, features_npz
+        out_dir if split == "train" else out_dir / split, table, summary, features_npz,
+        train_data.class_names,
     )
     return AnalysisResult(
         table=table,

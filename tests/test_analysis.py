@@ -22,6 +22,7 @@ from eqmcli.analysis import (
     size_bin_edges,
     summarize,
 )
+from eqmcli.data import TrainData
 from eqmcli.errors import UserError
 
 
@@ -186,7 +187,7 @@ def _stand_in_run(tmp_path, *, dim=3, classes=5, head=True, loss="eqm", test=Tru
         checkpoint_path=tmp_path / "checkpoints/last.pt",
         input_size=(8, 8),
     )
-    data = SimpleNamespace(
+    data = TrainData(
         dataset=_Images(labels),
         num_classes=classes,
         image_size=(8, 8),

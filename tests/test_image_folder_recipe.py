@@ -4,6 +4,7 @@ says when the data folder is absent, and builds non-square models."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,14 @@ def test_example_recipe_trains_and_verifies_on_a_small_folder(user_folder: Path)
     run = user_folder / "runs" / "image-folder-example"
     assert (run / "checkpoints" / "last.pt").is_file()
     assert (run / "eval" / "my-pairs.json").is_file()
+
+
+def test_per_class_table_names_each_identity_folder(user_folder: Path) -> None:
+    assert runner.invoke(app, ["train", str(EXAMPLE), "--no-progress", *FAST]).exit_code == 0
+    run = user_folder / "runs" / "image-folder-example"
+    result = runner.invoke(app, ["analyze", str(run), "--head-classes", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with (run / "analysis" / "per_class.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["class_id"], row["class_name"]) for row in rows] == [
+        ("0", "c0"), ("1", "c1"), ("2", "c2"), ("3", "c3")]

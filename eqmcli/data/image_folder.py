@@ -233,4 +233,5 @@ def build_image_folder_data(
         image_size=size,
         class_sizes=np.bincount(labels[train_idx], minlength=num_classes).astype(np.int64),
         test_dataset=subset(test_idx) if len(test_idx) else None,
+        class_names=classes,
     )

@@ -16,7 +16,8 @@ class TrainData:
     `image_size` is (height, width) in pixels of the images `dataset` yields (every item
     has that size; file-backed sources resize in the loader's workers); `class_sizes` the
     number of training images of each class (int64 `(num_classes,)`); `test_dataset` the
-    closed-set held-out images of the training classes, or None.
+    closed-set held-out images of the training classes, or None; `class_names` the name of
+    each class (an image folder's identity folders), or None where the source has none.
     """
 
     dataset: Dataset
@@ -24,3 +25,4 @@ class TrainData:
     image_size: tuple[int, int]
     class_sizes: np.ndarray
     test_dataset: Dataset | None = None
+    class_names: list[str] | None = None
