@@ -1,9 +1,10 @@
 """The figure of an `eqm sweep`: metrics against one swept parameter, mean ± std over seeds.
 
 One panel per metric, side by side; in each, one line per combination of the other
-swept parameters, error bars = the sample standard deviation over the config's finished
-seeds (none for a single seed). Read from the configs of `OUT/sweep.json`; fractions are
-drawn as percentages.
+swept parameters (a categorical swept key, e.g. `loss.name`, gets unconnected points,
+each series shifted a little so their error bars do not hide each other), error bars =
+the sample standard deviation over the config's finished seeds (none for a single seed).
+Read from the configs of `OUT/sweep.json`; fractions are drawn as percentages.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _x_key(grid: dict[str, list[Any]], x_key: str | None) -> str:
     return (numeric or several)[0]
 
 
+_DODGE = 0.08
+"""Horizontal offset between series at one category of a categorical x axis (tick units)."""
+
+
 def _panel(ax: Any, data: dict[str, Any], metric: str, x_key: str) -> None:
     """One metric against `x_key`: a line per combination of the other swept keys."""
     grid, configs = data["grid"], data["configs"]
@@ -68,10 +73,13 @@ def _panel(ax: Any, data: dict[str, Any], metric: str, x_key: str) -> None:
         x = position[json.dumps(config["assignments"][x_key])]
         lines.setdefault(", ".join(others), []).append(
             (x, scale * stats["mean"], scale * (stats["std"] or 0.0)))
-    for label, points in lines.items():
+    for index, (label, points) in enumerate(lines.items()):
         points.sort()
         xs, ys, errors = zip(*points, strict=True)
-        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label or None)
+        if not numeric:  # categories: no line between them; series side by side
+            xs = tuple(x + _DODGE * (index - (len(lines) - 1) / 2) for x in xs)
+        ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label or None,
+                    linestyle="-" if numeric else "none")
     if not numeric:
         ax.set_xticks(range(len(grid[x_key])), [str(v) for v in grid[x_key]])
     ax.set_xlabel(x_key)
