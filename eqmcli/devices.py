@@ -88,3 +88,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+@contextlib.contextmanager
+def full_float32_matmul(device: torch.device) -> Iterator[None]:
+    """Matrix products in full float32 inside: autocast off on `device` and no TF32/bf16
+    shortcut for float32 inputs (`torch.set_float32_matmul_precision("highest")`,
+    restored after). For the products whose results are compared with fine thresholds:
+    the head's cosines, the margin search."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -24,13 +24,12 @@ e.g. many equal centres) is resolved by an exact float64 scan of its row instead
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from eqmcli.devices import full_float32_matmul
 from eqmcli.errors import UserError
 
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
@@ -57,17 +56,6 @@ def float32_error_bound(dim: int) -> float:
     covers both for any d u << 1 (d = 512: 3.1e-5).
     """
     return (dim + 4) * FLOAT32_UNIT_ROUNDOFF
-
-
-@contextlib.contextmanager
-def _strict_float32_matmul() -> Iterator[None]:
-    """Full float32 matrix products (no TF32/bf16 shortcut), restoring the setting after."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def _unit_rows64(w: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -156,7 +144,7 @@ def _float32_candidates(
     num = w.shape[0]
     delta = 2 * float32_error_bound(w.shape[1])
     found = _CandidateSet(num, device)
-    with _strict_float32_matmul():
+    with full_float32_matmul(device):
         unit = _unit_float32(w, device)
         buffer = torch.empty(block * block, device=device)
         maxima = _block_maxima(unit, block, buffer)

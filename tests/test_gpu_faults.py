@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import eqmcli.train.setup as trainer_setup
 from eqmcli.checkpoint import load_checkpoint
 from eqmcli.devices import autocast_dtype
+from eqmcli.losses import build_head
 from eqmcli.recipe import load_recipe
 from eqmcli.train import train
 
@@ -47,3 +49,19 @@ def test_auto_precision_on_cuda_is_bf16_only_where_the_gpu_has_native_bf16(
     cuda = torch.device("cuda")
     assert autocast_dtype("auto", cuda, training=True) == expected
     assert autocast_dtype("auto", cuda) == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_head_cosines_are_float32_exact_under_autocast(dtype):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 128, generator=generator).to(dtype)  # a backbone's autocast output
+    weight = torch.randn(1000, 128, generator=generator)
+    exact = F.normalize(x.double(), dim=1) @ F.normalize(weight.double(), dim=1).T
+    head = build_head("eqm", num_classes=1000, embedding_dim=128)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    with torch.autocast("cpu", dtype=dtype):
+        cos = head.cosine(x)
+    assert cos.dtype == torch.float32
+    # float32 rounding of a length-128 dot product; bf16 would be off by ~2e-3
+    assert (cos.double() - exact).abs().max() < 1e-5

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eqmcli.devices import full_float32_matmul
 from eqmcli.errors import UserError
 from eqmcli.losses.reduction import WholeRows, target_log_prob, wide
 
@@ -46,12 +47,15 @@ def cosine_matrix(embeddings: Tensor, weight: Tensor) -> Tensor:
     """cos θ between each L2-normalized embedding (B, d) and each row of `weight` (C, d).
 
     Computed as (x̂ Wᵀ) / ‖W_j‖ column-wise: the same value as normalizing W first, but
-    it spares several (C, d)-sized passes in forward and backward. Norms run in float32
-    (or float64); the matmul follows autocast; the result is float32 (or float64).
+    it spares several (C, d)-sized passes in forward and backward. Everything runs in
+    float32 (or float64), the matmul too, under autocast and with TF32 allowed
+    (`full_float32_matmul`): bf16 would round the cosines by up to ~2e-3, coarse next to
+    the margins' thresholds. The result is float32 (or float64).
     """
     x, w = aligned(embeddings, weight)
-    raw = wide(F.linear(F.normalize(x, dim=1), w))
-    return raw * w.norm(dim=1).clamp_min(1e-12).reciprocal().to(raw.dtype)
+    with full_float32_matmul(x.device):
+        raw = F.linear(F.normalize(x, dim=1), w)
+    return raw * w.norm(dim=1).clamp_min(1e-12).reciprocal()
 
 
 def replace_target(
