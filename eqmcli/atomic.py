@@ -12,11 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from eqmcli.errors import StorageError
+from eqmcli.errors import StorageError, UserError
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -44,6 +44,37 @@ def storage_error(path: Path, error: OSError) -> StorageError:
         reason = f"{reason.lower()} on the device holding {path.parent}"
     kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
     return StorageError(f"could not write {path}: {reason}; {kept}")
+
+
+def check_output_file(
+    path: Path, option: str, *, reads: Sequence[Path] = (), force: bool = False
+) -> None:
+    """Refuse, before any work, an output file whose writing would lose something or fail.
+
+    Refused in one sentence naming `option`: a path that is one of `reads` (the command's
+    inputs; `force` does not change that), a folder, a path in a missing folder, an existing
+    file unless `force`, and a folder where no file can be created (read-only, no permission:
+    a temporary sibling is created and removed to find out).
+    """
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; name the file to write")
+    if not path.parent.is_dir():
+        raise UserError(f"the folder of {option} {path} does not exist")
+    for source in reads:
+        if path.resolve() == source.resolve() or (
+            path.exists() and source.exists() and os.path.samefile(path, source)
+        ):
+            raise UserError(
+                f"{option} {path} is {source}, which this command reads; choose another file"
+            )
+    if path.exists() and not force:
+        raise UserError(f"{option} {path} exists; pass --force to replace it")
+    probe = temporary_sibling(path)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as error:
+        raise storage_error(path, error) from None
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -151,3 +153,46 @@ def test_requested_opset_is_written_or_refused(tmp_path: Path, tiny_run: Path) -
     code, out = invoke("export", tiny_run, "--onnx", tmp_path / "m13.onnx", "--opset", "13")
     assert code == 2 and "could not convert" in out and "opset 13" in out
     assert "Traceback" not in out and not (tmp_path / "m13.onnx").exists()
+
+
+@pytest.mark.parametrize("option", ["--onnx", "--insightface"])
+def test_export_refuses_to_write_over_the_checkpoint_it_reads(
+    tmp_path: Path, mbf_run: Path, option: str
+) -> None:
+    last = mbf_run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    for target in (last, mbf_run / "checkpoints" / ".." / "checkpoints" / "last.pt"):
+        code, out = invoke("export", mbf_run, option, target, "--force")
+        assert code == 2 and "which this command reads" in out and "Traceback" not in out
+    link = tmp_path / "link.pt"
+    link.symlink_to(last)
+    code, out = invoke("export", last, option, link, "--force")
+    assert code == 2 and "which this command reads" in out
+    assert last.read_bytes() == before
+
+
+def test_export_onto_an_existing_file_a_folder_or_a_read_only_place_is_one_sentence(
+    tmp_path: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"an unrelated file")
+    code, out = invoke("export", tiny_run, "--onnx", mine)
+    assert code == 2 and "exists; pass --force to replace it" in " ".join(out.split())
+    assert mine.read_bytes() == b"an unrelated file"
+    code, out = invoke("export", tiny_run, "--onnx", tmp_path)
+    assert code == 2 and "is a folder" in out and "Traceback" not in out
+
+    import eqmcli.atomic
+
+    def read_only(path: object, *args: object, **kwargs: object) -> int:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(eqmcli.atomic.os, "open", read_only)
+    code, out = invoke("export", tiny_run, "--onnx", tmp_path / "new.onnx")
+    assert code == 2 and "Read-only file system" in out and "Traceback" not in out
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.onnx"], "nothing left behind"
+    code, out = invoke("export", tiny_run, "--onnx", mine, "--force")
+    assert code == 0, out
+    assert mine.read_bytes()[:20] != b"an unrelated file"

@@ -91,6 +91,27 @@ def test_force_accepts_a_run_made_before_the_marker_existed(tiny_recipe_path, on
     assert (out / ".eqm-run").is_file()
 
 
+@pytest.mark.parametrize("source", ["run", "checkpoint", "pairs"])
+def test_force_refuses_a_run_the_recipe_reads(tiny_recipe_path, one_epoch_run, source):
+    out = one_epoch_run
+    last = out / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    setting = {
+        "run": f"model.init_from={out}",
+        "checkpoint": f"model.init_from={last}",
+        "pairs": f"eval.sets=[synthetic, {out / 'my_pairs.txt'}]",
+    }[source]
+    (out / "my_pairs.txt").write_text("a.png b.png 1\n")
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--force",
+                                 "--set", setting, *QUICK])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    key = "eval.sets" if source == "pairs" else "model.init_from"
+    assert "--force refused" in said and f"({key}), which this run reads" in said
+    assert last.read_bytes() == before, "nothing was deleted"
+    assert (out / "my_pairs.txt").is_file()
+
+
 # ---------------------------------------------------------------------------- lock
 def test_a_running_run_is_locked_against_train_resume_and_force(tiny_recipe_path, tmp_path):
     out = tmp_path / "run"

@@ -83,12 +83,17 @@ def export_command(
         Path | None,
         typer.Option("--insightface", help="Write an arcface_torch backbone.pth here."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --onnx / --insightface file.")
+    ] = False,
 ) -> None:
     """Export a run's backbone: ONNX (verified with onnxruntime) and/or arcface_torch weights."""
     if onnx is None and insightface is None:
         raise UserError("name what to write: --onnx FILE.onnx and/or --insightface FILE.pth")
+    if onnx is not None and insightface is not None and onnx.resolve() == insightface.resolve():
+        raise UserError(f"--onnx and --insightface both name {onnx}; name two files")
     if onnx is not None:
-        done = export_onnx(run, onnx, opset=opset, batch=batch)
+        done = export_onnx(run, onnx, opset=opset, batch=batch, force=force)
         (h, w), shape = done.input_size, "N" if done.batch is None else str(done.batch)
         console.print(
             f"wrote {done.path}: opset {done.opset}, input {shape}x3x{h}x{w} float "
@@ -102,5 +107,5 @@ def export_command(
             highlight=False,
         )
     if insightface is not None:
-        path, count = export_insightface(run, insightface)
+        path, count = export_insightface(run, insightface, force=force)
         console.print(f"wrote {path}: {count} tensors in arcface_torch's names", highlight=False)

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from eqmcli.atomic import atomic_write, atomic_write_text
+from eqmcli.atomic import atomic_write, atomic_write_text, check_output_file
 from eqmcli.backbones import build_backbone
 from eqmcli.backbones.iresnet import IRESNET_LAYERS
 from eqmcli.checkpoint import save_checkpoint
@@ -55,7 +55,7 @@ from eqmcli.recipe import (
     Recipe,
     RecordSource,
 )
-from eqmcli.rundir import RunPaths, load_trained
+from eqmcli.rundir import RunPaths, find_checkpoint, load_trained
 
 #: ``--arch`` -> eqm backbone
 ARCHS: dict[str, str] = {
@@ -360,13 +360,19 @@ def arch_of_backbone(backbone: str) -> str | None:
     return next((arch for arch, name in ARCHS.items() if name == backbone), None)
 
 
-def export_insightface(run: str | Path, out: str | Path) -> tuple[Path, int]:
+def export_insightface(
+    run: str | Path, out: str | Path, *, force: bool = False
+) -> tuple[Path, int]:
     """Write a run's backbone as an arcface_torch ``state_dict`` (``backbone.pth``).
 
     Only the architectures arcface_torch has (iresnet18/34/50/100, mbf) at 112x112 px (its fc
-    and GDC expect a 7x7 map). Returns (path, number of tensors).
+    and GDC expect a 7x7 map). ``out`` may not be the run's checkpoint, nor (without
+    ``force``) an existing file (`check_output_file`). Returns (path, number of tensors).
     """
-    trained = load_trained(run)
+    path = Path(out)
+    checkpoint = find_checkpoint(run)
+    check_output_file(path, "--insightface", reads=[checkpoint], force=force)
+    trained = load_trained(checkpoint)
     name = trained.recipe.model.backbone
     arch = arch_of_backbone(name)
     if arch is None:
@@ -385,7 +391,6 @@ def export_insightface(run: str | Path, out: str | Path) -> tuple[Path, int]:
         ours, inverse, expected, source_name=str(trained.checkpoint_path),
         target_name=f"arcface_torch's {arch}",
     )
-    path = Path(out)
     atomic_write(path, lambda stream: torch.save(state, stream))
     return path, len(state)
 

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqmcli.atomic import temporary_sibling
+from eqmcli.atomic import check_output_file, storage_error, temporary_sibling
 from eqmcli.data.transforms import to_model_input
 from eqmcli.errors import UserError
 from eqmcli.recipe import EvalSection, Recipe
-from eqmcli.rundir import Trained, load_trained, recipe_from_state
+from eqmcli.rundir import Trained, find_checkpoint, load_trained, recipe_from_state
 
 INSTALL_HINT = 'pip install "eqmcli[onnx]" (or pip install -e ".[onnx]" in a checkout)'
 INPUT_NAME = "input"
@@ -144,15 +144,17 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     batch: str | int = "dynamic",
     seed: int = 0,
+    force: bool = False,
 ) -> OnnxExport:
     """Export a run's backbone (fp32, eval mode) to ``out``, verified with onnxruntime
-    (see `export_backbone`), with the run's `model_metadata`."""
+    (see `export_backbone`), with the run's `model_metadata`. ``out`` may not be the run's
+    checkpoint, nor (without ``force``) an existing file (`check_output_file`)."""
     require_onnx()
     fixed = _parse_batch(batch)
     out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"the folder of --onnx {out} does not exist")
-    trained = load_trained(run, "cpu")
+    checkpoint = find_checkpoint(run)
+    check_output_file(out, "--onnx", reads=[checkpoint], force=force)
+    trained = load_trained(checkpoint, "cpu")
     return export_backbone(
         trained.backbone, trained.input_size, out, model_metadata(trained), opset=opset,
         batch=fixed, seed=seed, source=str(trained.checkpoint_path),
@@ -174,7 +176,8 @@ def export_backbone(
 
     The file is written to a temporary sibling and renamed into place only after the
     metadata is added, the model passes ``onnx.checker`` and onnxruntime's embeddings of
-    random images are within `PARITY_TOLERANCE` of torch's.
+    random images are within `PARITY_TOLERANCE` of torch's. A failed write (disk full,
+    no permission) is a `StorageError`.
     """
     onnx, ort = require_onnx()
     backbone = backbone.float().eval()
@@ -202,6 +205,8 @@ def export_backbone(
                 f"(> {PARITY_TOLERANCE:g}) on random images; nothing was written"
             )
         os.replace(temporary, out)
+    except OSError as error:
+        raise storage_error(out, error) from None
     finally:
         temporary.unlink(missing_ok=True)
     return OnnxExport(

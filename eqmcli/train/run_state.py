@@ -115,13 +115,14 @@ def check_output_path(out_dir: Path, data_roots: Sequence[Path] = ()) -> None:
 
 
 def prepare_run_dir(
-    out_dir: Path, *, resume: bool, force: bool, data_roots: Sequence[Path] = ()
+    out_dir: Path, *, resume: bool, force: bool, data_roots: Sequence[Path] = (),
+    inputs: Sequence[tuple[str, Path]] = (),
 ) -> PreparedRun:
     """Check, create and lock `out_dir` for a new run, a resume or a forced restart.
 
     Returns the held lock (the caller releases it when the run ends). A user mistake or a
     busy directory raises `UserError`; nothing is deleted unless `force` and the folder is
-    recognisably a run directory.
+    recognisably a run directory that holds none of `inputs` (recipe key, path it reads).
     """
     if resume and force:
         raise UserError("--resume and --force contradict each other; pass only one")
@@ -134,7 +135,7 @@ def prepare_run_dir(
     except OSError as error:
         raise UserError(f"cannot use run directory {out_dir}: {error.strerror}") from None
     try:
-        removed = _claim(paths, resume=resume, force=force, data_roots=data_roots)
+        removed = _claim(paths, resume=resume, force=force, inputs=inputs)
         cleaned = []
         for folder in (paths.root, paths.checkpoints):
             for stale in stale_temporaries(folder):
@@ -151,10 +152,10 @@ def prepare_run_dir(
 
 
 def _claim(
-    paths: RunPaths, *, resume: bool, force: bool, data_roots: Sequence[Path]
+    paths: RunPaths, *, resume: bool, force: bool, inputs: Sequence[tuple[str, Path]]
 ) -> list[str]:
-    """Check what `paths.root` holds against the mode; with `force`, empty it. Returns what
-    was removed."""
+    """Check what `paths.root` holds against the mode; with `force`, empty it unless it
+    holds the working folder or one of `inputs`. Returns what was removed."""
     entries = sorted(e for e in paths.root.iterdir() if e.name not in (LOCK, MARKER))
     if resume:
         if not paths.last.is_file():
@@ -173,9 +174,14 @@ def _claim(
             f"{MARKER} marker with recipe.yaml); delete it yourself or choose another --out"
         )
     root = paths.root.resolve()
-    for inner in (Path.cwd(), *data_roots):
+    if _inside(Path.cwd().resolve(), root):
+        raise UserError(f"--force refused: {paths.root} contains {Path.cwd()}, which would be lost")
+    for key, inner in inputs:
         if _inside(Path(inner).resolve(), root):
-            raise UserError(f"--force refused: {paths.root} contains {inner}, which would be lost")
+            raise UserError(
+                f"--force refused: {paths.root} holds {inner} ({key}), which this run reads; "
+                "choose another --out"
+            )
     removed = []
     for entry in entries:
         if entry.is_dir() and not entry.is_symlink():

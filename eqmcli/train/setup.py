@@ -74,6 +74,21 @@ def training_data_roots(recipe: Recipe) -> list[Path]:
     return [Path(root)] if root is not None else []
 
 
+def recipe_inputs(recipe: Recipe) -> list[tuple[str, Path]]:
+    """(recipe key, path) for every file or folder the run reads: the training data,
+    `model.init_from`, `eval.data_root` and the `eval.sets` entries that are files (a
+    relative one under `eval.data_root` and under the working folder)."""
+    inputs = [("data.train.root", root) for root in training_data_roots(recipe)]
+    data_root = recipe.eval.data_root
+    for key, value in (("model.init_from", recipe.model.init_from), ("eval.data_root", data_root)):
+        if value is not None:
+            inputs.append((key, Path(value)))
+    for entry in recipe.eval.sets:
+        candidates = [Path(entry)] + ([Path(data_root) / entry] if data_root is not None else [])
+        inputs += [("eval.sets", path) for path in candidates if path.is_file()]
+    return inputs
+
+
 def build_training_head(recipe: Recipe, num_classes: int) -> Head:
     """The head of a run: the loss head, class-sharded over the ranks in sharded mode."""
     hyperparameters = recipe.loss.hyperparameters()

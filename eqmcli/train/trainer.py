@@ -39,6 +39,7 @@ from eqmcli.train.run_state import (
 from eqmcli.train.setup import (
     Run,
     infeasible_t2_warning,
+    recipe_inputs,
     set_up,
     start,
     training_data_roots,
@@ -121,7 +122,8 @@ def train(
     try:
         prepared = context.on_main(
             lambda: prepare_run_dir(out_dir, resume=resume, force=force,
-                                    data_roots=training_data_roots(recipe))
+                                    data_roots=training_data_roots(recipe),
+                                    inputs=recipe_inputs(recipe))
         )
         context.barrier()
         report_preparation(prepared, console)
