@@ -103,3 +103,23 @@ def full_float32_matmul(device: torch.device) -> Iterator[None]:
             yield
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def set_training_speed(device: torch.device) -> dict[str, bool]:
+    """Turn on the CUDA speed settings for training and return the ones in force.
+
+    On CUDA: cuDNN autotuning (`cudnn.benchmark`: a training run has fixed shapes) and
+    TF32 for float32 matmuls and convolutions (they matter in `precision: fp32`; the
+    head's cosines and the margin search stay full float32, `full_float32_matmul`). On
+    other devices nothing changes. The returned flags go into the run's environment
+    record (metrics.jsonl) and `eqm bench train`'s environment.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return {
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+    }

@@ -6,13 +6,15 @@ stands in for CUDA fp16: the scaler code is the same.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import eqmcli.train.setup as trainer_setup
 from eqmcli.checkpoint import load_checkpoint
-from eqmcli.devices import autocast_dtype
+from eqmcli.devices import autocast_dtype, set_training_speed
 from eqmcli.losses import build_head
 from eqmcli.recipe import load_recipe
 from eqmcli.train import train
@@ -65,3 +67,26 @@ def test_head_cosines_are_float32_exact_under_autocast(dtype):
     assert cos.dtype == torch.float32
     # float32 rounding of a length-128 dot product; bf16 would be off by ~2e-3
     assert (cos.double() - exact).abs().max() < 1e-5
+
+
+def test_training_turns_on_tf32_and_cudnn_benchmark_on_cuda(monkeypatch):
+    for flag in ("benchmark", "allow_tf32"):
+        monkeypatch.setattr(torch.backends.cudnn, flag, False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert set_training_speed(torch.device("cpu")) == {
+        "cudnn_benchmark": False, "tf32_matmul": False, "tf32_cudnn": False,
+    }, "nothing changes off CUDA"
+    assert set_training_speed(torch.device("cuda")) == {
+        "cudnn_benchmark": True, "tf32_matmul": True, "tf32_cudnn": True,
+    }
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+
+
+def test_the_speed_settings_are_recorded_in_the_runs_environment_record(one_epoch_run):
+    records = [json.loads(line) for line in (one_epoch_run / "metrics.jsonl").open()]
+    environment = [r for r in records if r["kind"] == "environment"]
+    assert len(environment) == 1 and environment[0]["step"] == 0
+    assert environment[0]["device"] == "cpu" and environment[0]["world_size"] == 1
+    assert {"cudnn_benchmark", "tf32_matmul", "tf32_cudnn", "autocast", "torch"} <= set(
+        environment[0]
+    )

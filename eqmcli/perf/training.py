@@ -35,7 +35,7 @@ from torch import nn
 
 from eqmcli.backbones import BACKBONE_NAMES, build_backbone, default_input_size
 from eqmcli.data.transforms import random_flip_mask
-from eqmcli.devices import resolve_device
+from eqmcli.devices import resolve_device, set_training_speed
 from eqmcli.errors import UserError
 from eqmcli.losses import Head, build_head, canonical_name
 from eqmcli.perf.timing import environment, synchronize, timing_setup
@@ -247,7 +247,9 @@ def _time_configs(
     """The body of `benchmark_training` once `settings` (`resolve_settings`) are known;
     `now` reads the clock."""
     started = time.perf_counter()
-    result = TrainBenchResult(settings=settings, environment=environment(target))
+    result = TrainBenchResult(
+        settings=settings, environment=environment(target) | set_training_speed(target)
+    )
     chosen = _choose_configs(target, configs, include_compile, result.notes)
     settings["configs"] = [c.label for c in chosen]
     settings["clock"], settings["threads"] = clock, torch.get_num_threads()

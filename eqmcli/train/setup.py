@@ -18,12 +18,13 @@ from eqmcli.backbones import build_backbone
 from eqmcli.data import TrainData, build_train_data
 from eqmcli.data.loader import make_loader
 from eqmcli.data.verification import VerificationSet
-from eqmcli.devices import autocast_dtype
+from eqmcli.devices import autocast_dtype, set_training_speed
 from eqmcli.distributed import DistributedContext, ShardedHead
 from eqmcli.errors import UserError
 from eqmcli.interop.pretrained import initialize_from
 from eqmcli.losses import Head, build_head, canonical_name
 from eqmcli.losses.feasibility import infeasible_t2_message
+from eqmcli.perf.timing import environment
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths
 from eqmcli.schedule import LrSchedule
@@ -54,6 +55,7 @@ class Run:
     resumed_from: int | None = None
     resumes: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)  # `training_environment`
 
     @property
     def batch_size(self) -> int:
@@ -175,7 +177,22 @@ def set_up(
         len(data.dataset), recipe.seed, rank=context.rank, world_size=context.world_size,
         batch_size=recipe.train.batch_size,
     )
-    return Run(recipe, paths, context, data, (height, width), steps, parts, sets, sampler)
+    run = Run(recipe, paths, context, data, (height, width), steps, parts, sets, sampler)
+    run.environment = training_environment(parts, context)
+    return run
+
+
+def training_environment(parts: StepParts, context: DistributedContext) -> dict[str, Any]:
+    """Turn on the device's training speed settings (`set_training_speed`) and describe
+    what this process trains with: device, torch, host, ranks, autocast dtype and those
+    settings (the run's "environment" record in metrics.jsonl)."""
+    return {
+        **environment(parts.device),
+        **set_training_speed(parts.device),
+        "world_size": context.world_size,
+        "autocast": str(parts.amp_dtype).removeprefix("torch.") if parts.amp_dtype else None,
+        "grad_scaler": parts.scaler.is_enabled(),
+    }
 
 
 def start(run: Run) -> None:

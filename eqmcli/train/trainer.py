@@ -164,8 +164,9 @@ def warn_infeasible_t2(run: Run, console: Any) -> None:
 
 def open_log(run: Run, changes: list[Change], console: Any, *, progress: bool = True) -> None:
     """Write `recipe.yaml`, open `metrics.jsonl` (truncated to the resumed step) with its
-    sinks (TensorBoard on rank 0 when asked; plain log lines when no live bar is shown) and
-    record the resume with what it changed."""
+    sinks (TensorBoard on rank 0 when asked; plain log lines when no live bar is shown),
+    record what this process trains with (`Run.environment`) and the resume with what it
+    changed."""
     main = run.context.is_main
     if main:
         atomic_write_text(run.paths.recipe, run.recipe.to_yaml())
@@ -178,6 +179,7 @@ def open_log(run: Run, changes: list[Change], console: Any, *, progress: bool = 
                              keep_until_step=run.resumed_from, sinks=sinks)
     for note in run.metrics.notes:
         say(console, note)
+    run.metrics.write({"kind": "environment", "step": run.step, **run.environment})
     if run.resumed_from is None:
         return
     record = {"kind": "resume", "step": run.step, "changed": [c.to_dict() for c in changes]}
