@@ -178,6 +178,9 @@ class LossSection(Section):
     name: str = Field("eqm", max_length=40)
     scale: float | None = None
     margin: float | None = None
+    m1: float | None = Field(None, description="combined: angle multiplier (SphereFace)")
+    m2: float | None = Field(None, description="combined: additive angle, radians (ArcFace)")
+    m3: float | None = Field(None, description="combined: cosine subtracted (CosFace)")
     t1: float | None = None
     t2: float | None = None
     gamma: float | None = None

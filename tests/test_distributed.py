@@ -31,6 +31,7 @@ SHARDABLE = {
     "am": {},
     "focal": {},
     "eqm": {},
+    "combined": {"scale": 32.0, "m1": 1.2, "m2": 0.3, "m3": 0.1},  # all three margins at once
     "eqm-loose": {"scale": 16.0, "t1": 0.7, "t2": 0.4},  # hard and easy, calm and violating
 }
 CLASSES, DIM, PER_RANK = 11, 8, 5  # 11 classes: uneven shards for 2 and 3 ranks

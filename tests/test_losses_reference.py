@@ -31,6 +31,13 @@ def _reference_logit(name: str, hp: dict, x: torch.Tensor, w: torch.Tensor, is_t
         if theta + m <= math.pi:
             return s * torch.cos(theta + m)
         return s * (c - m * math.sin(m))
+    if name == "combined":  # s·(ψ(m1·θ + m2) − m3), ψ A-Softmax's monotone extension of cos
+        if not is_target:
+            return s * c
+        m1, m2 = hp["m1"], hp["m2"]
+        phi = m1 * theta + m2
+        k = min(math.floor(phi.item() / math.pi), math.ceil(m1 + m2 / math.pi) - 1)
+        return s * ((-1) ** k * torch.cos(phi) - 2 * k - hp["m3"])
     if name == "ga-softmax":
         def g(angle: torch.Tensor) -> torch.Tensor:
             return 1 - 2 * angle / math.pi

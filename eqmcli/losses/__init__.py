@@ -25,6 +25,7 @@ from eqmcli.losses.base import (
 from eqmcli.losses.hyperparameters import LOSS_NAMES, canonical_name, resolve_hyperparameters
 from eqmcli.losses.margins import (
     ArcFaceHead,
+    CombinedMarginHead,
     CosFaceHead,
     EqMHead,
     FocalHead,
@@ -43,6 +44,7 @@ HEAD_CLASSES: dict[str, type[Head]] = {
     "arcface": ArcFaceHead,
     "cosface": CosFaceHead,
     "am": CosFaceHead,
+    "combined": CombinedMarginHead,
     "focal": FocalHead,
     "eqm": EqMHead,
 }
@@ -65,6 +67,7 @@ __all__ = [
     "HEAD_CLASSES",
     "LOSS_NAMES",
     "ArcFaceHead",
+    "CombinedMarginHead",
     "CosFaceHead",
     "CosineClassifier",
     "EqMHead",

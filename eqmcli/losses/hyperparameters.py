@@ -2,7 +2,9 @@
 
 Units: `scale` is the logit scale s (dimensionless), `margin` is in radians for ArcFace,
 cosine units for CosFace/AM, a multiplicative angle factor for GA-Softmax and the integer
-angle multiplier m for A-Softmax; `t1`, `t2` are cosines; `gamma` is the focal exponent.
+angle multiplier m for A-Softmax; the combined margin's `m1` multiplies the angle, `m2` adds
+to it (radians) and `m3` is subtracted from the cosine; `t1`, `t2` are cosines; `gamma` is
+the focal exponent.
 `detach_margin` (ArcFace only, optional, default false) is a flag, not a number.
 """
 
@@ -113,6 +115,13 @@ _SPECS: dict[str, dict[str, tuple[float, Check]]] = {
     "am": {
         "scale": (30.0, _positive),
         "margin": (0.35, _interval(0.0, 2.0, high_open=True, why="cosine units")),
+    },
+    # InsightFace's margin_list (m1, m2, m3), their default (1.0, 0.5, 0.0) = ArcFace
+    "combined": {
+        "scale": (64.0, _positive),
+        "m1": (1.0, _positive),
+        "m2": (0.5, _interval(0.0, math.pi / 2, why="radians")),
+        "m3": (0.0, _interval(0.0, 2.0, high_open=True, why="cosine units")),
     },
     "focal": {"scale": (30.0, _positive), "gamma": (2.0, _non_negative)},
     "eqm": {"scale": (64.0, _positive), "t1": (0.5, _COSINE), "t2": (0.1, _COSINE)},

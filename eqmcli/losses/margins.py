@@ -1,4 +1,4 @@
-"""Elementwise margin heads: normface, cosface/am, arcface, ga-softmax, focal, eqm.
+"""Elementwise margin heads: normface, cosface/am, arcface, combined, ga-softmax, focal, eqm.
 
 Each `transform(cos, labels)` maps the cosine matrix (B, C) to logits (B, C) in float32
 (float64 inputs stay float64); `labels[i]` is the target column of row i, or -1 when the
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eqmcli.losses.angular import angular_psi
 from eqmcli.losses.base import (
     MarginHead,
     log1p_exp_floor,
@@ -109,6 +110,26 @@ class ArcFaceHead(_TargetMarginHead):
         fallback = c - m * math.sin(m)
         # θ + m > π  <=>  cos θ < cos(π − m) = −cos m
         return torch.where(c > -math.cos(m), shifted, fallback) * self.scale
+
+
+class CombinedMarginHead(_TargetMarginHead):
+    """The combined margin: target s·(ψ(m1·θ_y + m2) − m3), others s·cos θ_j.
+
+    ψ(φ) = cos φ while φ <= π and continues it monotonically beyond (`angular_psi`, A-Softmax's
+    extension), so the target logit decreases in θ_y for every m1 > 0. m1 multiplies the
+    angle (SphereFace), m2 adds to it (ArcFace, radians), m3 is subtracted from the cosine
+    (CosFace); InsightFace's `margin_list` = (m1, m2, m3). At m1 = 1, m2 = 0 it is CosFace
+    with m = m3 exactly; at m1 = 1, m3 = 0 it is ArcFace with m = m2 wherever θ_y + m2 <= π;
+    at m2 = m3 = 0 and integer m1 its logits are A-Softmax's without λ (λ = 0) with ‖x‖
+    replaced by s (docs/arcface-torch.md).
+    """
+
+    def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
+        super().__init__(name, num_classes, embedding_dim, **hp)
+        self.m1, self.m2, self.m3 = float(hp["m1"]), float(hp["m2"]), float(hp["m3"])
+
+    def target(self, cos_y: Tensor) -> Tensor:
+        return (angular_psi(cos_y, self.m1, self.m2) - self.m3) * self.scale
 
 
 def linear_angular(theta: Tensor) -> Tensor:

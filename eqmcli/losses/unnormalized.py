@@ -6,13 +6,13 @@ They have the module interface of every head (`forward(embeddings, labels) -> lo
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from eqmcli.losses.angular import angular_psi
 from eqmcli.losses.base import Head, aligned, replace_target, wide
 
 
@@ -38,27 +38,13 @@ class SoftmaxHead(Head):
         return loss
 
 
-def chebyshev_cos_multiple(cos: Tensor, m: int) -> Tensor:
-    """cos(mθ) from cos θ as the Chebyshev polynomial T_m (finite gradient everywhere)."""
-    previous, current = torch.ones_like(cos), cos
-    if m == 0:
-        return previous
-    for _ in range(m - 1):
-        previous, current = current, 2.0 * cos * current - previous
-    return current
-
-
 def a_softmax_psi(cos: Tensor, m: int) -> Tensor:
     """A-Softmax ψ(θ) = (−1)^k cos(mθ) − 2k for θ ∈ [kπ/m, (k+1)π/m], from cos θ.
 
     ψ is continuous and decreasing on [0, π] (from 1 to 1 − 2m). k is piecewise constant,
     so the gradient flows through the polynomial cos(mθ) only.
     """
-    c = cos.clamp(-1.0, 1.0)
-    with torch.no_grad():
-        k = torch.floor(torch.acos(c) * (m / math.pi)).clamp_(0, m - 1)
-        sign = 1.0 - 2.0 * torch.remainder(k, 2.0)
-    return sign * chebyshev_cos_multiple(c, m) - 2.0 * k
+    return angular_psi(cos, m)
 
 
 class SphereFaceHead(Head):
