@@ -118,3 +118,64 @@ def test_eqm_data_align_writes_crops_and_lists_missing_images(tmp_path: Path) ->
          str(tmp_path / "lm.txt"), "--template", "vgg"],
     )
     assert bad.exit_code == 2 and "unknown alignment template" in bad.stderr
+
+
+def _one_face_folder(tmp_path: Path) -> tuple[Path, str]:
+    """``tmp_path/src/p1/a.png`` (200 px photo of a blob face) and its landmark row."""
+    template = TEMPLATES["arcface-112"]
+    truth = _similarity(10.0, 1.4, 30.0, 20.0)
+    photo = warp_to_template(_blob_face(template.size, template.array), truth, (200, 200))
+    (tmp_path / "src" / "p1").mkdir(parents=True)
+    Image.fromarray(photo).save(tmp_path / "src" / "p1" / "a.png")
+    points = (truth[:2, :2] @ template.array.T).T + truth[:2, 2]
+    return tmp_path / "src", " ".join(f"{v:.4f}" for v in points.reshape(-1))
+
+
+def _align(src: Path, dst: Path, landmarks: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["data", "align", str(src), str(dst), "--landmarks",
+                                      str(landmarks)])
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.mark.usefixtures("skimage_installed")
+def test_align_refuses_a_destination_inside_the_source_and_the_reverse(tmp_path: Path) -> None:
+    src, row = _one_face_folder(tmp_path)
+    landmarks = tmp_path / "lm.txt"
+    landmarks.write_text(f"p1/a.png {row}\n")
+    original = (src / "p1" / "a.png").read_bytes()
+    (tmp_path / "link").symlink_to(src)
+    for dst in (src / "p1", src / "aligned", tmp_path / "link" / "out"):
+        code, said = _align(src, dst, landmarks)
+        assert code == 2 and "lies inside the source folder" in said, said
+    code, said = _align(src / "p1", src, landmarks)
+    assert code == 2 and "lies inside the destination folder" in said, said
+    assert (src / "p1" / "a.png").read_bytes() == original
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == ["p1", "p1/a.png"]
+
+
+@pytest.mark.usefixtures("skimage_installed")
+def test_landmarks_far_outside_the_image_are_listed_not_aligned(tmp_path: Path) -> None:
+    src, row = _one_face_folder(tmp_path)
+    far = "1e15 " + " ".join(row.split()[1:])
+    landmarks = tmp_path / "lm.txt"
+    landmarks.write_text(f"p1/a.png {far}\n")
+    code, said = _align(src, tmp_path / "dst", landmarks)
+    assert code == 0 and "aligned 0 images" in said and "1 could not be aligned" in said
+    assert not (tmp_path / "dst" / "p1" / "a.png").exists()
+    report = (tmp_path / "dst" / "align_report.txt").read_text()
+    assert report.startswith("unreadable\tp1/a.png\t") and "outside the 200x200 px" in report
+    image = np.zeros((100, 80, 3), np.uint8)
+    near = TEMPLATES["arcface-112"].array + [-70.0, 0.0]  # a point just beyond the border
+    assert align_face(image, near, TEMPLATES["arcface-112"]).shape == (112, 112, 3)
+    with pytest.raises(ValueError, match="outside the 80x100 px image"):
+        align_face(image, near + [0.0, 500.0], TEMPLATES["arcface-112"])
+
+
+@pytest.mark.usefixtures("skimage_installed")
+def test_an_image_listed_twice_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    src, row = _one_face_folder(tmp_path)
+    landmarks = tmp_path / "lm.txt"
+    landmarks.write_text(f"p1/a.png {row}\np1/./a.png {row}\n")
+    code, said = _align(src, tmp_path / "dst", landmarks)
+    assert code == 2 and "lists 'p1/./a.png' 2 times" in said and "overwrite" in said, said
+    assert not (tmp_path / "dst").exists()

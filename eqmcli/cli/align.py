@@ -30,7 +30,8 @@ def align_command(
 ) -> None:
     """Align faces by 5 landmarks (similarity transform, scikit-image) onto a template.
 
-    Images listed but absent or unreadable are skipped and listed in DST/align_report.txt.
+    Images listed but absent, unreadable or with landmarks far outside the image are
+    skipped and listed in DST/align_report.txt.
     """
     report = align_folder(src, dst, landmarks, template)
     console.print(
@@ -40,7 +41,8 @@ def align_command(
     if skipped:
         err_console.print(
             f"[yellow]Note:[/] {len(report.missing):,} listed images are missing and "
-            f"{len(report.unreadable):,} unreadable; they were skipped and are listed in "
+            f"{len(report.unreadable):,} could not be aligned (unreadable, or landmarks "
+            f"outside the image); they were skipped and are listed in "
             f"{report.report_file}",
             highlight=False,
             soft_wrap=True,

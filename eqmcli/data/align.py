@@ -128,9 +128,26 @@ def warp_to_template(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int
     return np.clip(np.rint(warped), 0, 255).astype(np.uint8)
 
 
+def check_landmarks_in_image(landmarks: np.ndarray, height: int, width: int) -> None:
+    """`ValueError` when a landmark ((x, y) pixels) lies farther outside the ``height`` x
+    ``width`` image than the image's own size (a detector's point beyond the border is
+    fine; one at 1e15 would give an all-black crop)."""
+    points = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    low, high = np.array([-width, -height]), np.array([2 * width, 2 * height])
+    outside = ~np.all((points >= low) & (points <= high), axis=1)
+    if outside.any():
+        x, y = points[int(np.argmax(outside))]
+        raise ValueError(
+            f"landmark ({x:.6g}, {y:.6g}) lies more than the image's size outside the "
+            f"{width}x{height} px image"
+        )
+
+
 def align_face(image: np.ndarray, landmarks: np.ndarray, template: Template) -> np.ndarray:
     """Align a uint8 ``(H, W, 3)`` image by its 5 (or at least 2) landmarks onto ``template``:
-    a uint8 ``(template H, template W, 3)`` crop."""
+    a uint8 ``(template H, template W, 3)`` crop. Landmarks far outside the image are a
+    `ValueError` (`check_landmarks_in_image`)."""
+    check_landmarks_in_image(landmarks, image.shape[0], image.shape[1])
     return warp_to_template(image, similarity_matrix(landmarks, template), template.size)
 
 
@@ -230,6 +247,41 @@ def _inside(root: Path, name: str) -> Path | None:
     return root / candidate
 
 
+def check_separate_folders(source: Path, destination: Path) -> None:
+    """`UserError` unless ``source`` and ``destination`` are separate folders (neither is the
+    other nor inside it, symbolic links resolved): crops written into the source would
+    overwrite its images or be read back as sources."""
+    src, dst = source.resolve(), destination.resolve()
+    if dst == src:
+        raise UserError("the destination folder must differ from the source folder")
+    if src in dst.parents:
+        raise UserError(
+            f"the destination folder {destination} lies inside the source folder {source}; "
+            "choose one outside it"
+        )
+    if dst in src.parents:
+        raise UserError(
+            f"the source folder {source} lies inside the destination folder {destination}; "
+            "choose a destination outside it"
+        )
+
+
+def check_distinct_outputs(names: list[str], landmarks_file: Path) -> None:
+    """`UserError` naming the first image listed twice (as the same normalized path): its
+    two crops would go to one output file."""
+    seen: set[str] = set()
+    for name in names:
+        key = os.path.normpath(name)
+        if key in seen:
+            count = sum(os.path.normpath(other) == key for other in names)
+            raise UserError(
+                f"{landmarks_file} lists {shown(name)} {count} times; each listed image is "
+                "written to DST/<name>, so one crop would overwrite another (one line per "
+                "image, or copy the image under another name for a second face)"
+            )
+        seen.add(key)
+
+
 def align_folder(
     source: str | Path,
     destination: str | Path,
@@ -241,17 +293,19 @@ def align_folder(
     quality 95; PNG for an unknown suffix); each file is written through a temporary
     sibling.
 
-    Images listed but absent or unreadable are skipped and listed in
-    ``destination/align_report.txt``; nothing is skipped silently.
+    Images listed but absent, unreadable or with landmarks far outside the image are
+    skipped and listed in ``destination/align_report.txt``; nothing is skipped silently.
+    Refused before anything is written: ``destination`` inside ``source`` or the other way
+    round, and an image listed twice.
     """
     template = get_template(template_name)
     require_align()
     source, destination = Path(source), Path(destination)
     if not source.is_dir():
         raise UserError(f"source folder not found: {source}")
-    if destination.resolve() == source.resolve():
-        raise UserError("the destination folder must differ from the source folder")
+    check_separate_folders(source, destination)
     listed = read_landmarks(landmarks_file)
+    check_distinct_outputs(listed.names, Path(landmarks_file))
     report = AlignReport(template=template.name)
     for name, points in zip(listed.names, listed.points, strict=True):
         src = _inside(source, name)
