@@ -8,6 +8,7 @@ InsightFace's parameter names and architecture; their ``state_dict`` is what a
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,6 +110,48 @@ def test_missing_shard_or_foreign_rows_are_refused(tmp_path: Path) -> None:
                        tmp_path / "run", "--head", tmp_path / "shards")
     assert code == 2 and "checkpoint_gpu_0.pt: rank 0 holds 1 class centres" in out
     assert not (tmp_path / "run").exists(), "nothing is written for a refused import"
+
+
+SHARD_CHECK = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # 2 GiB of address space
+from eqmcli.errors import UserError
+from eqmcli.interop.insightface import head_shard_files
+try:
+    head_shard_files(sys.argv[1])
+except UserError as error:
+    print(error)
+"""
+
+
+def test_a_shard_claiming_a_huge_rank_is_refused_without_allocating(tmp_path: Path) -> None:
+    """Ranks are checked against the number of files: a name claiming rank 10^12 costs nothing
+    (it used to build a list of 10^12 ranks: MemoryError at 3.5 GB)."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for rank in (0, 999_999_999_999):
+        (shards / f"checkpoint_gpu_{rank}.pt").write_bytes(b"")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", SHARD_CHECK, str(shards)], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "is not named checkpoint_gpu_<rank>.pt" in done.stdout  # 12 digits: no rank
+    (shards / "checkpoint_gpu_999999999999.pt").rename(shards / "checkpoint_gpu_999999999.pt")
+    done = subprocess.run([sys.executable, "-c", SHARD_CHECK, str(shards)], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rank 1 (checkpoint_gpu_1.pt) is missing" in done.stdout
+    assert "the largest rank given is 999999999" in done.stdout
+
+
+def test_two_files_naming_one_rank_are_refused(tmp_path: Path) -> None:
+    from eqmcli.errors import UserError
+    from eqmcli.interop.insightface import head_shard_files
+
+    for name in ("checkpoint_gpu_0.pt", "checkpoint_gpu_1.pt", "checkpoint_gpu_01.pt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(UserError, match="both name rank 1"):
+        head_shard_files(tmp_path)
 
 
 @pytest.mark.parametrize(

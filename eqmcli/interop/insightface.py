@@ -67,7 +67,7 @@ ARCHS: dict[str, str] = {
 }
 INSIGHTFACE_INPUT = 112  # arcface_torch's fc / GDC expect a 7x7 map: 112x112 crops
 IMPORT_NOTE = "imported.json"
-SHARD_NAME = re.compile(r"checkpoint_gpu_(\d+)\.pt")
+SHARD_NAME = re.compile(r"checkpoint_gpu_(\d{1,9})\.pt")
 ARCFACE_LOSS = LossSection(name="arcface", scale=64.0, margin=0.5)
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -190,19 +190,24 @@ def head_shard_files(pattern: str | Path) -> list[Path]:
     if not files:
         raise UserError(f"--head {text[:200]}: no file matches")
     by_rank: dict[int, Path] = {}
-    for path in files:
+    for path in sorted(files):
         match = SHARD_NAME.fullmatch(path.name)
         if match is None:
             raise UserError(
                 f"{path} is not named checkpoint_gpu_<rank>.pt, so its rank (and row order) "
                 "is unknown"
             )
-        by_rank[int(match.group(1))] = path
-    missing = [rank for rank in range(max(by_rank) + 1) if rank not in by_rank]
-    if missing:
+        rank = int(match.group(1))  # at most 9 digits: no huge number is ever parsed
+        if rank in by_rank:
+            raise UserError(f"{by_rank[rank]} and {path} both name rank {rank}; keep one")
+        by_rank[rank] = path
+    # ranks 0..W-1 for W files: the first rank absent below W (or W itself when none is);
+    # counted by the number of files, never by the largest rank a name claims
+    missing = next(rank for rank in range(len(by_rank) + 1) if rank not in by_rank)
+    if missing < len(by_rank):
         raise UserError(
-            f"the head shard of rank {missing[0]} (checkpoint_gpu_{missing[0]}.pt) is missing "
-            f"beside {files[0]}"
+            f"the head shard of rank {missing} (checkpoint_gpu_{missing}.pt) is missing "
+            f"beside {files[0]}; the largest rank given is {max(by_rank)}"
         )
     return [by_rank[rank] for rank in range(len(by_rank))]
 
