@@ -26,7 +26,8 @@ import numpy as np
 
 from eqmcli.errors import UserError, shown
 from eqmcli.pair_outcomes import pair_correctness
-from eqmcli.run_results import read_run_results
+from eqmcli.run_results import RunResults, read_run_results
+from eqmcli.rundir import RunPaths
 from eqmcli.sweep import SWEEP_FILE, MetricStats, metric_stats
 
 CONFIDENCE = 0.95
@@ -42,6 +43,8 @@ class Group:
     runs: list[Path]
     metrics: dict[str, list[float]] = field(default_factory=dict)
     primary_sets: list[str | None] = field(default_factory=list)
+    #: per run, the checkpoint its results come from (`run_checkpoint`)
+    checkpoints: list[str | None] = field(default_factory=list)
 
     def stats(self, metric: str) -> MetricStats | None:
         values = self.metrics.get(metric, [])
@@ -101,7 +104,7 @@ class CompareReport:
         return {
             "metric": self.metric,
             "groups": [
-                {"name": g.name, "runs": [str(r) for r in g.runs],
+                {"name": g.name, "runs": [str(r) for r in g.runs], "checkpoints": g.checkpoints,
                  "metrics": {m: asdict(g.stats(m)) for m in sorted(g.metrics)}}
                 for g in self.groups
             ],
@@ -170,8 +173,8 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
 
 def mcnemar_runs(run_a: Path, run_b: Path, benchmark: str) -> McNemarResult:
     """McNemar's exact test of two runs on the pairs of `benchmark` (the same pairs)."""
-    correct_a, issame_a = pair_correctness(run_a, benchmark)
-    correct_b, issame_b = pair_correctness(run_b, benchmark)
+    correct_a, issame_a = pair_correctness(RunPaths(run_a).eval_dir, benchmark)
+    correct_b, issame_b = pair_correctness(RunPaths(run_b).eval_dir, benchmark)
     if issame_a.shape != issame_b.shape or not np.array_equal(issame_a, issame_b):
         raise UserError(f"{run_a} and {run_b} were not verified on the same {benchmark} pairs")
     only_a = int(np.sum(correct_a & ~correct_b))
@@ -184,8 +187,30 @@ def mcnemar_runs(run_a: Path, run_b: Path, benchmark: str) -> McNemarResult:
 
 
 # ------------------------------------------------------------------------ groups
+def run_checkpoint(results: RunResults) -> str | None:
+    """The checkpoint all of a run's result files come from: its file name, with the first
+    12 hex digits of its SHA-256 where recorded (None when no file names one). Files from
+    different checkpoints (another name, or the same name with other contents) are a
+    `UserError`: their numbers side by side would describe no single model."""
+    recorded = results.checkpoints
+    names = {Path(path).name for path, _ in recorded.values()}
+    digests = {sha for _, sha in recorded.values() if sha}
+    if len(names) > 1 or len(digests) > 1:
+        listing = "; ".join(
+            f"{file} from {path}" + (f" (sha256 {sha[:12]})" if sha else "")
+            for file, (path, sha) in sorted(recorded.items()))
+        raise UserError(
+            f"{results.run_dir} holds results of different checkpoints ({listing}): re-run "
+            "'eqm eval' and 'eqm analyze' on one checkpoint before comparing"
+        )
+    if not names:
+        return None
+    return names.pop() + (f" {digests.pop()[:12]}" if digests else "")
+
+
 def _add_run(group: Group, run_dir: Path) -> None:
     results = read_run_results(run_dir)
+    group.checkpoints.append(run_checkpoint(results))
     group.runs.append(run_dir)
     group.primary_sets.append(results.primary_set)
     for name, value in results.metrics.items():

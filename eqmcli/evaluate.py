@@ -3,8 +3,9 @@
 Benchmarks live under a data root (``--data-root``, else the recipe's ``eval.data_root``,
 else ``$EQM_DATA_ROOT``) as InsightFace ``<name>.bin`` files or, for LFW, an aligned
 ``lfw/`` folder with the official ``pairs.txt``. Each result is written to
-``<run>/eval/<benchmark>.json`` (accuracies, TAR, FAR as fractions in [0, 1]; thresholds in
-cosine units).
+``<results folder>/<benchmark>.json`` (accuracies, TAR, FAR as fractions in [0, 1];
+thresholds in cosine units), the folder named after the model (`results_folder`) so that
+no checkpoint's results replace another's.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from eqmcli.data.synthetic import synthetic_verification_set
 from eqmcli.data.verification import VerificationSet
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
+from eqmcli.interop.models import assumed_preprocessing_note, model_preprocessing
 from eqmcli.interop.models import load_model as load_any_model
 from eqmcli.pair_outcomes import write_pair_scores
-from eqmcli.protocols.features import ModelSetup
+from eqmcli.protocols.features import ModelSetup, file_checksum
 from eqmcli.protocols.run import ProtocolOptions, ProtocolResult, run_protocols
 from eqmcli.recipe import Recipe
-from eqmcli.rundir import RunPaths, Trained
+from eqmcli.rundir import CHECKPOINT_DIR, LAST, RunPaths, Trained
 from eqmcli.verification import SetEvaluation, evaluate_set
 
 BENCHMARK_NAMES: tuple[str, ...] = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
@@ -59,6 +61,8 @@ class EvalReport:
     checkpoint: Path | None = None
     resized_from: tuple[int, int] | None = None
     input_size: tuple[int, int] | None = None
+    results_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
@@ -203,19 +207,42 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def write_result(run_dir: Path, result: SetEvaluation) -> Path:
-    """Write ``<run_dir>/eval/<benchmark>.json`` (the JSON edge of a `SetEvaluation`) and,
-    when the result carries its per-pair scores, ``eval/<benchmark>.pairs.npz``."""
+def save_result(folder: Path, result: SetEvaluation) -> Path:
+    """Write ``<folder>/<benchmark>.json`` (the JSON edge of a `SetEvaluation`) and, when the
+    result carries its per-pair scores, ``<folder>/<benchmark>.pairs.npz``."""
     if result.scores is not None and result.issame is not None:
-        write_pair_scores(run_dir, result.benchmark, result.scores, result.issame,
+        write_pair_scores(folder, result.benchmark, result.scores, result.issame,
                           result.result.folds)
-    return write_json(RunPaths(run_dir).eval_dir / f"{result.benchmark}.json", result.to_dict())
+    return write_json(folder / f"{result.benchmark}.json", result.to_dict())
 
 
-def load_model(target: str | Path, device: torch.device) -> Trained:
+def write_result(run_dir: Path, result: SetEvaluation) -> Path:
+    """`save_result` into ``<run_dir>/eval/`` (training's final verification of last.pt)."""
+    return save_result(RunPaths(run_dir).eval_dir, result)
+
+
+def results_folder(trained: Trained, out: str | Path | None = None) -> Path:
+    """Where `eqm eval` writes: ``out`` (``--out``) when given; for a run's
+    ``checkpoints/last.pt`` its ``eval/``; for another checkpoint of a run
+    ``eval/<checkpoint name>/`` (``best.pt`` -> ``eval/best/``); for any other model file
+    a folder beside it named after the whole file name (``model.onnx`` ->
+    ``model.onnx.eval/``, so ``model.pt`` and ``model.onnx`` never share one)."""
+    if out is not None:
+        folder = Path(out)
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--out {folder} is a file, not a folder for the results")
+        return folder
+    checkpoint = trained.checkpoint_path
+    if checkpoint.parent.name == CHECKPOINT_DIR:
+        eval_dir = RunPaths(trained.run_dir).eval_dir
+        return eval_dir if checkpoint.name == LAST else eval_dir / checkpoint.stem
+    return checkpoint.with_name(f"{checkpoint.name}.eval")
+
+
+def load_model(target: str | Path, device: torch.device, **preprocessing: Any) -> Trained:
     """The model to evaluate: a run directory (its ``checkpoints/last.pt``), a checkpoint file
-    or an ``.onnx`` file (its results go to ``eval/`` beside it)."""
-    return load_any_model(target, device=device)
+    or an ``.onnx`` file (``preprocessing``: its ``mean``, ``std``, ``bgr`` overrides)."""
+    return load_any_model(target, device=device, **preprocessing)
 
 
 def run_evaluation(
@@ -232,18 +259,25 @@ def run_evaluation(
     progress: bool = True,
     write: bool = True,
     protocols: ProtocolOptions | None = None,
+    out: str | Path | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    bgr: bool | None = None,
 ) -> EvalReport:
-    """Evaluate a run directory (its ``checkpoints/last.pt``) or a checkpoint file.
+    """Evaluate a run directory (its ``checkpoints/last.pt``), a checkpoint or ONNX file.
 
     With no ``benchmarks`` and no ``pairs_file`` the recipe's own ``eval.sets`` are used.
     Every benchmark is located before any embedding work starts, so a missing file fails
-    fast. Results are written to ``<run>/eval/<benchmark>.json`` when ``write``.
-    ``protocols`` adds IJB-B/C, YouTube Faces and MegaFace (`eqmcli.protocols.run`).
+    fast. Results are written to `results_folder` (``out`` when given) when ``write``;
+    each records the model file, its SHA-256 and the preprocessing applied.
+    ``protocols`` adds IJB-B/C, YouTube Faces and MegaFace (`eqmcli.protocols.run`);
+    ``mean``/``std``/``bgr`` set an ONNX model's preprocessing.
     """
     if images_root is not None and pairs_file is None:
         raise UserError("--images-root only applies together with --pairs FILE")
     resolved = device if not isinstance(device, str) else resolve_device(device)
-    trained = load_model(target, resolved)
+    trained = load_model(target, resolved, mean=mean, std=std, bgr=bgr)
+    folder = results_folder(trained, out)
     root = resolve_data_root(data_root, trained.recipe)
     sources = [find_benchmark(name, root) for name in benchmarks or []]
     if pairs_file is not None:
@@ -251,11 +285,21 @@ def run_evaluation(
     protocols = protocols or ProtocolOptions()
     if not sources and not protocols.requested:
         sources = recipe_sources(trained.recipe, root)
+    provenance = {
+        "checkpoint": str(trained.checkpoint_path),
+        "checkpoint_sha256": file_checksum(trained.checkpoint_path),
+        "preprocessing": model_preprocessing(trained).to_dict(),
+        "epoch": trained.epoch,
+        "step": trained.step,
+    }
+    note = assumed_preprocessing_note(trained)
     report = EvalReport(
         results=[],
         run_dir=trained.run_dir,
         checkpoint=trained.checkpoint_path,
         input_size=trained.input_size,
+        results_dir=folder,
+        notes=[note] if note else [],
     )
     for source in sources:
         evaluation = evaluate_set(
@@ -269,49 +313,43 @@ def run_evaluation(
             progress=progress,
         )
         evaluation = replace(
-            evaluation,
-            benchmark=source.name,
-            source=source.description,
-            checkpoint=str(trained.checkpoint_path),
-            epoch=trained.epoch,
-            step=trained.step,
+            evaluation, benchmark=source.name, source=source.description, **provenance
         )
         if evaluation.resized_from and report.resized_from is None:
             report.resized_from = evaluation.resized_from
         report.results.append(evaluation)
         if write:
-            report.written.append(write_result(trained.run_dir, evaluation))
+            report.written.append(save_result(folder, evaluation))
     if protocols.requested:
         model = ModelSetup(
             trained.backbone, trained.checkpoint_path, trained.input_size, resolved, flip,
             batch_size or trained.recipe.eval.batch_size, precision, progress,
         )
-        _run_protocols(report, trained, protocols, root, model, write)
+        _run_protocols(report, provenance, protocols, root, model, folder if write else None)
     return report
 
 
 def _run_protocols(
     report: EvalReport,
-    trained: Trained,
+    provenance: dict[str, Any],
     options: ProtocolOptions,
     root: Path | None,
     model: ModelSetup,
-    write: bool,
+    folder: Path | None,
 ) -> None:
-    """IJB / YTF / MegaFace results into ``report`` (and ``eval/``: the JSON, and the
-    listed images that were missing as ``eval/<benchmark>_missing.txt``)."""
-    paths = RunPaths(trained.run_dir)
-    for result in run_protocols(options, model, root, paths.eval_dir / "cache"):
-        result = replace(result, epoch=trained.epoch, step=trained.step)
+    """IJB / YTF / MegaFace results into ``report`` and, unless ``folder`` is None, into
+    ``folder`` (the JSON, and the listed images that were missing as
+    ``<benchmark>_missing.txt``; the feature cache in ``folder/cache/``)."""
+    cache_dir = None if folder is None else folder / "cache"
+    for result in run_protocols(options, model, root, cache_dir):
+        result = replace(result, **provenance)
         if result.resized_from and report.resized_from is None:
             report.resized_from = result.resized_from
         report.protocol_results.append(result)
-        if not write:
+        if folder is None:
             continue
-        report.written.append(
-            write_json(paths.eval_dir / f"{result.benchmark}.json", result.to_dict())
-        )
+        report.written.append(write_json(folder / f"{result.benchmark}.json", result.to_dict()))
         if result.missing:
-            listing = paths.eval_dir / f"{result.benchmark}_missing.txt"
+            listing = folder / f"{result.benchmark}_missing.txt"
             text = "".join(f"{name}\n" for name in result.missing)
             report.written.append(atomic_write_text(listing, text))

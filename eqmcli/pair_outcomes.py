@@ -1,8 +1,9 @@
-"""Per-pair verification outcomes, saved beside `eval/<set>.json` as `eval/<set>.pairs.npz`.
+"""Per-pair verification outcomes, saved beside `<set>.json` as `<set>.pairs.npz` in a
+results folder (`RUN/eval/` for a run's last checkpoint; `eqmcli.evaluate.results_folder`).
 
 The file holds each pair's cosine `score` (float32, the values the protocol thresholded),
 its ground truth `issame` (bool) and its `fold` (int16, 0-based). With the fold thresholds
-of `eval/<set>.json` they give each pair's correctness under the 10-fold protocol,
+of `<set>.json` they give each pair's correctness under the 10-fold protocol,
 `(score > threshold[fold]) == issame` (the rule of `eqmcli.verification.accuracy_at`),
 which is what a paired test between two models needs (`eqmcli.compare.mcnemar`).
 """
@@ -18,19 +19,18 @@ import numpy as np
 
 from eqmcli.atomic import atomic_write
 from eqmcli.errors import UserError
-from eqmcli.rundir import RunPaths
 from eqmcli.verification import fold_bounds
 
 SUFFIX = ".pairs.npz"
 
 
-def pairs_path(run_dir: Path, benchmark: str) -> Path:
-    """`RUN/eval/<benchmark>.pairs.npz`."""
-    return RunPaths(Path(run_dir)).eval_dir / f"{benchmark}{SUFFIX}"
+def pairs_path(results_dir: Path, benchmark: str) -> Path:
+    """`<results_dir>/<benchmark>.pairs.npz` (e.g. `RUN/eval/synthetic.pairs.npz`)."""
+    return Path(results_dir) / f"{benchmark}{SUFFIX}"
 
 
 def write_pair_scores(
-    run_dir: Path, benchmark: str, scores: np.ndarray, issame: np.ndarray, folds: int
+    results_dir: Path, benchmark: str, scores: np.ndarray, issame: np.ndarray, folds: int
 ) -> Path:
     """Save each pair's score, ground truth and contiguous fold index (renamed into place)."""
     fold = np.empty(len(scores), dtype=np.int16)
@@ -39,7 +39,7 @@ def write_pair_scores(
     buffer = io.BytesIO()
     np.savez_compressed(buffer, score=np.asarray(scores, dtype=np.float32),
                         issame=np.asarray(issame, dtype=bool), fold=fold)
-    path = pairs_path(run_dir, benchmark)
+    path = pairs_path(results_dir, benchmark)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
 
@@ -55,19 +55,18 @@ def _load_pairs(path: Path) -> dict[str, np.ndarray]:
     return found
 
 
-def pair_correctness(run_dir: Path, benchmark: str) -> tuple[np.ndarray, np.ndarray]:
-    """(correct (P,) bool, issame (P,) bool) of every pair of `benchmark` in a run.
+def pair_correctness(results_dir: Path, benchmark: str) -> tuple[np.ndarray, np.ndarray]:
+    """(correct (P,) bool, issame (P,) bool) of every pair of `benchmark` in a results folder.
 
-    Checked against the run's `eval/<benchmark>.json`: the per-fold accuracies must come
+    Checked against the folder's `<benchmark>.json`: the per-fold accuracies must come
     out as recorded there, else a `UserError` (the two files are from different evaluations).
     """
-    paths = RunPaths(Path(run_dir))
-    result_path = paths.eval_dir / f"{benchmark}.json"
-    npz = pairs_path(run_dir, benchmark)
+    result_path = Path(results_dir) / f"{benchmark}.json"
+    npz = pairs_path(results_dir, benchmark)
     if not npz.is_file():
         raise UserError(
             f"{npz} is missing: per-pair scores are written by 'eqm eval' and by training's "
-            f"final verification since this version; re-run 'eqm eval {paths.root}'"
+            "final verification since this version; re-run 'eqm eval' on that model"
         )
     try:
         result = json.loads(result_path.read_text())

@@ -39,6 +39,8 @@ class RunResults:
     metrics: dict[str, float] = field(default_factory=dict)
     primary_set: str | None = None
     sets: list[str] = field(default_factory=list)
+    #: each result file (relative to the run) -> (the checkpoint it records, its SHA-256)
+    checkpoints: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
 def is_fraction(metric: str) -> bool:
@@ -109,6 +111,15 @@ def analysis_metrics(train_summary: dict | None, test_summary: dict | None) -> d
     return {key: float(value) for key, value in found.items() if isinstance(value, int | float)}
 
 
+def _note_checkpoint(results: RunResults, path: Path, result: dict[str, Any]) -> None:
+    """Remember which checkpoint the result file ``path`` says it came from (if it says)."""
+    checkpoint = result.get("checkpoint")
+    if isinstance(checkpoint, str):
+        sha = result.get("checkpoint_sha256")
+        name = str(path.relative_to(results.run_dir))
+        results.checkpoints[name] = (checkpoint, sha if isinstance(sha, str) else None)
+
+
 def read_run_results(run_dir: str | Path) -> RunResults:
     """Collect a run directory's final numbers; a folder that is no run is a `UserError`."""
     paths = RunPaths(Path(run_dir))
@@ -120,15 +131,18 @@ def read_run_results(run_dir: str | Path) -> RunResults:
         result = _read_json(path) or {}
         name = str(result.get("benchmark") or path.stem)
         results.sets.append(name)
+        _note_checkpoint(results, path, result)
         for key, value in verification_metrics(result).items():
             results.metrics[f"{name}/{key}"] = value
             if name == results.primary_set:
                 results.metrics[key] = value
+    train_summary = _read_json(paths.analysis_dir / "summary.json")
+    test_summary = _read_json(paths.analysis_dir / "test" / "summary.json")
+    for summary, path in ((train_summary, paths.analysis_dir / "summary.json"),
+                          (test_summary, paths.analysis_dir / "test" / "summary.json")):
+        _note_checkpoint(results, path, summary or {})
     try:
-        results.metrics.update(analysis_metrics(
-            _read_json(paths.analysis_dir / "summary.json"),
-            _read_json(paths.analysis_dir / "test" / "summary.json"),
-        ))
+        results.metrics.update(analysis_metrics(train_summary, test_summary))
     except (KeyError, TypeError):
         raise UserError(f"{paths.analysis_dir} holds a summary.json of another layout; "
                         "rerun 'eqm analyze'") from None

@@ -338,15 +338,24 @@ def pair_scores(embeddings: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
 
 
 #: The fields of `Provenance`.
-PROVENANCE: tuple[str, ...] = ("source", "checkpoint", "epoch", "step")
+PROVENANCE: tuple[str, ...] = (
+    "source", "checkpoint", "checkpoint_sha256", "preprocessing", "epoch", "step",
+)
 
 
 @dataclass(kw_only=True)
 class Provenance:
-    """Where a result came from: filled in by the caller, left out of its JSON when unknown."""
+    """Where a result came from: filled in by the caller, left out of its JSON when unknown.
+
+    ``checkpoint_sha256`` is the SHA-256 (hex) of the model file; ``preprocessing`` how its
+    images were normalized (``color_order``, per-channel ``mean`` and ``std`` of
+    ``(x / 255 - mean) / std``, and ``source``: recipe, ONNX metadata, flags or assumed).
+    """
 
     source: str | None = None
     checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    preprocessing: dict[str, Any] | None = None
     epoch: int | None = None
     step: int | None = None
 

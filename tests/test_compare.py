@@ -29,7 +29,7 @@ def _fake_run(folder: Path, accuracy: float, *, closed_few: float | None = None,
     if correct is not None:
         predicted = np.where(correct, issame, ~issame)
         scores = np.where(predicted, 1.0, -1.0)
-        write_pair_scores(folder, "synthetic", scores, issame, folds=2)
+        write_pair_scores(folder / "eval", "synthetic", scores, issame, folds=2)
         halves = np.array_split(correct, 2)
         result["fold_accuracies"] = [float(h.mean()) for h in halves]
         result["accuracy"] = float(np.mean(result["fold_accuracies"]))
@@ -86,7 +86,7 @@ def test_mcnemar_on_runs_uses_the_saved_per_pair_scores(tmp_path):
     a, b, issame = _table(both=10, only_a=6, only_b=1, wrong=3)
     run_a = _fake_run(tmp_path / "a", 0, correct=a, issame=issame)
     run_b = _fake_run(tmp_path / "b", 0, correct=b, issame=issame)
-    correct, truth = pair_correctness(run_a, "synthetic")
+    correct, truth = pair_correctness(run_a / "eval", "synthetic")
     np.testing.assert_array_equal(correct, a)
     np.testing.assert_array_equal(truth, issame)
     result = mcnemar_runs(run_a, run_b, "synthetic")
@@ -102,12 +102,12 @@ def test_mcnemar_refuses_other_pairs_missing_or_mismatched_scores(tmp_path):
         mcnemar_runs(run_a, run_c, "synthetic")
     bare = _fake_run(tmp_path / "bare", 0.9)
     with pytest.raises(UserError, match="pairs.npz is missing.*eqm eval"):
-        pair_correctness(bare, "synthetic")
+        pair_correctness(bare / "eval", "synthetic")
     result = json.loads((run_a / "eval" / "synthetic.json").read_text())
     result["fold_accuracies"] = [0.1, 0.2]
     (run_a / "eval" / "synthetic.json").write_text(json.dumps(result))
     with pytest.raises(UserError, match="different evaluations"):
-        pair_correctness(run_a, "synthetic")
+        pair_correctness(run_a / "eval", "synthetic")
 
 
 # ------------------------------------------------------------- groups and CLI
@@ -156,7 +156,8 @@ def test_cli_compare_two_runs_prints_mcnemar_and_json(tmp_path):
     run_b = _fake_run(tmp_path / "b", 0, correct=b, issame=issame)
     result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b)])
     assert result.exit_code == 0, result.output
-    assert "McNemar" in result.output and "p = 0.125" in result.output
+    text = " ".join(result.output.split())  # the sentence is wrapped at the terminal width
+    assert "McNemar" in text and "p = 0.125" in text
     result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b), "--json"])
     payload = json.loads(result.output)
     assert payload["comparisons"][0]["mcnemar"]["only_a"] == 6

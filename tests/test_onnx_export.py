@@ -116,7 +116,7 @@ def test_eval_onnx_matches_eval_run(tmp_path: Path, tiny_run: Path) -> None:
     by_onnx = json.loads(out)["synthetic"]
     assert by_onnx["pairs"] == by_torch["pairs"] > 0
     assert abs(by_onnx["accuracy"] - by_torch["accuracy"]) * 100 <= 0.1
-    assert (tmp_path / "eval" / "synthetic.json").is_file(), "results go beside the .onnx"
+    assert (tmp_path / "model.onnx.eval" / "synthetic.json").is_file(), "named after the file"
 
 
 def test_eval_of_a_foreign_onnx_model_asks_for_pairs(

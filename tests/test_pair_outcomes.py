@@ -39,9 +39,9 @@ def test_eval_result_writes_per_pair_scores_that_reproduce_the_fold_accuracies(t
     evaluation = evaluate_set(backbone, vset, device="cpu", input_size=(8, 8), progress=False)
     assert evaluation.scores.shape == (40,) and evaluation.issame.dtype == bool
     write_result(tmp_path, evaluation)
-    assert pairs_path(tmp_path, "toy").is_file()
+    assert pairs_path(tmp_path / "eval", "toy").is_file()
     assert "scores" not in json.loads((tmp_path / "eval" / "toy.json").read_text())
-    correct, issame = pair_correctness(tmp_path, "toy")
+    correct, issame = pair_correctness(tmp_path / "eval", "toy")
     np.testing.assert_array_equal(issame, vset.issame)
     assert correct.mean() == pytest.approx(evaluation.result.accuracy)
 

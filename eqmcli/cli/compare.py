@@ -8,7 +8,12 @@ from pathlib import Path
 import typer
 
 from eqmcli.cli.common import console, user_errors
-from eqmcli.cli.experiment_tables import compare_table, describe_comparison
+from eqmcli.cli.experiment_tables import (
+    compare_legend,
+    compare_table,
+    describe_comparison,
+    group_labels,
+)
 from eqmcli.compare import compare
 
 
@@ -24,11 +29,17 @@ def compare_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ) -> None:
     """Compare runs or sweep configs; each against the first: Welch CI over seeds, or
-    McNemar's exact test on per-pair correctness for two single runs."""
+    McNemar's exact test on per-pair correctness for two single runs.
+
+    Groups are labelled A, B, ... in the table; the lines below it give each one's path
+    and the checkpoint its numbers come from."""
     report = compare(paths, metric)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     console.print(compare_table(report))
+    for line in compare_legend(report):
+        console.print(line, highlight=False, markup=False)
+    labels = group_labels(report)
     for comparison in report.comparisons:
-        console.print(describe_comparison(comparison), highlight=False, soft_wrap=True)
+        console.print(describe_comparison(comparison, labels), highlight=False, markup=False)

@@ -73,7 +73,10 @@ def render_table(results: list[SetEvaluation]) -> Any:
 
 # Options, one type each, so the command's signature reads as a list of its flags.
 Target = Annotated[
-    Path, typer.Argument(help="Run directory (uses checkpoints/last.pt) or a checkpoint file.")
+    Path,
+    typer.Argument(
+        help="Run directory (uses checkpoints/last.pt), a checkpoint file or an .onnx model."
+    ),
 ]
 # benchmark flags
 Lfw = Annotated[bool, typer.Option("--lfw", help="LFW (lfw.bin, or lfw/ + pairs.txt).")]
@@ -145,6 +148,14 @@ MegafaceSuffix = Annotated[
 NoCache = Annotated[
     bool, typer.Option("--no-cache", help="IJB/YTF/MegaFace: embed again (ignore RUN/eval/cache/).")
 ]
+OutDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Folder for the results (default: RUN/eval/ for checkpoints/last.pt, "
+        "RUN/eval/<name>/ for another checkpoint, MODEL.eval/ beside any other model file).",
+    ),
+]
 AsJson = Annotated[
     bool, typer.Option("--json", help="Print the results as JSON on stdout (nothing else).")
 ]
@@ -158,6 +169,8 @@ def print_report(report: EvalReport, as_json: bool) -> None:
             f"[yellow]Note:[/] test images ({h}×{w}) were resized to the model's "
             f"input size ({mh}×{mw})."
         )
+    for note in report.notes:
+        err_console.print(f"[yellow]Note:[/] {note}", highlight=False, soft_wrap=True)
     for warning in report.warnings:
         err_console.print(f"[yellow]Warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
@@ -196,6 +209,7 @@ def eval_command(
     megaface_features: MegafaceFeatures = None,
     megaface_feature_suffix: MegafaceSuffix = "_eqm.bin",
     no_cache: NoCache = False,
+    out: OutDir = None,
     as_json: AsJson = False,
 ) -> None:
     """Evaluate a trained model: 10-fold verification, IJB-B/C, YouTube Faces, MegaFace.
@@ -206,7 +220,9 @@ def eval_command(
 
     YTF: 10-fold accuracy over the official splits. MegaFace: rank-1, TAR at FAR 1e-6.
 
-    No benchmark flag: the recipe's eval sets. Results: RUN/eval/<benchmark>.json.
+    No benchmark flag: the recipe's eval sets. Results: RUN/eval/<benchmark>.json for a
+    run's last.pt, RUN/eval/best/ for best.pt, MODEL.eval/ beside another model file, or
+    --out DIR; each records the model file, its SHA-256 and the preprocessing.
     """
     protocols = ProtocolOptions(
         ijbb=ijbb, ijbc=ijbc, ytf=ytf, megaface=megaface,
@@ -220,6 +236,6 @@ def eval_command(
     report = run_evaluation(
         target, benchmarks=[name for name, on in flags.items() if on], pairs_file=pairs,
         images_root=images_root, data_root=data_root, flip=not no_flip, batch_size=batch_size,
-        device=device, progress=err_console.is_terminal, protocols=protocols,
+        device=device, progress=err_console.is_terminal, protocols=protocols, out=out,
     )
     print_report(report, as_json)

@@ -83,25 +83,55 @@ def sweep_table(result: SweepResult) -> Table:
     return table
 
 
+def group_labels(report: CompareReport) -> dict[str, str]:
+    """A short label per group name (A, B, ... then G27, G28, ...): the table stays 80
+    columns wide however long the paths are; `compare_legend` says what each stands for."""
+    return {g.name: chr(ord("A") + i) if i < 26 else f"G{i + 1}"
+            for i, g in enumerate(report.groups)}
+
+
+def checkpoint_text(checkpoints: list[str | None]) -> str:
+    """Which checkpoint a group's numbers come from: one run's (name and SHA-256 prefix),
+    or the file name every run of a sweep config shares."""
+    known = [c for c in checkpoints if c]
+    if not known:
+        return "checkpoint not recorded"
+    if len(checkpoints) == 1:
+        return f"checkpoint {known[0]}"
+    names = sorted({c.split()[0] for c in known})
+    return f"checkpoint {', '.join(names)} of each run"
+
+
 def compare_table(report: CompareReport) -> Table:
-    """One row per group: runs and metrics as mean ± std."""
+    """One row per group (by its `group_labels` label): runs and metrics as mean ± std."""
     available = {m for g in report.groups for m in g.metrics}
     metrics = shown_metrics(available, (report.metric,))
-    table = Table(title="runs compared", box=box.SIMPLE_HEAD,
+    labels = group_labels(report)
+    table = Table(title="runs compared", box=box.SIMPLE_HEAD, padding=(0, 1),
                   caption="mean ± sample std over runs (seeds)")
-    table.add_column("group")
-    table.add_column("runs", justify="right")
+    table.add_column("group", no_wrap=True)
+    table.add_column("runs", justify="right", no_wrap=True)
     for metric in metrics:
         table.add_column(metric_header(metric), justify="right")
     for group in report.groups:
-        cells = [group.name, str(len(group.runs))]
+        cells = [labels[group.name], str(len(group.runs))]
         table.add_row(*cells, *(format_stats(m, group.stats(m)) for m in metrics))
     return table
 
 
-def describe_comparison(comparison: Comparison) -> str:
-    """One or two sentences: the difference and its test (percentage points for fractions)."""
-    metric, head = comparison.metric, f"{comparison.b} vs {comparison.a} ({comparison.metric})"
+def compare_legend(report: CompareReport) -> list[str]:
+    """One line per group: its label, path and the checkpoint its numbers come from."""
+    labels = group_labels(report)
+    return [f"{labels[g.name]} = {g.name} ({checkpoint_text(g.checkpoints)})"
+            for g in report.groups]
+
+
+def describe_comparison(comparison: Comparison, labels: dict[str, str] | None = None) -> str:
+    """One or two sentences: the difference and its test (percentage points for fractions);
+    groups named by ``labels`` when given."""
+    a, b = (labels or {}).get(comparison.a, comparison.a), (labels or {}).get(
+        comparison.b, comparison.b)
+    metric, head = comparison.metric, f"{b} vs {a} ({comparison.metric})"
     unit = " pp" if is_fraction(metric) else ""
     if comparison.welch is not None:
         w = comparison.welch
@@ -114,6 +144,5 @@ def describe_comparison(comparison: Comparison) -> str:
     if comparison.mcnemar is not None:
         m = comparison.mcnemar
         return (f"{head}: on {m.pairs} {m.benchmark} pairs, {m.only_b} right only by "
-                f"{comparison.b}, {m.only_a} only by {comparison.a}; p = {m.p_value:.3g} "
-                f"({m.test})")
+                f"{b}, {m.only_a} only by {a}; p = {m.p_value:.3g} ({m.test})")
     return f"{head}: no test: {comparison.note}"

@@ -6,14 +6,43 @@ from pathlib import Path
 
 import torch
 
-from eqmcli.interop.onnx import load_onnx
+from eqmcli.errors import UserError
+from eqmcli.interop.onnx import InputPreprocessing, OnnxBackbone, load_onnx
 from eqmcli.rundir import Trained, load_trained
 
 
-def load_model(target: str | Path, device: str | torch.device = "cpu") -> Trained:
+def load_model(
+    target: str | Path, device: str | torch.device = "cpu", *, mean: str | None = None,
+    std: str | None = None, bgr: bool | None = None,
+) -> Trained:
     """A run directory (its ``checkpoints/last.pt``), a checkpoint file, or an ``.onnx`` file
-    (run by onnxruntime on the CPU; its outputs are moved to ``device``), in eval mode."""
+    (run by onnxruntime on the CPU; its outputs are moved to ``device``), in eval mode.
+    ``mean``/``std``/``bgr`` (``--mean/--std/--bgr``) set an ONNX model's preprocessing; a
+    run's is its recipe's, so they are refused there."""
     path = Path(target)
     if path.suffix.lower() == ".onnx":
-        return load_onnx(path)
+        return load_onnx(path, mean=mean, std=std, bgr=bgr)
+    if mean is not None or std is not None or bgr is not None:
+        raise UserError(
+            "--mean, --std and --bgr apply to .onnx models only: a run or checkpoint is "
+            "fed as its recipe's model.preprocessing says"
+        )
     return load_trained(path, device=device)
+
+
+def model_preprocessing(trained: Trained) -> InputPreprocessing:
+    """How the model's images are normalized: an ONNX model's own, else the recipe's."""
+    if isinstance(trained.backbone, OnnxBackbone):
+        return trained.backbone.preprocessing
+    pre = trained.recipe.model.preprocessing
+    return InputPreprocessing((pre.mean,) * 3, (pre.std,) * 3, pre.color_order.upper(), "recipe")
+
+
+def assumed_preprocessing_note(trained: Trained) -> str | None:
+    """One line for an ONNX model whose preprocessing nobody stated (no metadata, no flags)."""
+    pre = model_preprocessing(trained)
+    if pre.source != "assumed":
+        return None
+    return (f"{trained.checkpoint_path} records no preprocessing: assumed {pre.describe()} "
+            "(pass --mean, --std, --bgr if it expects another)")
+

@@ -13,6 +13,7 @@ function here raises a `UserError` that says how to install it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -64,6 +65,105 @@ def model_metadata(trained: Trained) -> dict[str, str]:
         "eqm.source": str(trained.checkpoint_path),
         RECIPE_KEY: trained.recipe.to_yaml(),
     }
+
+
+@dataclass(frozen=True)
+class InputPreprocessing:
+    """How uint8 pixels x become a model's input: ``(x / 255 - mean) / std`` per channel, the
+    channels in ``color_order`` ("RGB" or "BGR"; ``mean`` and ``std`` listed in that order).
+
+    ``source`` says where it was read: ``recipe`` (a run), ``metadata`` (an ONNX file's
+    ``eqm.*`` keys), ``flags`` (``--mean/--std/--bgr``) or ``assumed`` (eqm's own RGB,
+    mean 0.5, std 0.5, for an ONNX file that records none).
+    """
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    color_order: str = "RGB"
+    source: str = "assumed"
+
+    @property
+    def is_standard(self) -> bool:
+        """True for eqm's own pipeline (RGB, mean 0.5, std 0.5): nothing to convert."""
+        return (self.color_order, self.mean, self.std) == ("RGB", (0.5,) * 3, (0.5,) * 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``preprocessing`` entry of a result JSON."""
+        return {"color_order": self.color_order, "mean": list(self.mean),
+                "std": list(self.std), "source": self.source}
+
+    def describe(self) -> str:
+        """E.g. ``RGB, (x/255 - 0.5)/0.5`` (one mean/std when the channels agree)."""
+        def values(triple: tuple[float, float, float]) -> str:
+            return f"{triple[0]:g}" if len(set(triple)) == 1 else "[" + ",".join(
+                f"{v:g}" for v in triple) + "]"
+        return f"{self.color_order}, (x/255 - {values(self.mean)})/{values(self.std)}"
+
+    def convert(self, x: torch.Tensor) -> torch.Tensor:
+        """eqm's standard input ``(x/255 - 0.5)/0.5`` (RGB, ``(B, 3, H, W)``) -> this one."""
+        if self.is_standard:
+            return x
+        unit = (x + 1.0) / 2.0  # x / 255
+        if self.color_order == "BGR":
+            unit = unit.flip(1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (unit - mean) / std
+
+
+def _triple(text: str, what: str) -> tuple[float, float, float]:
+    """``"0.5"`` or ``"0.485,0.456,0.406"`` -> three floats in [0, 1] (std: above 0)."""
+    try:
+        values = [float(part) for part in str(text).split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise UserError(f"{what} {str(text)[:60]!r} is not one number or three "
+                        "comma-separated numbers")
+    low = 0.0 if what.endswith("mean") else 1e-6
+    if not all(low <= v <= 1.0 for v in values):
+        raise UserError(
+            f"{what} {str(text)[:60]!r} is not a fraction of 255 in [{low:g}, 1]: "
+            "preprocessing is (x/255 - mean)/std, so 127.5 pixels is 0.5"
+        )
+    return values[0], values[1], values[2]
+
+
+def _color_order(text: str, what: str) -> str:
+    order = str(text).strip().upper()
+    if order not in ("RGB", "BGR"):
+        raise UserError(f"{what} {str(text)[:20]!r} is neither RGB nor BGR")
+    return order
+
+
+def resolve_preprocessing(
+    metadata: dict[str, str], source: str, *, mean: str | None = None,
+    std: str | None = None, bgr: bool | None = None,
+) -> InputPreprocessing:
+    """An ONNX model's preprocessing: each of ``mean``/``std``/``bgr`` given overrides the
+    file's ``eqm.mean``/``eqm.std``/``eqm.color_order`` metadata; what neither gives is
+    eqm's own (RGB, 0.5, 0.5). ``source`` names the file in messages."""
+    default = InputPreprocessing()
+    found_mean, found_std, found_order = default.mean, default.std, default.color_order
+    origin = "assumed"
+    keys = {"eqm.mean", "eqm.std", "eqm.color_order"}
+    if keys & set(metadata):
+        origin = "metadata"
+        if "eqm.mean" in metadata:
+            found_mean = _triple(metadata["eqm.mean"], f"{source}: metadata eqm.mean")
+        if "eqm.std" in metadata:
+            found_std = _triple(metadata["eqm.std"], f"{source}: metadata eqm.std")
+        if "eqm.color_order" in metadata:
+            found_order = _color_order(metadata["eqm.color_order"],
+                                       f"{source}: metadata eqm.color_order")
+    if mean is not None or std is not None or bgr is not None:
+        origin = "flags"
+        found_mean = found_mean if mean is None else _triple(mean, "--mean")
+        found_std = found_std if std is None else _triple(std, "--std")
+        found_order = found_order if bgr is None else ("BGR" if bgr else "RGB")
+    return InputPreprocessing(found_mean, found_std, found_order, origin)
 
 
 @dataclass
@@ -219,9 +319,11 @@ def export_backbone(
 class OnnxBackbone(nn.Module):
     """An ``.onnx`` embedding model run by onnxruntime on the CPU, used like a backbone:
     float ``(B, 3, H, W)`` -> ``(B, d)`` on the input's device. A model exported with a fixed
-    batch size gets its input in chunks of that size (the last one padded)."""
+    batch size gets its input in chunks of that size (the last one padded). The input is
+    eqm's standard ``(x/255 - 0.5)/0.5`` RGB; ``preprocessing`` (default: the file's
+    metadata, else eqm's own) converts it to what the model expects."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, preprocessing: InputPreprocessing | None = None) -> None:
         super().__init__()
         _, ort = require_onnx()
         self.path = Path(path)
@@ -240,12 +342,14 @@ class OnnxBackbone(nn.Module):
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.input_size = (int(shape[2]), int(shape[3]))
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.preprocessing = preprocessing or resolve_preprocessing(self.metadata, str(self.path))
 
     def _run(self, array: Any) -> Any:
         return self.session.run([self.output_name], {self.input_name: array})[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().float().contiguous().cpu().numpy()
+        x = self.preprocessing.convert(x.detach().float())
+        array = x.contiguous().cpu().numpy()
         if self.fixed_batch is None:
             return torch.from_numpy(self._run(array)).to(x.device)
         n, step = array.shape[0], self.fixed_batch
@@ -257,14 +361,20 @@ class OnnxBackbone(nn.Module):
         return torch.cat(parts).to(x.device)
 
 
-def load_onnx(path: str | Path) -> Trained:
+def load_onnx(
+    path: str | Path, *, mean: str | None = None, std: str | None = None,
+    bgr: bool | None = None,
+) -> Trained:
     """An ``.onnx`` file as a `Trained` model (no head). Its recipe is the one stored by
     `export_onnx`; a model from elsewhere gets a recipe with no eval sets, so ``eqm eval``
-    asks for ``--lfw``/``--pairs``. Results of ``eqm eval`` go beside the file."""
+    asks for ``--lfw``/``--pairs``. ``mean``/``std``/``bgr`` override the preprocessing
+    its metadata records (`resolve_preprocessing`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ONNX model not found: {path}")
     backbone = OnnxBackbone(path)
+    backbone.preprocessing = resolve_preprocessing(
+        backbone.metadata, str(path), mean=mean, std=std, bgr=bgr)
     stored = backbone.metadata.get(RECIPE_KEY)
     if stored:
         recipe = recipe_from_state({"recipe": stored}, str(path))
