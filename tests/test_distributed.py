@@ -7,16 +7,14 @@ workers save what they computed and the test compares it with the single-process
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import yaml
+from gloo_helpers import join_gloo, spawn
 
 from eqmcli.distributed import ShardedHead, shard_bounds
 from eqmcli.errors import UserError
@@ -37,29 +35,6 @@ SHARDABLE = {
 CLASSES, DIM, PER_RANK = 11, 8, 5  # 11 classes: uneven shards for 2 and 3 ranks
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spawn(fn: Any, world: int, *args: Any) -> None:
-    """Run fn(rank, world, port, *args) in `world` processes (torchrun's environment)."""
-    # fork: the children share the imported modules (a spawn re-imports torch in each)
-    mp.start_processes(
-        fn, args=(world, free_port(), *args), nprocs=world, join=True, start_method="fork"
-    )
-
-
-def _join(rank: int, world: int, port: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-
-
 def problem(world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global embeddings (N·B, d), labels (N·B,) and centres (C, d) in float64."""
     generator = torch.Generator().manual_seed(7)
@@ -76,7 +51,7 @@ def loss_kwargs(key: str) -> tuple[str, dict[str, float]]:
 
 
 def _sharded_worker(rank: int, world: int, port: int, out: str) -> None:
-    _join(rank, world, port)
+    join_gloo(rank, world, port)
     x, labels, weight = problem(world)
     rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     results: dict[tuple[str, float], dict[str, Any]] = {}
@@ -216,7 +191,7 @@ def _train_worker(rank: int, world: int, port: int, recipe_path: str, out: str) 
     from eqmcli.recipe import load_recipe
     from eqmcli.train import train
 
-    _join(rank, world, port)
+    join_gloo(rank, world, port)
     summary = train(load_recipe(Path(recipe_path), ["train.distributed=sharded"]),
                     Path(out) / "sharded", progress=False)
     assert summary.steps > 0

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.distributed as dist
+from gloo_helpers import join_gloo, spawn
 
+from eqmcli.backbones import build_backbone
 from eqmcli.data.loader import default_num_workers
-from eqmcli.distributed import init_distributed
+from eqmcli.distributed import DistributedContext, ShardedHead, init_distributed
 from eqmcli.errors import UserError
+from eqmcli.recipe import OptimSection
+from eqmcli.schedule import LrSchedule
+from eqmcli.train.step import StepParts, build_optimizer, place_model, train_step
 
 
 def torchrun_environment(
@@ -72,3 +78,62 @@ def test_process_group_timeout_comes_from_the_recipe(monkeypatch, tiny_recipe_pa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     init_distributed("cpu", timeout_s=90.0)
     assert asked["backend"] == "gloo" and asked["timeout"] == timedelta(seconds=90)
+
+
+# ------------------------------------------------ fault 1: fp16 with a sharded head
+FP16_STEPS, OVERFLOW_STEP = 3, 1
+
+
+def _fp16_sharded_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Three fp16 training steps with a class-sharded head; at step 1 rank 1's head
+    gradient holds an inf. Saves each rank's scale and backbone after every step."""
+    join_gloo(rank, world, port)
+    cpu = torch.device("cpu")
+    context = DistributedContext(rank=rank, world_size=world, local_rank=rank, active=True,
+                                 mode="sharded")
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny", embedding_dim=16, input_size=(24, 24))
+    head = ShardedHead("eqm", 8, 16, scale=16.0)
+    place_model(backbone, head, cpu, channels_last=False)
+    optim = OptimSection(lr=0.05)
+    parts = StepParts(
+        backbone=backbone, head=head,
+        optimizer=build_optimizer(optim, [*backbone.parameters(), *head.parameters()]),
+        schedule=LrSchedule(optim, FP16_STEPS, FP16_STEPS), device=cpu,
+        amp_dtype=torch.float16, channels_last=False, input_size=(24, 24),
+    )
+    parts.forward_backbone = context.wrap_backbone(backbone, cpu)
+    parts.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)  # no overflow of its own
+    step_now = [0]
+    if rank == 1:
+        head.weight.register_hook(
+            lambda grad: grad.clone().fill_(float("inf")) if step_now[0] == OVERFLOW_STEP
+            else grad
+        )
+    generator = torch.Generator().manual_seed(100 + rank)
+    history = []
+    for step in range(FP16_STEPS):
+        step_now[0] = step
+        images = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, 8, (4,), generator=generator)
+        train_step(parts, images, labels, torch.zeros(4, dtype=torch.bool), step)
+        state = torch.cat([p.detach().flatten() for p in backbone.parameters()])
+        history.append({"scale": parts.scaler.get_scale(), "backbone": state})
+    everyone = [None] * world
+    dist.all_gather_object(everyone, history)
+    if rank == 0:
+        torch.save(everyone, out)
+    dist.destroy_process_group()
+
+
+def test_fp16_overflow_in_one_ranks_head_slice_makes_every_rank_skip_the_step(tmp_path):
+    out = tmp_path / "fp16.pt"
+    spawn(_fp16_sharded_worker, 2, str(out))
+    rank0, rank1 = torch.load(out)
+    for step in range(FP16_STEPS):
+        assert rank0[step]["scale"] == rank1[step]["scale"], f"scales differ after step {step}"
+        torch.testing.assert_close(rank0[step]["backbone"], rank1[step]["backbone"],
+                                   rtol=0, atol=0, msg=f"backbones differ after step {step}")
+    before, after = rank0[OVERFLOW_STEP - 1], rank0[OVERFLOW_STEP]
+    assert after["scale"] == before["scale"] / 2, "the overflow halved every rank's scale"
+    assert torch.equal(after["backbone"], before["backbone"]), "and every rank skipped the step"

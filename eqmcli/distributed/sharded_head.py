@@ -223,6 +223,14 @@ class ClassSharded(WholeRows):
     def local_rows(self, full: Tensor) -> Tensor:
         return full[self.start : self.stop]
 
+    def overflow_anywhere(self, found_inf: Tensor) -> Tensor:
+        """The flag's maximum over the ranks: an inf in one rank's head slice is everyone's."""
+        if self.world_size == 1:
+            return found_inf
+        found_inf = found_inf.clone()
+        dist.all_reduce(found_inf, op=dist.ReduceOp.MAX, group=self.group)
+        return found_inf
+
     def clip_grad_norm(
         self, backbone: Iterable[nn.Parameter], head: Iterable[nn.Parameter], max_norm: float
     ) -> Tensor:

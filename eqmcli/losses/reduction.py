@@ -68,3 +68,8 @@ class WholeRows:
     ) -> Tensor:
         """Scale every gradient so their global L2 norm is at most `max_norm`; returns it."""
         return nn.utils.clip_grad_norm_([*backbone, *head], max_norm)
+
+    def overflow_anywhere(self, found_inf: Tensor) -> Tensor:
+        """A GradScaler's inf/NaN flag (0-d float) -> 1 where any device holding part of
+        the head found one: here this device's own flag (its gradients are all here)."""
+        return found_inf

@@ -3,9 +3,10 @@
 `train_step` takes a uint8 host batch through everything a step does: conversion on the
 device (normalize, flip, channels_last, resize), the learning rate of this step, forward
 under autocast, backward through the GradScaler, optional clipping to a global gradient
-norm, the optimizer and scaler steps, and the NaN/Inf flag (kept on the device: no
-synchronization). `StepParts` holds what it needs; both callers build it the same way
-(`place_model`, `build_optimizer`, `compiled`).
+norm (ranks of a class-sharded head agree on an fp16 overflow first), the optimizer and
+scaler steps, and the NaN/Inf flag (kept on the device: no synchronization). `StepParts`
+holds what it needs; both callers build it the same way (`place_model`,
+`build_optimizer`, `compiled`).
 """
 
 from __future__ import annotations
@@ -120,13 +121,45 @@ def train_step(
         loss = parts.forward_head(parts.forward_backbone(inputs), labels)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
-    if parts.grad_clip is not None:
-        parts.scaler.unscale_(parts.optimizer)
-        parts.head.reduction.clip_grad_norm(
-            parts.backbone.parameters(), parts.head.parameters(), parts.grad_clip
-        )
+    unscale_and_clip(parts)
     loss = loss.detach()
     parts.non_finite |= ~torch.isfinite(loss)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     return loss
+
+
+def unscale_and_clip(parts: StepParts) -> None:
+    """Unscale the gradients where the step needs them unscaled, then clip them.
+
+    Needed for clipping (`grad_clip`: a global L2 norm through the head's reduction) and
+    for fp16 with a class-sharded head, whose ranks must agree on skipping the step
+    (`share_overflow`). Otherwise `scaler.step` unscales on its own.
+    """
+    sharded_fp16 = parts.scaler.is_enabled() and not parts.head.reduction.replicated
+    if parts.grad_clip is None and not sharded_fp16:
+        return
+    parts.scaler.unscale_(parts.optimizer)
+    if sharded_fp16:
+        share_overflow(parts.scaler, parts.optimizer, parts.head)
+    if parts.grad_clip is not None:
+        parts.head.reduction.clip_grad_norm(
+            parts.backbone.parameters(), parts.head.parameters(), parts.grad_clip
+        )
+
+
+def share_overflow(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                   head: Head) -> None:
+    """After `scaler.unscale_(optimizer)`: make the scaler's inf/NaN flag of this step the
+    one of every rank (`head.reduction.overflow_anywhere`).
+
+    A class-sharded head's gradients stay on their rank (the backbone's are all-reduced,
+    so an inf there reaches every rank anyway): without this, an overflow in one rank's
+    head slice makes only that rank skip the step and halve its scale, and the ranks'
+    backbones drift apart. Reads GradScaler's per-optimizer flags (a private field, there
+    since torch 1.6); stays on the device (no host sync).
+    """
+    flags = scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+    anywhere = head.reduction.overflow_anywhere(torch.stack(list(flags.values())).amax())
+    for flag in flags.values():
+        flag.copy_(anywhere)
