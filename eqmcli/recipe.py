@@ -226,7 +226,11 @@ class OptimSection(Section):
 # -------------------------------------------------------------------------- train
 class TrainSection(Section):
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=2)
+    batch_size: int = Field(128, ge=2, description="images per forward pass (per rank)")
+    grad_accumulation: int = Field(
+        1, ge=1, le=4096, description="forward passes (micro-batches of batch_size) per "
+        "optimizer step; an optimizer step sees batch_size x grad_accumulation x ranks images"
+    )
     device: str = Field("auto", max_length=40)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 autocast where the GPU or CPU has native bf16; "

@@ -78,7 +78,9 @@ def _describe_run(recipe: Recipe) -> tuple[Table, str | None]:
     table.add_row("input", f"{input_size[0]}x{input_size[1]} px -> {recipe.model.embedding_dim}-d")
     loss = ", ".join(f"{k}={v:g}" for k, v in recipe.loss.hyperparameters().items())
     table.add_row("loss", f"{recipe.loss.name} ({loss})")
-    table.add_row("schedule", f"{recipe.train.epochs} epochs, batch {recipe.train.batch_size}, "
+    accumulation = recipe.train.grad_accumulation
+    batch = f"{recipe.train.batch_size}" + (f" x {accumulation} accumulated" * (accumulation > 1))
+    table.add_row("schedule", f"{recipe.train.epochs} epochs, batch {batch}, "
                   f"{recipe.optim.name} lr {recipe.optim.lr:g} ({recipe.optim.schedule})")
     return table, warning
 

@@ -186,7 +186,8 @@ class Head(CosineClassifier):
         return weight, columns
 
     def resume_at(self, step: int) -> None:
-        """Continue step-dependent state (Partial FC draws) from optimizer step `step`."""
+        """Continue state that advances per training forward pass (Partial FC draws) after
+        `step` of them (optimizer steps x `train.grad_accumulation`)."""
 
     def full_state_dict(self) -> dict[str, Tensor] | None:
         """The state of the whole head (every class), as a checkpoint stores it.

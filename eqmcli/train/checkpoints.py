@@ -139,7 +139,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.step = rescale_resumed_step(
         state, len(run.data.dataset), run.global_batch, run.steps_per_epoch
     )
-    parts.head.resume_at(run.step)  # e.g. Partial FC draws continue where they stopped
+    # e.g. Partial FC draws (one per forward pass) continue where they stopped
+    parts.head.resume_at(run.step * parts.micro_batches)
     run.best_accuracy = state.get("best_accuracy")
     run.saved_step = int(state["step"])
     run.resumed_from = run.step

@@ -59,10 +59,12 @@ class Run:
 
     @property
     def batch_size(self) -> int:
-        return self.recipe.train.batch_size
+        """Images per optimizer step on this rank (all its micro-batches)."""
+        return step_batch(self.recipe)
 
     @property
     def global_batch(self) -> int:
+        """Images per optimizer step over all ranks."""
         return self.batch_size * self.context.world_size
 
     @property
@@ -126,14 +128,20 @@ def infeasible_t2_warning(recipe: Recipe, num_classes: int | None = None) -> str
     return infeasible_t2_message(recipe.loss.t2, num_classes, recipe.model.embedding_dim)
 
 
+def step_batch(recipe: Recipe) -> int:
+    """Images per optimizer step on one rank: `train.batch_size` x `train.grad_accumulation`."""
+    return recipe.train.batch_size * recipe.train.grad_accumulation
+
+
 def steps_per_epoch(recipe: Recipe, num_images: int, world_size: int) -> int:
     """Optimizer steps per epoch (incomplete last batches dropped); `UserError` if none."""
-    batch_size = recipe.train.batch_size
-    steps = num_images // (batch_size * world_size)
+    steps = num_images // (step_batch(recipe) * world_size)
     if steps < 1:
+        accumulation = recipe.train.grad_accumulation
+        times = f" x train.grad_accumulation {accumulation}" if accumulation > 1 else ""
         raise UserError(
-            f"train.batch_size {batch_size} x {world_size} rank(s) is larger than the "
-            f"data set ({num_images} images)"
+            f"train.batch_size {recipe.train.batch_size}{times} x {world_size} rank(s) is "
+            f"larger than the data set ({num_images} images)"
         )
     return steps
 
@@ -171,11 +179,11 @@ def set_up(
         schedule=LrSchedule(recipe.optim, steps, steps * recipe.train.epochs),
         device=device, amp_dtype=autocast_dtype(recipe.train.precision, device, training=True),
         channels_last=recipe.train.channels_last, input_size=(height, width),
-        grad_clip=recipe.optim.grad_clip,
+        grad_clip=recipe.optim.grad_clip, micro_batches=recipe.train.grad_accumulation,
     )
     sampler = EpochSampler(
         len(data.dataset), recipe.seed, rank=context.rank, world_size=context.world_size,
-        batch_size=recipe.train.batch_size,
+        batch_size=step_batch(recipe),
     )
     run = Run(recipe, paths, context, data, (height, width), steps, parts, sets, sampler)
     run.environment = training_environment(parts, context)

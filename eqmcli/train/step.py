@@ -2,11 +2,11 @@
 
 `train_step` takes a uint8 host batch through everything a step does: conversion on the
 device (normalize, flip, channels_last, resize), the learning rate of this step, forward
-under autocast, backward through the GradScaler, optional clipping to a global gradient
-norm (ranks of a class-sharded head agree on an fp16 overflow first), the optimizer and
-scaler steps, and the NaN/Inf flag (kept on the device: no synchronization). `StepParts`
-holds what it needs; both callers build it the same way (`place_model`,
-`build_optimizer`, `compiled`).
+under autocast and backward through the GradScaler (in `train.grad_accumulation` parts),
+optional clipping to a global gradient norm (ranks of a class-sharded head agree on an fp16
+overflow first), the optimizer and scaler steps, and the NaN/Inf flag (kept on the device:
+no synchronization). `StepParts` holds what it needs; both callers build it the same way
+(`place_model`, `build_optimizer`, `compiled`).
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class StepParts:
     `backbone` and `head` are the modules themselves; `forward_backbone` and
     `forward_head` are what is called (DDP-wrapped, compiled), which may be the same
     objects. `input_size` is (height, width) in pixels; `amp_dtype` None means float32.
+    `micro_batches` (`train.grad_accumulation`) splits each step's batch into that many
+    forward/backward passes whose gradients add up before the one optimizer step.
     """
 
     backbone: nn.Module
@@ -65,6 +67,7 @@ class StepParts:
     channels_last: bool
     input_size: tuple[int, int]
     grad_clip: float | None = None
+    micro_batches: int = 1
     forward_backbone: Forward | None = None
     forward_head: Forward | None = None
     scaler: torch.amp.GradScaler = field(init=False)
@@ -110,23 +113,37 @@ def train_step(
     `flip` (bool `(B,)`) mirrors those samples; `step` (0-based) picks the learning rate;
     `collect_stats` asks the head for its `last_stats` (the trainer does on logging steps).
     """
-    inputs = to_model_input(
-        images, parts.device, flip_mask=flip, channels_last=parts.channels_last,
-        size=parts.input_size,
-    )
-    labels = labels.to(parts.device, non_blocking=True)
     parts.schedule.apply(parts.optimizer, step)
-    parts.head.collect_stats = collect_stats
-    with autocast(parts.device, parts.amp_dtype):
-        loss = parts.forward_head(parts.forward_backbone(inputs), labels)
     parts.optimizer.zero_grad(set_to_none=True)
-    parts.scaler.scale(loss).backward()
+    loss = accumulate_gradients(parts, images, labels, flip, collect_stats=collect_stats)
     unscale_and_clip(parts)
-    loss = loss.detach()
     parts.non_finite |= ~torch.isfinite(loss)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
     return loss
+
+
+def accumulate_gradients(
+    parts: StepParts, images: Tensor, labels: Tensor, flip: Tensor, *, collect_stats: bool
+) -> Tensor:
+    """Forward and backward the batch in `parts.micro_batches` equal parts, adding up the
+    gradients of their mean losses / K (together the gradient of the batch's mean loss);
+    returns the batch's mean loss, detached. Statistics come from the last part."""
+    count = parts.micro_batches
+    total = torch.zeros((), device=parts.device)
+    pieces = zip(images.chunk(count), labels.chunk(count), flip.chunk(count), strict=True)
+    for index, (part_images, part_labels, part_flip) in enumerate(pieces):
+        inputs = to_model_input(
+            part_images, parts.device, flip_mask=part_flip, channels_last=parts.channels_last,
+            size=parts.input_size,
+        )
+        part_labels = part_labels.to(parts.device, non_blocking=True)
+        parts.head.collect_stats = collect_stats and index == count - 1
+        with autocast(parts.device, parts.amp_dtype):
+            loss = parts.forward_head(parts.forward_backbone(inputs), part_labels)
+        parts.scaler.scale(loss / count).backward()
+        total += loss.detach()
+    return total / count
 
 
 def unscale_and_clip(parts: StepParts) -> None:

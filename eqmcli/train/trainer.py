@@ -282,7 +282,8 @@ def log_step(
         "loss": float(loss),
         "lr": run.parts.schedule.lr(run.step),  # the lr of the next step
         "img_per_s": round(speed, 1),
-        **{k: float(v) for k, v in stats.items()},
+        # the head's own "loss" is its last forward's: the last micro-batch's with accumulation
+        **{k: float(v) for k, v in stats.items() if k != "loss"},
     }
     run.metrics.write(record)
     bar.update(task, loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
