@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from eqmcli.recipe import Recipe, load_recipe, parse_override
 
 SEED_KEY = "seed"
 MAX_MEMBERS = 10_000
+NAME_MAX = 255  # bytes per file name on the usual Linux file systems
+LOG_SUFFIX = ".log"  # a member's log is OUT/logs/<name>.log, the longest name it gets
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 
 
@@ -136,9 +139,10 @@ def expand(
 ) -> list[Member]:
     """Every grid point x `seeds` seeds, each checked by loading its recipe.
 
-    Seeds count up from the recipe's own `seed` (after `sets`). A key that the recipe does
-    not have, a bad value, a key both swept and `--set`, or folder names that collide are
-    a `UserError` raised before anything runs.
+    Seeds count up from the recipe's own `seed` (after `sets`). More than `MAX_MEMBERS`
+    members (counted before the product is built), a key that the recipe does not have, a
+    bad value, a key both swept and `--set`, folder names that collide or are too long for
+    the file system are a `UserError` raised before anything runs.
     """
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -149,13 +153,13 @@ def expand(
         raise UserError(f"recipe key {shown(repeated[0])} is given twice (--grid/--set)")
     if SEED_KEY in set_keys:
         raise UserError("--set seed=... would give every seed the same value; use --seeds")
+    count = math.prod(len(axis.values) for axis in axes) * seeds  # before any product
+    if count > MAX_MEMBERS:
+        raise UserError(f"the sweep has {count} runs; at most {MAX_MEMBERS}")
     base_seed = load_recipe(recipe_path, sets).seed
-    points = list(itertools.product(*(range(len(axis.values)) for axis in axes)))
-    if len(points) * seeds > MAX_MEMBERS:
-        raise UserError(f"the sweep has {len(points) * seeds} runs; at most {MAX_MEMBERS}")
     short = folder_keys(keys)
     members = []
-    for point in points:
+    for point in itertools.product(*(range(len(axis.values)) for axis in axes)):
         grid_sets = [f"{axis.key}={axis.texts[i]}" for axis, i in zip(axes, point, strict=True)]
         config = _config_name(axes, point, short)
         for seed in range(base_seed, base_seed + seeds):
@@ -166,6 +170,12 @@ def expand(
             )
             members.append(Member(config, seed, assignments, overrides, recipe))
     names = [m.name for m in members]
+    too_long = next((n for n in names if len((n + LOG_SUFFIX).encode()) > NAME_MAX), None)
+    if too_long is not None:
+        raise UserError(
+            f"the run folder name {shown(too_long)} would be longer than the file system "
+            f"allows ({NAME_MAX} bytes with its '{LOG_SUFFIX}' log); shorten the --grid values"
+        )
     if len(set(names)) < len(names):
         clash = next(n for n in names if names.count(n) > 1)
         raise UserError(f"two runs of the sweep would share the folder name {shown(clash)}")

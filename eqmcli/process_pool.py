@@ -5,13 +5,21 @@ process; `run_tasks` passes every SIGINT / SIGTERM it receives on to the running
 exactly once (a training checkpoints at its next step boundary and exits; a second signal
 stops it at once), starts nothing new, waits for the children and returns the signal's
 name. A task's output (stdout and stderr) is appended to its log file.
+
+On Linux each child also asks the kernel for SIGTERM when this process dies
+(`PR_SET_PDEATHSIG`), so a `kill -9` of the sweep leaves no training running as an orphan:
+the child checkpoints at its next step boundary and exits, as on a Ctrl-C.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,6 +66,25 @@ def _forwarded_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive SIGTERM when its parent dies (Linux);
+    None elsewhere. A parent that died before the call is caught by comparing the PID."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def request() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return request
+
+
 def _start(task: Task, slot: int, env_for_slot: Callable[[int], dict[str, str]]) -> _Running:
     command = task.commands[task._next]
     task._next += 1
@@ -67,7 +94,7 @@ def _start(task: Task, slot: int, env_for_slot: Callable[[int], dict[str, str]])
         log.flush()
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env_for_slot(slot), start_new_session=True,
+            env=env_for_slot(slot), start_new_session=True, preexec_fn=die_with_parent(),
         )
     return _Running(task, process, slot, time.perf_counter())
 

@@ -12,6 +12,16 @@ next step boundary and stops). Before a member starts, its folder decides what t
   (stopped during set-up): `--force` (it holds nothing to keep);
 - any other folder: refused (the member fails; nothing is touched).
 
+A member that has run before (finished or partial) is only taken up again when its whole
+resolved recipe equals its `recipe.yaml`: a re-run with another `--set` or an edited
+recipe file is refused before anything runs, naming the keys that differ, so `sweep.json`
+never records settings its runs did not use. `OUT` itself must be new, empty or a sweep's
+folder (`.eqm-sweep` marker, `sweep.json`, `logs/` or only its member folders), and is
+locked (`OUT/.eqm-lock`) while a sweep runs in it: a second sweep on the same `OUT` is
+refused. A member whose run
+is still locked by a process of an earlier sweep (stopping after that sweep died) is
+waited for, up to `ADOPT_SECONDS`, then decided from its folder.
+
 So a stopped sweep continues where it stopped when the same command runs again.
 `--jobs N` runs N members at once: on CUDA one per GPU (`CUDA_VISIBLE_DEVICES`), on the
 CPU with `OMP_NUM_THREADS` = CPUs / N each (an OMP_NUM_THREADS already set is kept).
@@ -23,11 +33,13 @@ checkpoint. Output of every process goes to
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,14 +48,25 @@ import numpy as np
 import torch
 
 from eqmcli.atomic import atomic_write_text
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 from eqmcli.grid import GridAxis, Member, expand, folder_keys
 from eqmcli.process_pool import Task, run_tasks
+from eqmcli.recipe import Recipe, parse_recipe_text
 from eqmcli.run_results import read_run_results
-from eqmcli.rundir import RunPaths
+from eqmcli.rundir import LOCK, RunPaths
+from eqmcli.train.run_state import (
+    Change,
+    RunLock,
+    check_output_path,
+    describe_changes,
+    recipe_changes,
+)
+from eqmcli.train.setup import training_data_roots
 
 SWEEP_FILE = "sweep.json"
+SWEEP_MARKER = ".eqm-sweep"
 LOGS = "logs"
+ADOPT_SECONDS = 120.0  # how long a member still locked by an earlier sweep's process is awaited
 INTERRUPTED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
@@ -200,6 +223,126 @@ def member_commands(options: SweepOptions, member: Member, state: str) -> list[l
     return commands
 
 
+def trained_recipe(options: SweepOptions, member: Member) -> Recipe:
+    """The recipe `eqm train` resolves for a member (its overrides, then `--device`)."""
+    if options.device == "auto":
+        return member.recipe
+    train = member.recipe.train.model_copy(update={"device": options.device})
+    return member.recipe.model_copy(update={"train": train})
+
+
+def stored_recipe_changes(run_dir: Path, recipe: Recipe) -> list[Change]:
+    """The keys where `run_dir/recipe.yaml` differs from `recipe` (all of them, sorted);
+    an unreadable `recipe.yaml` is one `UserError` naming it."""
+    path = RunPaths(run_dir).recipe
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+    return recipe_changes(parse_recipe_text(text, source=str(path)), recipe)
+
+
+def refuse_changed_members(changed: list[tuple[Path, list[Change]]]) -> None:
+    """One sentence for members whose stored recipe is not what this sweep would run."""
+    if not changed:
+        return
+    run_dir, changes = changed[0]
+    more = f" (and {len(changed) - 1} other run(s))" if len(changed) > 1 else ""
+    shown_changes = describe_changes(changes[:3]) + (
+        f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+    raise UserError(
+        f"{run_dir}{more} was trained with other settings than this sweep gives it "
+        f"({shown_changes}); run the sweep with the settings it was started with, or "
+        "choose another --out"
+    )
+
+
+def is_sweep_folder(out: Path) -> bool:
+    """True for a folder an `eqm sweep` wrote (its marker, `sweep.json` or `logs/`)."""
+    return (out / SWEEP_MARKER).is_file() or (out / SWEEP_FILE).is_file() or (
+        out / LOGS).is_dir()
+
+
+def check_sweep_folder(options: SweepOptions, members: Sequence[Member]) -> None:
+    """Refuse an `--out` that is a file, a run directory, a folder eqm did not write (a data
+    folder, say: entries that are neither a sweep's files nor this sweep's member folders),
+    lies inside the members' training data, or holds a sweep of other keys."""
+    out = options.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; the sweep needs a folder")
+    roots = {root for member in members for root in training_data_roots(member.recipe)}
+    check_output_path(out, sorted(roots))
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if RunPaths(out).is_run_directory():
+        raise UserError(f"--out {out} is a run directory of 'eqm train'; choose another folder")
+    names = {member.name for member in members}
+    if not is_sweep_folder(out) and not all(entry.name in names for entry in out.iterdir()):
+        raise UserError(
+            f"--out {out} holds files that no eqm sweep wrote; choose a new or empty folder"
+        )
+    stored = read_sweep_file(out)
+    keys = sorted(axis.key for axis in options.axes)
+    if stored is not None and sorted(stored.get("grid", {})) != keys:
+        raise UserError(
+            f"--out {out} holds another sweep (grid keys "
+            f"{shown(sorted(stored.get('grid', {})))}, here {shown(keys)}); choose another --out"
+        )
+
+
+def read_sweep_file(out: Path) -> dict[str, Any] | None:
+    """`OUT/sweep.json` as a dict (None when absent); a damaged one is a `UserError`."""
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{path} is not readable JSON ({error}); move it away") from None
+    if not isinstance(data, dict) or not isinstance(data.get("grid", {}), dict):
+        raise UserError(f"{path} is not a sweep.json written by eqm sweep; move it away")
+    return data
+
+
+def lock_sweep_folder(out: Path) -> RunLock:
+    """Create `out`, mark it as a sweep's, and hold its lock (a second sweep is refused)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out / LOCK, what="sweep folder")
+        lock.acquire()
+    except OSError as error:
+        raise UserError(f"cannot use sweep folder {out}: {error.strerror}") from None
+    marker = out / SWEEP_MARKER
+    if not marker.is_file():
+        atomic_write_text(marker, "made by 'eqm sweep'; see eqmcli/sweep.py\n")
+    return lock
+
+
+def run_is_locked(run_dir: Path) -> bool:
+    """True while another process holds the run's lock (`RUN/.eqm-lock`)."""
+    try:
+        fd = os.open(RunPaths(run_dir).lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def wait_for_unlocked(run_dir: Path, seconds: float) -> bool:
+    """Wait up to `seconds` for a run's lock to be released; False if it is still held."""
+    deadline = time.monotonic() + seconds
+    while run_is_locked(run_dir):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 # ------------------------------------------------------------------- running
 def _slot_environment(options: SweepOptions, slots: int) -> Callable[[int], dict[str, str]]:
     """Each slot's environment: one GPU per slot on CUDA; on the CPU, CPUs / slots threads
@@ -260,19 +403,50 @@ def run_sweep(
     `report(outcome)` is called as each member ends (or is found finished),
     `started(outcome, log)` as its first process starts.
     """
+    if options.jobs is not None and options.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {options.jobs}")
     members = expand(options.recipe, options.axes, options.seeds, options.sets)
+    check_sweep_folder(options, members)
+    lock = lock_sweep_folder(options.out)
+    try:
+        return _run_locked(options, members, report, started)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    options: SweepOptions,
+    members: list[Member],
+    report: Callable[[MemberOutcome], None] | None,
+    started: Callable[[MemberOutcome, Path], None] | None,
+) -> SweepResult:
+    """`run_sweep` once the sweep folder is checked and locked."""
     slots = options.jobs or default_jobs(options.device)
-    if slots < 1:
-        raise UserError(f"--jobs must be at least 1, got {slots}")
+    states, changed = {}, []
+    for member in members:
+        run_dir = options.out / member.name
+        if run_is_locked(run_dir) and not wait_for_unlocked(run_dir, ADOPT_SECONDS):
+            states[member.name] = "busy"
+            continue
+        states[member.name] = state = member_state(run_dir, member.recipe.train.epochs)
+        if state in ("done", "partial"):
+            differences = stored_recipe_changes(run_dir, trained_recipe(options, member))
+            if differences:
+                changed.append((run_dir, differences))
+    refuse_changed_members(changed)
     outcomes, tasks = [], {}
     for member in members:
         run_dir = options.out / member.name
         outcome = MemberOutcome(member, run_dir)
-        state = member_state(run_dir, member.recipe.train.epochs)
+        state = states[member.name]
         outcomes.append(outcome)
-        if state == "foreign":
+        if state in ("foreign", "busy"):
             outcome.status = "failed"
-            outcome.message = f"{run_dir} exists and is not a run directory; left untouched"
+            outcome.message = (
+                f"{run_dir} exists and is not a run directory; left untouched"
+                if state == "foreign" else
+                f"{run_dir} is in use by another eqm process; left untouched"
+            )
             continue
         outcome.action = {"new": "train", "partial": "resume", "restart": "restart"}.get(state, "")
         commands = member_commands(options, member, state)
@@ -294,7 +468,6 @@ def run_sweep(
         if started is not None:
             started(by_name[task.name], task.log)
 
-    options.out.mkdir(parents=True, exist_ok=True)
     stop = run_tasks(list(tasks.values()), slots, _slot_environment(options, slots), done,
                      start)
     for outcome in outcomes:

@@ -45,8 +45,9 @@ class RunLock:
     lock is never stale; the file keeps the holder's PID and host for the message.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str = "run directory") -> None:
         self.path = path
+        self.what = what  # the folder's kind, for the message
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -58,7 +59,7 @@ class RunLock:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
             os.close(fd)
             raise UserError(
-                f"run directory {self.path.parent} is in use by another eqm process "
+                f"{self.what} {self.path.parent} is in use by another eqm process "
                 f"({shown(holder, 80)[1:-1]}); wait for it to finish or stop it first"
             ) from None
         os.ftruncate(fd, 0)
@@ -219,6 +220,18 @@ def _matches(key: str, prefixes: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def recipe_changes(stored: Recipe, given: Recipe) -> list[Change]:
+    """Every resolved recipe key (paths made absolute) whose value differs, sorted by key;
+    `IGNORED_ON_RESUME` keys excepted."""
+    before = _flatten(with_absolute_paths(stored).model_dump(mode="json"))
+    after = _flatten(with_absolute_paths(given).model_dump(mode="json"))
+    return [
+        Change(key, before.get(key), after.get(key))
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key) and not _matches(key, IGNORED_ON_RESUME)
+    ]
+
+
 def resume_changes(stored: Recipe, given: Recipe, source: str) -> list[Change]:
     """The settings changed since the run started, or `UserError` if a frozen one changed.
 
@@ -226,13 +239,7 @@ def resume_changes(stored: Recipe, given: Recipe, source: str) -> list[Change]:
     other change (learning rate, schedule, batch size, workers, logging, device, ...) is
     allowed; the trainer applies it from the resumed step on and records it.
     """
-    before = _flatten(with_absolute_paths(stored).model_dump(mode="json"))
-    after = _flatten(with_absolute_paths(given).model_dump(mode="json"))
-    changes = [
-        Change(key, before.get(key), after.get(key))
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key) != after.get(key) and not _matches(key, IGNORED_ON_RESUME)
-    ]
+    changes = recipe_changes(stored, given)
     frozen = [c for c in changes if _matches(c.key, FROZEN_ON_RESUME)]
     if frozen:
         named = ", ".join(
