@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqmcli.checkpoint import load_checkpoint
+from eqmcli.checkpoint import load_checkpoint, save_checkpoint
 from eqmcli.data import build_train_data
 from eqmcli.data.transforms import to_model_input
 from eqmcli.errors import UserError
@@ -121,6 +121,19 @@ def test_cli_mismatch_exits_2(tmp_path: Path, tiny_recipe_path: Path, source_run
     code, out = invoke("train", tiny_recipe_path, "--out", tmp_path / "run", "--no-progress",
                        "--set", f"model.init_from={source_run}", "--set", "model.embedding_dim=32")
     assert code == 2 and "'linear.weight'" in out and "Traceback" not in out
+
+
+def test_init_from_weights_that_are_not_finite_is_refused(
+    tmp_path: Path, tiny_recipe_path: Path, source_run: Path
+) -> None:
+    state = load_checkpoint(source_run / "checkpoints" / "last.pt")
+    name = next(k for k, v in state["backbone"].items() if v.is_floating_point())
+    state["backbone"][name][(0,) * state["backbone"][name].ndim] = float("nan")
+    save_checkpoint(state, tmp_path / "nan.pt")
+    code, out = invoke("train", tiny_recipe_path, "--out", tmp_path / "run", "--no-progress",
+                       "--set", f"model.init_from={tmp_path / 'nan.pt'}")
+    said = " ".join(out.split())
+    assert code == 2 and f"tensor '{name}' holds 1 NaN or infinite value(s)" in said, said
 
 
 def test_resume_restores_the_run_not_the_init_source(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,34 @@ def test_decode_jpeg_and_garbage() -> None:
     assert decode_image(path_bytes.getvalue()).shape == (3, 5, 7)
     with pytest.raises(DecodeError):
         decode_image(encode_jpeg(pixels)[:50])
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_sixteen_bit_images_are_scaled_to_eight_bits(tmp_path: Path) -> None:
+    """A 16-bit grey PNG/TIFF/PGM decodes as round(v / 257), not as a white image (PIL's
+    own conversion clips 16-bit values at 255); so does a folder of them in training."""
+    wide = (np.arange(12 * 10).reshape(12, 10) * 546).astype(np.uint16)  # 0 .. 64,974
+    expected = ((wide.astype(np.int64) + 128) // 257).astype(np.uint8)
+    pgm = b"P5\n10 12\n65535\n" + wide.astype(">u2").tobytes()
+    for data in (_encoded(Image.fromarray(wide), "PNG"), _encoded(Image.fromarray(wide), "TIFF"),
+                 pgm):
+        image = decode_image(data)
+        assert image.shape == (3, 12, 10)
+        assert torch.equal(image[0], torch.from_numpy(expected)), "scaled, not clipped"
+        assert torch.equal(image[0], image[2])
+    (tmp_path / "faces" / "a").mkdir(parents=True)
+    Image.fromarray(wide).save(tmp_path / "faces" / "a" / "x.png")
+    dataset = ImageFolderDataset(tmp_path / "faces", ["a/x.png"], np.zeros(1, np.int64))
+    assert torch.equal(dataset[0][0][1], torch.from_numpy(expected))
+
+
+def test_thirty_two_bit_and_float_pixels_are_refused() -> None:
+    for array in (np.arange(20, dtype=np.int32).reshape(4, 5),
+                  np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)):
+        with pytest.raises(DecodeError, match="no known 8-bit scale"):
+            decode_image(_encoded(Image.fromarray(array), "TIFF"))

@@ -154,6 +154,19 @@ def test_two_files_naming_one_rank_are_refused(tmp_path: Path) -> None:
         head_shard_files(tmp_path)
 
 
+def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:
+    state = ArcMobileFaceNet().state_dict()
+    state["conv_sep.layers.0.weight"][0, 0, 0, 0] = float("nan")
+    state["features.layers.3.running_var"][3] = float("inf")
+    torch.save(state, tmp_path / "nan.pth")
+    code, out = invoke("import", "insightface", tmp_path / "nan.pth", "--arch", "mbf", "--out",
+                       tmp_path / "run")
+    said = " ".join(out.split())
+    assert code == 2 and "NaN or infinite value(s)" in said and "Traceback" not in out
+    assert "conv_sep.layers.0.weight" in said or "features.layers.3.running_var" in said
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

@@ -19,6 +19,8 @@ from PIL import Image
 from eqmcli.errors import UserError
 
 ImageSize = int | tuple[int, int]  # a square side, or (height, width), in pixels
+#: PIL modes of one 16-bit channel (PNG, TIFF); a 16-bit PGM decodes as "I" scaled to 0..65535
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
 class DecodeError(Exception):
@@ -35,20 +37,40 @@ def pixel_size(size: ImageSize | None) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. One 16-bit channel (0..65535) becomes round(v / 257) (PIL's own
+    conversion would clip it at 255: a white image); PIL already reduces 16-bit RGB(A) and
+    grey+alpha to 8 bits. 32-bit integer or float pixels, whose scale is unknown, are a
+    `DecodeError`."""
+    if img.mode in SIXTEEN_BIT_MODES or (img.mode == "I" and img.format == "PPM"):
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        return Image.fromarray(((wide + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("I", "F"):
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise DecodeError(
+            f"{kind} pixels (PIL mode {img.mode}) have no known 8-bit scale; save the image "
+            "with 8 or 16 bits per channel"
+        )
+    return img.convert("RGB")
+
+
 def decode_image(data: bytes, image_size: ImageSize | None = None) -> torch.Tensor:
     """Decode JPEG/PNG (any format PIL reads) bytes into a uint8 ``(3, H, W)`` RGB tensor.
 
     ``image_size`` (pixels, a square side or ``(height, width)``): when given and different
     from the decoded size, the image is resized (bilinear, antialiased when shrinking) to
-    it. Grayscale, palette and RGBA images are converted to RGB. Raises `DecodeError` for
-    anything PIL cannot fully decode.
+    it. Grayscale, palette and RGBA images are converted to RGB; 16 bits per channel are
+    scaled to 8 (`_to_rgb`). Raises `DecodeError` for anything PIL cannot fully decode and
+    for 32-bit integer or float pixels.
     """
     if not data:
         raise DecodeError("empty image payload")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # force a full decode: a truncated JPEG fails here, not later
-            rgb = img.convert("RGB")
+            rgb = _to_rgb(img)
+    except DecodeError:
+        raise
     except Image.UnidentifiedImageError:
         raise DecodeError("not a JPEG/PNG image (unknown format)") from None
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)

@@ -1,6 +1,6 @@
 """Tensors from one naming scheme to another through an explicit table, every name and shape
-checked: a tensor the table does not know, a tensor the table needs but the file lacks, and
-a shape that differs are each one `UserError` naming the tensor."""
+checked: a tensor the table does not know, a tensor the table needs but the file lacks, a
+shape that differs and a NaN or infinite value are each one `UserError` naming the tensor."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def remap_tensors(
     ``expected`` (target name -> tensor of the right shape and dtype).
 
     Returns target name -> tensor (cast to the expected dtype). A source counter named
-    `OPTIONAL_SUFFIX` may be missing (the expected value is kept). ``source_name`` (the
+    `OPTIONAL_SUFFIX` may be missing (the expected value is kept). A floating-point tensor
+    holding NaN or an infinity is refused (it would make every embedding NaN). ``source_name`` (the
     file) and ``target_name`` (what it should fit, e.g. "eqm's iresnet50") go into messages.
     """
     if sorted(table.values()) != sorted(expected):
@@ -67,6 +68,12 @@ def remap_tensors(
             raise UserError(
                 f"{source_name}: tensor '{name[:120]}' has shape {_shape(tensor)} but "
                 f"{target_name} needs {_shape(reference)}{renamed}"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(
+                f"{source_name}: tensor '{name[:120]}' holds {bad:,} NaN or infinite "
+                f"value(s) of {tensor.numel():,}; weights that are not finite are refused"
             )
         result[target] = tensor.detach().to(dtype=reference.dtype, device="cpu").clone()
     return result
