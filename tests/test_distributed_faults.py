@@ -137,3 +137,54 @@ def test_fp16_overflow_in_one_ranks_head_slice_makes_every_rank_skip_the_step(tm
     before, after = rank0[OVERFLOW_STEP - 1], rank0[OVERFLOW_STEP]
     assert after["scale"] == before["scale"] / 2, "the overflow halved every rank's scale"
     assert torch.equal(after["backbone"], before["backbone"]), "and every rank skipped the step"
+
+
+# ------------------------------------------------ fault 2: one rank's error, no hang
+FAILING_RANK_SCRIPT = '''
+import os, sys, time
+import eqmcli.train.trainer as trainer
+from eqmcli.cli import main
+from eqmcli.errors import UserError
+
+real_step = trainer.train_step
+
+def train_step(parts, images, labels, flip, step, **kwargs):
+    if os.environ["RANK"] == "1" and step == 1:  # as a corrupt image in rank 1's slice would
+        print(f"FAILING AT {time.time()}", flush=True)
+        raise UserError("rank 1 could not decode /data/bad.jpg")
+    return real_step(parts, images, labels, flip, step, **kwargs)
+
+trainer.train_step = train_step
+sys.argv = ["eqm", *sys.argv[1:]]
+main()
+'''
+
+
+@pytest.mark.slow  # ~20 s on a 2-core CPU: torchrun starts two Python processes
+def test_one_ranks_error_reaches_the_user_and_ends_the_job_at_once(tiny_recipe_path, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK_SCRIPT)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    timeout_s = 60  # the process-group timeout a barrier on the error path would wait out
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(script), "train", str(tiny_recipe_path), "--out", str(tmp_path / "run"),
+        "--no-progress", "--set", "train.distributed=sharded", "--set", "eval.every_epochs=0",
+        "--set", f"train.process_group_timeout_s={timeout_s}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    ended = time.time()
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "rank 1 could not decode /data/bad.jpg" in output, output[-3000:]
+    failed_at = float(re.search(r"FAILING AT ([0-9.]+)", output).group(1))
+    assert ended - failed_at < timeout_s / 3, f"the job took {ended - failed_at:.0f} s to end"

@@ -114,10 +114,17 @@ class DistributedContext:
             raise UserError(message)
         return result
 
-    def close(self) -> None:
-        """Leave the process group if this context created it."""
+    def close(self, *, wait_for_others: bool = True) -> None:
+        """Leave the process group if this context created it.
+
+        `wait_for_others` (a finished run) waits at a barrier first. A rank leaving on an
+        error must not: the other ranks sit in another collective, so a barrier would hang
+        until the timeout and bury this rank's message under "connection closed" errors;
+        it leaves at once and torchrun stops the others.
+        """
         if self.owns_group and dist.is_initialized():
-            dist.barrier()
+            if wait_for_others:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 

@@ -119,6 +119,7 @@ def train(
                                        timeout_s=recipe.train.process_group_timeout_s)
     prepared: PreparedRun | None = None
     run: Run | None = None
+    finished = False
     try:
         prepared = context.on_main(
             lambda: prepare_run_dir(out_dir, resume=resume, force=force,
@@ -135,13 +136,15 @@ def train(
         warn_infeasible_t2(run, console)
         open_log(run, changes, console, progress=progress)
         start(run)
-        return run_epochs(run, progress=progress, console=console)
+        summary = run_epochs(run, progress=progress, console=console)
+        finished = True
+        return summary
     finally:
         if run is not None:
             run.metrics.close()
         if prepared is not None:
             prepared.lock.release()
-        context.close()
+        context.close(wait_for_others=finished)  # no barrier on an error: it would hang
 
 
 def report_preparation(prepared: PreparedRun | None, console: Any) -> None:
