@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from eqmcli.atomic import atomic_write, atomic_write_text, temporary_sibling
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
 from eqmcli.data.transforms import to_model_input
 from eqmcli.devices import autocast, autocast_dtype, resolve_device
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 from eqmcli.interop.models import load_model
 
 
@@ -217,13 +218,14 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 
 
 def list_images(source: str | Path) -> list[Path]:
-    """The images to embed: a folder (recursively, sorted; files with an image suffix), one
-    image file, or a text file of paths (one per line; relative paths are relative to the
-    text file's folder; blank lines and ``#`` comments skipped)."""
+    """The images to embed: a folder (recursively, sorted; files with an image suffix, and
+    symbolic links with one whatever they point to), one image file, or a text file of
+    paths (one per line; relative paths are relative to the text file's folder; blank lines
+    and ``#`` comments skipped)."""
     source = Path(source)
-    if source.is_dir():
+    if source.is_dir():  # a dangling or looping link is kept: reading it lists it as unreadable
         found = (p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return sorted(p for p in found if p.is_file())
+        return sorted(p for p in found if p.is_file() or p.is_symlink())
     if not source.is_file():
         raise UserError(f"input not found: {source}")
     if source.suffix.lower() in IMAGE_SUFFIXES:
@@ -236,10 +238,33 @@ def list_images(source: str | Path) -> list[Path]:
     return [source.parent / name for name in names if name and not name.startswith("#")]
 
 
+#: Unicode categories a path in FEATURES.paths.txt (UTF-8, one per line) may not contain:
+#: control characters (newline, tab, ...), undecodable bytes (surrogates), line separators
+UNLISTABLE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+SHOWN_NAMES = 5
+
+
+def check_listable(paths: list[Path]) -> None:
+    """`UserError` listing the paths that a one-path-per-line UTF-8 file cannot hold
+    unambiguously (`UNLISTABLE_CATEGORIES`), so the rows and the paths always pair up."""
+    bad = [
+        path for path in paths
+        if any(unicodedata.category(c) in UNLISTABLE_CATEGORIES for c in str(path))
+    ]
+    if bad:
+        named = ", ".join(shown(str(path), 120) for path in bad[:SHOWN_NAMES])
+        more = f" and {len(bad) - SHOWN_NAMES} more" if len(bad) > SHOWN_NAMES else ""
+        raise UserError(
+            f"{len(bad)} image path(s) hold a control character (newline, tab, ...) or bytes "
+            f"that are not UTF-8, which the one-path-per-line .paths.txt cannot hold: {named}"
+            f"{more}; rename them, or list the other images in a text file"
+        )
+
+
 class ImageFiles(Dataset):
     """uint8 ``(3, H, W)`` images decoded from files. An unreadable file is recorded in
-    ``bad_log`` (worker-safe) and stands in as a black ``placeholder_size`` image, so one
-    broken file never stops the loop; the caller drops those rows afterwards."""
+    ``bad_log`` (worker-safe) under its index and stands in as a black ``placeholder_size``
+    image, so one broken file never stops the loop; the caller drops those rows afterwards."""
 
     def __init__(
         self, paths: list[Path], placeholder_size: tuple[int, int], bad_log: BadImageLog
@@ -255,7 +280,7 @@ class ImageFiles(Dataset):
         try:
             return decode_file(self.paths[index])
         except DecodeError as exc:
-            self.bad_log.record(str(self.paths[index]), str(exc))
+            self.bad_log.record(str(index), str(exc))
             return torch.zeros((3, *self.placeholder_size), dtype=torch.uint8)
 
 
@@ -311,6 +336,7 @@ def embed_images(
     paths = list_images(source)
     if not paths:
         raise UserError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    check_listable(paths)
     torch_device = resolve_device(device)
     loaded = load_model(model, torch_device)
     log_path = temporary_sibling(out.with_suffix(".unreadable"))
@@ -326,26 +352,30 @@ def embed_images(
         log_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     features = emb.flip if flip and emb.flip is not None else emb.plain
-    keep = [i for i, path in enumerate(paths) if str(path) not in reasons]
+    keep = [i for i in range(len(paths)) if i not in reasons]
     array = features[keep].numpy().astype(np.float32, copy=False)
+    unreadable = [str(paths[i]) for i in sorted(reasons)]
     paths_file, unreadable_file = output_lists(out)
     atomic_write(out, lambda stream: np.save(stream, array))
     atomic_write_text(paths_file, "".join(f"{paths[i]}\n" for i in keep))
-    atomic_write_text(unreadable_file, "".join(f"{n}\t{r}\n" for n, r in reasons.items()))
+    atomic_write_text(
+        unreadable_file, "".join(f"{paths[i]}\t{reasons[i]}\n" for i in sorted(reasons))
+    )
     return EmbedResult(
         features=out, paths_file=paths_file, unreadable_file=unreadable_file, count=len(keep),
-        dim=int(array.shape[1]) if array.ndim == 2 else 0, unreadable=list(reasons),
+        dim=int(array.shape[1]) if array.ndim == 2 else 0, unreadable=unreadable,
         seconds=seconds, normalized=not raw, flip=flip, resized_from=emb.resized_from,
         input_size=loaded.input_size,
     )
 
 
-def _reasons(log_path: Path) -> dict[str, str]:
-    """name -> reason from a `BadImageLog` file (first reason of each name)."""
+def _reasons(log_path: Path) -> dict[int, str]:
+    """image index -> reason from the `BadImageLog` file of `ImageFiles` (first reason of
+    each index)."""
     if not log_path.is_file():
         return {}
-    reasons: dict[str, str] = {}
+    reasons: dict[int, str] = {}
     for line in log_path.read_text().splitlines():
-        name, _, reason = line.partition("\t")
-        reasons.setdefault(name, reason)
+        index, _, reason = line.partition("\t")
+        reasons.setdefault(int(index), reason)
     return reasons

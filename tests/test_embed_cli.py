@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -94,3 +95,48 @@ def test_usage_errors_exit_2_and_write_nothing(
     code, text = invoke("embed", tiny_run, make_input(tmp_path), "--out", tmp_path / out_name)
     assert code == 2 and message in text and "Traceback" not in text
     assert not (tmp_path / out_name).exists()
+
+
+def test_names_with_a_control_character_or_undecodable_bytes_are_refused_listing_them(
+    tmp_path: Path, tiny_run: Path
+) -> None:
+    """FEATURES.paths.txt holds one path per line: a newline in a name used to give 5 rows
+    and 7 lines (and keep the unreadable image's placeholder row)."""
+    faces = tmp_path / "faces"
+    write_images(faces, 2, size=24)
+    (faces / "img_0.png").rename(faces / "two\nlines.png")
+    (faces / "img_1.png").rename(faces / "tab\there.png")
+    (faces / "broken\nname.png").write_bytes(b"not an image")
+    os.close(os.open(os.fsencode(faces) + b"/latin1_\xe9.png", os.O_CREAT | os.O_WRONLY))
+    out = tmp_path / "features.npy"
+    code, text = invoke("embed", tiny_run, faces, "--out", out, "--device", "cpu")
+    said = " ".join(text.split())
+    assert code == 2 and "4 image path(s) hold a control character" in said, said
+    assert "two\\nlines.png" in said and "tab\\there.png" in said and "\\udce9" in said
+    assert "Traceback" not in text and not list(tmp_path.glob("features*"))
+
+
+def test_rows_and_paths_pair_up_and_unreadable_rows_are_dropped(
+    tmp_path: Path, tiny_run: Path
+) -> None:
+    faces = tmp_path / "faces"
+    images = write_images(faces, 3, size=24)
+    (faces / "broken.png").write_bytes(b"not an image")
+    (faces / "dangling.png").symlink_to(faces / "nowhere.png")
+    (faces / "loop.png").symlink_to(faces / "loop.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text("faces/broken.png\nfaces/img_0.png\nfaces/broken.png\nfaces/img_2.png\n")
+    for source, expected in ((faces, [images[0], images[1], images[2]]),
+                             (listing, [images[0], images[2]])):
+        out = tmp_path / f"{source.stem}.npy"
+        code, text = invoke("embed", tiny_run, source, "--out", out, "--device", "cpu")
+        assert code == 0, text
+        listed = out.with_suffix(".paths.txt").read_text().splitlines()
+        assert listed == [str(p) for p in expected] and np.load(out).shape == (len(listed), 16)
+        unreadable = out.with_suffix(".unreadable.txt").read_text().splitlines()
+        names = sorted(Path(line.split("\t")[0]).name for line in unreadable)
+        wanted = ["broken.png", "broken.png"] if source == listing else [
+            "broken.png", "dangling.png", "loop.png"]
+        assert names == wanted, unreadable
+    code, text = invoke("embed", tiny_run, faces, "--out", tmp_path / "x.npy", "--device", "cpu")
+    assert "dangling.png" in text and "loop.png" in text, "the skipped links are listed"
