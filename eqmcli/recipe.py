@@ -117,8 +117,88 @@ TrainSource = Annotated[
 ]
 
 
+def _increasing(pair: tuple[float, float], what: str, high: float | None = None) -> None:
+    low_end, high_end = pair
+    if not 0 < low_end <= high_end or (high is not None and high_end > high):
+        upper = f" <= {high:g}" if high is not None else ""
+        raise ValueError(f"{what} must be [low, high] with 0 < low <= high{upper}")
+
+
+class RandomResizedCrop(Section):
+    """torchvision's RandomResizedCrop; the crop is resized back to the image's size."""
+
+    scale: tuple[float, float] = Field(
+        (0.08, 1.0), description="range of the crop's area, a fraction of the image's"
+    )
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="range of the crop's aspect ratio, width / height"
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RandomResizedCrop:
+        _increasing(self.scale, "scale", high=1.0)
+        _increasing(self.ratio, "ratio")
+        return self
+
+
+class ColorJitter(Section):
+    """torchvision's ColorJitter: factors drawn from [max(0, 1 - x), 1 + x]; hue from
+    [-hue, hue] turns. 0 leaves that adjustment out."""
+
+    brightness: float = Field(0.0, ge=0)
+    contrast: float = Field(0.0, ge=0)
+    saturation: float = Field(0.0, ge=0)
+    hue: float = Field(0.0, ge=0, le=0.5)
+
+
+class RandomGrayscale(Section):
+    """torchvision's RandomGrayscale."""
+
+    p: float = Field(0.1, ge=0, le=1, description="probability of a grayscale image")
+
+
+KernelTaps = Annotated[int, Field(ge=1, le=255)]
+
+
+class GaussianBlur(Section):
+    """torchvision's GaussianBlur (applied to every image, sigma drawn per image)."""
+
+    kernel_size: KernelTaps | tuple[KernelTaps, KernelTaps] = Field(
+        description="taps, odd: one size, or [width, height]"
+    )
+    sigma: tuple[float, float] = Field((0.1, 2.0), description="range of sigma, pixels")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> GaussianBlur:
+        if any(taps % 2 == 0 for taps in self.taps()):
+            raise ValueError("kernel_size must be odd")
+        _increasing(self.sigma, "sigma")
+        return self
+
+    def taps(self) -> tuple[int, int]:
+        """(width, height) of the kernel, in taps."""
+        size = self.kernel_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+class AugmentSection(Section):
+    """Training-image augmentation in the loader's workers, after torchvision's transforms of
+    the same names (applied in this order); each is off (null) unless given."""
+
+    random_resized_crop: RandomResizedCrop | None = None
+    color_jitter: ColorJitter | None = None
+    random_grayscale: RandomGrayscale | None = None
+    gaussian_blur: GaussianBlur | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any transform is on."""
+        return any(getattr(self, name) is not None for name in type(self).model_fields)
+
+
 class DataSection(Section):
     train: TrainSource = Field(default_factory=SyntheticSource)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
     num_workers: int | None = Field(
         None, ge=0, description="DataLoader workers per rank; null: min(8, CPUs / ranks on this "
         "machine - 1)"

@@ -17,14 +17,17 @@ from eqmcli.seeds import seeded_generator
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch, optionally skipping the samples already consumed.
 
+    With `tag_epoch` it yields `(epoch, index)` pairs, the keys of an `AugmentedDataset`.
+
     With `world_size` ranks, global step t takes the permutation's samples
     [t·N·B, (t+1)·N·B) and rank r the r-th block of `batch_size` (B) of them.
     """
 
     def __init__(
         self, num_samples: int, seed: int, *, rank: int = 0, world_size: int = 1,
-        batch_size: int = 1,
+        batch_size: int = 1, tag_epoch: bool = False,
     ) -> None:
+        self.tag_epoch = tag_epoch
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
@@ -45,6 +48,8 @@ class EpochSampler(Sampler[int]):
                 steps, self.world_size, self.batch_size
             )
             order = blocks[:, self.rank].reshape(-1)
+        if self.tag_epoch:
+            return iter([(self.epoch, index) for index in order.tolist()])
         return iter(order.tolist())
 
     def __len__(self) -> int:

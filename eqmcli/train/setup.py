@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from eqmcli.backbones import build_backbone
 from eqmcli.data import TrainData, build_train_data
+from eqmcli.data.augment import AugmentedDataset
 from eqmcli.data.loader import make_loader
 from eqmcli.data.verification import VerificationSet
 from eqmcli.devices import autocast_dtype, set_training_speed
@@ -183,7 +184,7 @@ def set_up(
     )
     sampler = EpochSampler(
         len(data.dataset), recipe.seed, rank=context.rank, world_size=context.world_size,
-        batch_size=step_batch(recipe),
+        batch_size=step_batch(recipe), tag_epoch=recipe.data.augment.enabled,
     )
     run = Run(recipe, paths, context, data, (height, width), steps, parts, sets, sampler)
     run.environment = training_environment(parts, context)
@@ -209,8 +210,12 @@ def start(run: Run) -> None:
     wrapped = context.wrap_backbone(parts.backbone, device)
     parts.forward_backbone = compiled(wrapped, run.recipe.train.compile)
     parts.forward_head = context.wrap_head(parts.head, device)
+    augment = run.recipe.data.augment
+    dataset = run.data.dataset
+    if augment.enabled:
+        dataset = AugmentedDataset(dataset, augment, run.recipe.seed, run.data.image_size)
     run.loader = make_loader(
-        run.data.dataset, batch_size=run.batch_size, sampler=run.sampler,
+        dataset, batch_size=run.batch_size, sampler=run.sampler,
         num_workers=run.recipe.data.num_workers, pin_memory=device.type == "cuda",
         drop_last=True,
     )
