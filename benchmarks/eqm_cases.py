@@ -37,7 +37,7 @@ def cases(run: Path) -> dict[str, float]:
     own = cos[rows, labels].copy()
     cos[rows, labels] = -np.inf
     stats = eqm_stats(torch.zeros(()), torch.from_numpy(own),
-                      torch.from_numpy(cos.max(axis=1) > loss["t2"]), t1=loss["t1"], floor=0.0)
+                      torch.from_numpy((cos > loss["t2"]).sum(axis=1)), t1=loss["t1"], floor=0.0)
     centres = w @ w.T
     np.fill_diagonal(centres, -np.inf)
     return {

@@ -25,7 +25,7 @@ def test_redirected_output_gets_one_line_per_logged_step_epoch_and_verification(
     assert len(step_lines) == len(steps)  # one line per metrics.jsonl step record
     assert step_lines[-1].startswith(f"epoch 2/2  step {total}/{total}  loss ")
     assert "img/s" in step_lines[-1] and "ETA 0:00:00" in step_lines[-1]
-    assert "hard " in step_lines[-1]  # EqM's case fractions are shown
+    assert "hard " in step_lines[-1] and "over-t2 " in step_lines[-1]  # EqM diagnostics
     assert sum("done: mean loss" in line for line in lines) == 2
     evals = [r for r in records if r["kind"] == "eval"]
     eval_lines = [line for line in lines if "verification on synthetic" in line]

@@ -139,6 +139,10 @@ def test_eqm_stats_case_fractions_sum_to_one() -> None:
     cos = F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T
     cos_y = cos.gather(1, labels[:, None]).squeeze(1)
     assert stats["hard_fraction"] == pytest.approx((cos_y < 0.5).double().mean().item())
+    others = cos.scatter(1, labels[:, None], -1.0)  # the target column never counts
+    assert stats["mean_inter_violations"] == pytest.approx(
+        (others > 0.4).sum(1).double().mean().item())
+    assert stats["mean_inter_violations"] > 1  # a count of classes, not a fraction
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)

@@ -157,7 +157,8 @@ class EqMHead(_TargetMarginHead):
 
     `last_stats`: loss, loss above the floor log(1 + (C−1)e^{−s(t1−t2)}), the fraction of
     hard samples (cos θ_y < t1), of samples with an inter-class violation (some j ≠ y with
-    cos θ_j > t2), and of the four cases: ideal, intra only, inter only, both.
+    cos θ_j > t2), the mean number of such classes j per sample, and the fractions of the
+    four cases: ideal, intra only, inter only, both.
     """
 
     def __init__(self, name: str, num_classes: int, embedding_dim: int, **hp: Any) -> None:
@@ -182,15 +183,17 @@ class EqMHead(_TargetMarginHead):
         return torch.stack([cos_y, over.to(cos_y.dtype)])
 
     def stats_from_terms(self, loss: Tensor, terms: Tensor) -> dict[str, Tensor]:
-        return eqm_stats(loss, terms[0], terms[1] > 0, t1=self.t1, floor=self.floor)
+        return eqm_stats(loss, terms[0], terms[1], t1=self.t1, floor=self.floor)
 
 
 def eqm_stats(
-    loss: Tensor, cos_y: Tensor, violating: Tensor, *, t1: float, floor: float
+    loss: Tensor, cos_y: Tensor, violations: Tensor, *, t1: float, floor: float
 ) -> dict[str, Tensor]:
-    """EqM diagnostics from the mean loss, target cosines (B,) and inter violations (B, bool)."""
+    """EqM diagnostics from the mean loss, the target cosines (B,) and each sample's count of
+    other classes with a cosine above t2 (B,)."""
     hard = cos_y < t1
     easy = ~hard
+    violating = violations > 0
     calm = ~violating
 
     def fraction(mask: Tensor) -> Tensor:
@@ -202,6 +205,7 @@ def eqm_stats(
         "mean_cos_target": cos_y.mean(),
         "hard_fraction": fraction(hard),
         "inter_violation_fraction": fraction(violating),
+        "mean_inter_violations": violations.float().mean(),
         "case_ideal": fraction(easy & calm),
         "case_intra_only": fraction(hard & calm),
         "case_inter_only": fraction(easy & violating),

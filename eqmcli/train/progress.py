@@ -16,8 +16,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-#: `last_stats` keys shown on the bar, with their labels (EqM's case fractions)
-BAR_STATS = (("hard_fraction", "hard"), ("inter_violation_fraction", "inter"))
+#: `last_stats` keys shown on the bar, with their labels and formats: EqM's fraction of hard
+#: samples and its mean number of other classes above t2 per sample (the fraction of
+#: samples with any such class is 1.00 whenever classes outnumber what t2 lets apart)
+BAR_STATS = (("hard_fraction", "hard", ".2f"), ("mean_inter_violations", "over-t2", ".1f"))
 
 
 def say(console: Any, text: str) -> None:
@@ -27,8 +29,9 @@ def say(console: Any, text: str) -> None:
 
 
 def stats_fields(stats: dict[str, float]) -> str:
-    """`hard 0.42  inter 0.10` from a head's `last_stats` (empty for other heads)."""
-    return "  ".join(f"{label} {stats[key]:.2f}" for key, label in BAR_STATS if key in stats)
+    """`hard 0.42  over-t2 3.1` from a head's `last_stats` (empty for other heads)."""
+    return "  ".join(f"{label} {stats[key]:{spec}}" for key, label, spec in BAR_STATS
+                     if key in stats)
 
 
 def training_progress(console: Any, *, enabled: bool) -> Progress:
