@@ -39,7 +39,7 @@ def stale_temporaries(folder: Path) -> list[Path]:
 
 def storage_error(path: Path, error: OSError) -> StorageError:
     """One sentence for a failed write of `path`: the reason, and that the old file is intact."""
-    reason = os.strerror(error.errno) if error.errno else str(error)
+    reason = error.strerror or (os.strerror(error.errno) if error.errno else str(error))
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         reason = f"{reason.lower()} on the device holding {path.parent}"
     kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"

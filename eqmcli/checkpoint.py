@@ -7,17 +7,42 @@ follows the user's umask like every other run file.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from eqmcli.atomic import atomic_write
 from eqmcli.errors import UserError
+
+#: what torch's zip writer says when a write of the stream failed (e.g. the disk is full)
+FAILED_WRITE_MARKS = ("inline_container", "unexpected pos")
+
+
+def torch_save(obj: Any, stream: BinaryIO) -> None:
+    """`torch.save(obj, stream)`, with a failed write raised as an `OSError`.
+
+    torch reports a failed write (disk full, quota) as a `RuntimeError` ("[enforce fail at
+    inline_container.cc ...] unexpected pos ..."); the `OSError` behind it is raised instead
+    (or, when there is none, one saying the write failed), which `atomic_write` turns into
+    one sentence. Other errors are bugs and keep their type.
+    """
+    try:
+        torch.save(obj, stream)
+    except RuntimeError as error:
+        cause = error.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
+        text = str(error).strip()
+        if not any(mark in text for mark in FAILED_WRITE_MARKS):
+            raise
+        first = text.splitlines()[0][:160]
+        raise OSError(errno.EIO, f"the write failed (torch: {first})") from None
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -28,7 +53,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda stream: torch.save(state, stream))
+    return atomic_write(path, lambda stream: torch_save(state, stream))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

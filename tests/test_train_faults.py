@@ -108,6 +108,64 @@ def test_disk_full_while_checkpointing_is_one_sentence_and_keeps_the_last_one(
     assert not list((out / "checkpoints").glob("*.tmp")), "the partial file is removed"
 
 
+class FullDisk:
+    """A file object that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, stream, room: int) -> None:
+        self.stream, self.room = stream, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.stream.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.close()
+
+
+@pytest.mark.parametrize("failure", ["no space", "torch's message only"])
+def test_disk_full_inside_torch_save_is_one_sentence_and_keeps_the_last_one(
+    tiny_recipe_path, tmp_path, monkeypatch, failure
+):
+    """The disk fills while torch's zip writer writes the checkpoint (it raises
+    "[enforce fail at inline_container.cc ...] unexpected pos ...", a RuntimeError, which
+    used to end `eqm train --resume` in a 90-line traceback)."""
+    import torch
+
+    out = tmp_path / "run"
+    good = one_epoch(tiny_recipe_path, out)
+    real_fdopen = os.fdopen
+    if failure == "no space":  # the real writer meets the full disk 4 KiB into the file
+        monkeypatch.setattr(eqmcli.atomic.os, "fdopen",
+                            lambda fd, mode: FullDisk(real_fdopen(fd, mode), 4096))
+        expected = "no space left on device on the device holding"
+    else:  # torch's RuntimeError with no OSError behind it
+
+        def failing_save(obj, stream, *args, **kwargs):
+            stream.write(b"PK\x03\x04 the first bytes of a zip file")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 "
+                               "vs 598")
+
+        monkeypatch.setattr(torch, "save", failing_save)
+        expected = "the write failed (torch: [enforce fail at inline_container.cc:672]"
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
+                                 "--set", "train.epochs=2", *QUICK])
+    monkeypatch.undo()
+    assert result.exit_code == 2, result.output
+    said = flat(result.output)
+    assert expected in said and "the previous last.pt is intact" in said, said
+    assert "Traceback" not in result.output and result.stderr.count("Error:") == 1
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == good["step"]
+    assert not list((out / "checkpoints").glob("*.tmp")), "the partial file is removed"
+
+
 def test_stale_temporary_checkpoints_are_removed_at_the_next_start(tiny_recipe_path, tmp_path):
     out = tmp_path / "run"
     one_epoch(tiny_recipe_path, out)

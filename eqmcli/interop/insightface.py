@@ -42,7 +42,7 @@ import torch
 from eqmcli.atomic import atomic_write, atomic_write_text, check_output_file
 from eqmcli.backbones import build_backbone
 from eqmcli.backbones.iresnet import IRESNET_LAYERS
-from eqmcli.checkpoint import save_checkpoint
+from eqmcli.checkpoint import save_checkpoint, torch_save
 from eqmcli.errors import UserError
 from eqmcli.interop.tensors import remap_tensors
 from eqmcli.losses import build_head
@@ -396,7 +396,7 @@ def export_insightface(
         ours, inverse, expected, source_name=str(trained.checkpoint_path),
         target_name=f"arcface_torch's {arch}",
     )
-    atomic_write(path, lambda stream: torch.save(state, stream))
+    atomic_write(path, lambda stream: torch_save(state, stream))
     return path, len(state)
 
 
