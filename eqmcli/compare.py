@@ -12,6 +12,10 @@ the runs' first eval set; names in `eqmcli.run_results`):
   per-pair correctness on the same pairs (`eval/<set>.pairs.npz`): the two-sided
   binomial test of the discordant pairs (one model right, the other wrong) at p = 1/2;
 - anything else: no test, and the note says why.
+
+A verification metric is only tested when every run on both sides was verified on the same
+pairs: the `pairs_fingerprint` their result files record (the pair list and its images'
+contents; for the synthetic set its data parameters) must agree, else the note says why.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 
 from eqmcli.errors import UserError, shown
 from eqmcli.pair_outcomes import pair_correctness
-from eqmcli.run_results import RunResults, read_run_results
+from eqmcli.run_results import VERIFICATION_KEYS, RunResults, read_run_results
 from eqmcli.rundir import RunPaths
 from eqmcli.sweep import SWEEP_FILE, MetricStats, metric_stats
 
@@ -45,6 +49,8 @@ class Group:
     primary_sets: list[str | None] = field(default_factory=list)
     #: per run, the checkpoint its results come from (`run_checkpoint`)
     checkpoints: list[str | None] = field(default_factory=list)
+    #: per run, each verification set's pair fingerprint (None: not recorded)
+    fingerprints: list[dict[str, str | None]] = field(default_factory=list)
 
     def stats(self, metric: str) -> MetricStats | None:
         values = self.metrics.get(metric, [])
@@ -213,6 +219,7 @@ def _add_run(group: Group, run_dir: Path) -> None:
     group.checkpoints.append(run_checkpoint(results))
     group.runs.append(run_dir)
     group.primary_sets.append(results.primary_set)
+    group.fingerprints.append(results.fingerprints)
     for name, value in results.metrics.items():
         group.metrics.setdefault(name, []).append(value)
 
@@ -227,13 +234,9 @@ def load_groups(paths: list[Path]) -> list[Group]:
             _add_run(group, path)
             groups.append(group)
             continue
-        try:
-            members = json.loads(sweep_file.read_text())["members"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{sweep_file} is not a sweep summary") from None
         configs: dict[str, Group] = {}
-        for member in members:
-            label = member.get("config") or "base"
+        for member in _sweep_members(sweep_file):
+            label = str(member.get("config") or "base")
             group = configs.setdefault(label, Group(name=f"{path}:{label}", runs=[]))
             if member.get("status") in ("done", "skipped"):
                 _add_run(group, path / member["name"])
@@ -241,6 +244,68 @@ def load_groups(paths: list[Path]) -> list[Group]:
     if not groups:
         raise UserError("give at least one run directory or sweep folder")
     return groups
+
+
+def _sweep_members(sweep_file: Path) -> list[dict[str, Any]]:
+    """The `members` of a `sweep.json`, each a dict with a plain folder `name`; anything
+    else is one sentence naming the file."""
+    try:
+        members = json.loads(sweep_file.read_text())["members"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{sweep_file} is not a sweep summary (no 'members' list)") from None
+    well_formed = isinstance(members, list) and all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]
+        and Path(m["name"]).name == m["name"] for m in members)
+    if not well_formed:
+        raise UserError(f"{sweep_file} is not a sweep summary: its 'members' must be objects "
+                        "each naming its run folder ('name'); rerun 'eqm sweep' to rewrite it")
+    return members
+
+
+def is_verification_metric(metric: str) -> bool:
+    """True for a metric read from a verification result file (`accuracy`, `lfw/auc`, ...)."""
+    tail = metric.rpartition("/")[2]
+    return tail in VERIFICATION_KEYS or tail.startswith("tar@far=")
+
+
+def verification_set(metric: str, primary: str | None) -> str | None:
+    """The verification set whose result file holds `metric` (None: not such a metric)."""
+    if not is_verification_metric(metric):
+        return None
+    return metric.rpartition("/")[0] or primary
+
+
+def pairs_mismatch(a: Group, b: Group, metric: str) -> str | None:
+    """Why the runs of `a` and `b` may not be compared on `metric`: not every one recorded
+    the same pair fingerprint for the set it comes from. None: they may (or it is not a
+    verification metric)."""
+    seen: dict[str, str] = {}  # fingerprint -> "set of group"
+    for group in (a, b):
+        for run, primary, prints in zip(group.runs, group.primary_sets, group.fingerprints,
+                                        strict=True):
+            vset = verification_set(metric, primary)
+            if vset is None or vset not in prints:
+                continue
+            if prints[vset] is None:
+                return (f"{run}/eval/{vset}.json records no pair fingerprint (it was written "
+                        "before this version), so nothing shows that both sides were verified "
+                        f"on the same pairs: re-run 'eqm eval {run}'")
+            seen.setdefault(prints[vset], f"{vset} of {group.name}")
+    if len(seen) > 1:
+        first, second = list(seen.values())[:2]
+        return (f"the runs were not verified on the same pairs ({first} and {second} differ "
+                "in their pairs or images): re-run 'eqm eval' on one set for both sides")
+    return None
+
+
+def _missing(metric: str, group: Group) -> str:
+    """Why `metric` has no value in `group`, and which verification sets it does have."""
+    text = f"{metric} is missing in {group.name}"
+    sets = sorted({name.rpartition("/")[0] for name in group.metrics if "/" in name})
+    if sets and is_verification_metric(metric):
+        tail = metric.rpartition("/")[2]
+        text += f" (it has results for {', '.join(sets)}: pass --metric {sets[0]}/{tail})"
+    return text
 
 
 def _benchmark_of(metric: str, group: Group) -> str | None:
@@ -255,14 +320,20 @@ def compare_pair(a: Group, b: Group, metric: str) -> Comparison:
     """Welch over runs, McNemar for two single runs, or a note saying why there is no test."""
     found = Comparison(a=a.name, b=b.name, metric=metric)
     va, vb = a.metrics.get(metric, []), b.metrics.get(metric, [])
+    mismatch = pairs_mismatch(a, b, metric)
     if not va or not vb:
-        found.note = f"{metric} is missing in {a.name if not va else b.name}"
+        found.note = _missing(metric, a if not va else b)
+    elif mismatch:
+        found.note = mismatch
     elif len(va) >= 2 and len(vb) >= 2:
         found.welch = welch_interval(va, vb)
         if found.welch.p_value is None:
             found.note = "no spread over the runs: no interval"
     elif len(a.runs) == 1 and len(b.runs) == 1 and _benchmark_of(metric, a):
-        found.mcnemar = mcnemar_runs(a.runs[0], b.runs[0], _benchmark_of(metric, a))
+        try:
+            found.mcnemar = mcnemar_runs(a.runs[0], b.runs[0], _benchmark_of(metric, a))
+        except UserError as error:
+            found.note = str(error)
     else:
         found.note = ("a confidence interval needs at least two runs (seeds) on each side; "
                       "McNemar's test needs one run each and a verification accuracy")

@@ -22,7 +22,7 @@ import torch
 from eqmcli.atomic import atomic_write_text
 from eqmcli.data import verification as readers
 from eqmcli.data.synthetic import synthetic_verification_set
-from eqmcli.data.verification import VerificationSet
+from eqmcli.data.verification import VerificationSet, parameters_fingerprint
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
 from eqmcli.interop.models import assumed_preprocessing_note, model_preprocessing
@@ -133,8 +133,18 @@ def _synthetic_source(recipe: Recipe) -> BenchmarkSource:
             "name a benchmark, a pairs file or a .bin file in eval.sets instead"
         )
     return BenchmarkSource(
-        "synthetic", "held-out synthetic identities", lambda: synthetic_verification_set(train)
+        "synthetic", "held-out synthetic identities", lambda: _synthetic_set(train)
     )
+
+
+def _synthetic_set(train: Any) -> VerificationSet:
+    """The held-out synthetic pairs, fingerprinted by what renders them (the data seed, image
+    size, difficulty and the verification identities, folds and pairs per fold)."""
+    vset = synthetic_verification_set(train)
+    names = ("seed", "image_size", "difficulty", "verification_identities",
+             "verification_folds", "verification_pairs_per_fold")
+    parameters = {name: getattr(train, name, None) for name in names}
+    return replace(vset, fingerprint=parameters_fingerprint("synthetic", parameters))
 
 
 def file_source(entry: str, data_root: Path | None) -> BenchmarkSource:
@@ -212,7 +222,7 @@ def save_result(folder: Path, result: SetEvaluation) -> Path:
     result carries its per-pair scores, ``<folder>/<benchmark>.pairs.npz``."""
     if result.scores is not None and result.issame is not None:
         write_pair_scores(folder, result.benchmark, result.scores, result.issame,
-                          result.result.folds)
+                          result.result.folds, fingerprint=result.pairs_fingerprint)
     return write_json(folder / f"{result.benchmark}.json", result.to_dict())
 
 

@@ -2,10 +2,12 @@
 results folder (`RUN/eval/` for a run's last checkpoint; `eqmcli.evaluate.results_folder`).
 
 The file holds each pair's cosine `score` (float32, the values the protocol thresholded),
-its ground truth `issame` (bool) and its `fold` (int16, 0-based). With the fold thresholds
-of `<set>.json` they give each pair's correctness under the 10-fold protocol,
-`(score > threshold[fold]) == issame` (the rule of `eqmcli.verification.accuracy_at`),
-which is what a paired test between two models needs (`eqmcli.compare.mcnemar`).
+its ground truth `issame` (bool), its `fold` (int16, 0-based) and, when known, the set's
+`fingerprint` (a string: `eqmcli.data.verification.pairs_fingerprint`, also in the JSON).
+With the fold thresholds of `<set>.json` they give each pair's correctness under the
+10-fold protocol, `(score > threshold[fold]) == issame` (the rule of
+`eqmcli.verification.accuracy_at`), which is what a paired test between two models needs
+(`eqmcli.compare.mcnemar`).
 """
 
 from __future__ import annotations
@@ -30,15 +32,18 @@ def pairs_path(results_dir: Path, benchmark: str) -> Path:
 
 
 def write_pair_scores(
-    results_dir: Path, benchmark: str, scores: np.ndarray, issame: np.ndarray, folds: int
+    results_dir: Path, benchmark: str, scores: np.ndarray, issame: np.ndarray, folds: int,
+    *, fingerprint: str | None = None,
 ) -> Path:
-    """Save each pair's score, ground truth and contiguous fold index (renamed into place)."""
+    """Save each pair's score, ground truth and contiguous fold index, and the pairs'
+    fingerprint when known (renamed into place)."""
     fold = np.empty(len(scores), dtype=np.int16)
     for index, (start, stop) in enumerate(fold_bounds(len(scores), folds)):
         fold[start:stop] = index
     buffer = io.BytesIO()
+    extra = {} if fingerprint is None else {"fingerprint": np.asarray(fingerprint)}
     np.savez_compressed(buffer, score=np.asarray(scores, dtype=np.float32),
-                        issame=np.asarray(issame, dtype=bool), fold=fold)
+                        issame=np.asarray(issame, dtype=bool), fold=fold, **extra)
     path = pairs_path(results_dir, benchmark)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
@@ -48,8 +53,12 @@ def _load_pairs(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             found = {key: data[key] for key in ("score", "issame", "fold")}
+            if "fingerprint" in data:
+                found["fingerprint"] = data["fingerprint"]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise UserError(f"{path} is not a per-pair scores file ({type(exc).__name__})") from None
+    if "fingerprint" in found and found["fingerprint"].dtype.kind != "U":
+        raise UserError(f"{path}: its fingerprint is not a string")
     if not found["score"].shape == found["issame"].shape == found["fold"].shape:
         raise UserError(f"{path}: score, issame and fold have different lengths")
     return found
@@ -72,6 +81,7 @@ def pair_correctness(results_dir: Path, benchmark: str) -> tuple[np.ndarray, np.
         result = json.loads(result_path.read_text())
         thresholds = np.asarray(result["fold_thresholds"], dtype=np.float64)
         recorded = np.asarray(result["fold_accuracies"], dtype=np.float64)
+        fingerprint = result.get("pairs_fingerprint")
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{result_path} is missing or holds no fold thresholds") from None
     pairs = _load_pairs(npz)
@@ -81,6 +91,8 @@ def pair_correctness(results_dir: Path, benchmark: str) -> tuple[np.ndarray, np.
     correct = predicted == pairs["issame"]
     folds = np.bincount(pairs["fold"], weights=correct, minlength=thresholds.size)
     sizes = np.bincount(pairs["fold"], minlength=thresholds.size)
-    if recorded.shape != folds.shape or not np.allclose(folds / sizes, recorded, atol=1e-9):
+    stored = str(pairs["fingerprint"]) if "fingerprint" in pairs else None
+    if stored != fingerprint or recorded.shape != folds.shape or not np.allclose(
+            folds / sizes, recorded, atol=1e-9):
         raise UserError(f"{npz} and {result_path} come from different evaluations")
     return correct, pairs["issame"]

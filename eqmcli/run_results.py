@@ -5,7 +5,8 @@ Names (fractions in [0, 1], angles in degrees, CV = std / mean over classes):
 - from `eval/<set>.json` (the last verification of each set): `<set>/accuracy`,
   `<set>/accuracy_std` (over the 10 folds), `<set>/tar@far=1e-03`, `<set>/tar@far=1e-04`,
   `<set>/auc`, `<set>/eer`; the run's primary set (the first of its `eval.sets`, the one
-  that picks `best.pt`) also without the prefix: `accuracy`, `tar@far=1e-03`, ...;
+  that picks `best.pt`; for a run verified only after training, its one set) also
+  without the prefix: `accuracy`, `tar@far=1e-03`, ...;
 - from `analysis/test/summary.json` (`eqm analyze --split test`): closed-set
   identification accuracy `closed_accuracy_all`, `_few`, `_many` (classes with fewer /
   at least `head_classes` training images; mean of per-class accuracies);
@@ -41,6 +42,8 @@ class RunResults:
     sets: list[str] = field(default_factory=list)
     #: each result file (relative to the run) -> (the checkpoint it records, its SHA-256)
     checkpoints: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    #: each verification set -> the fingerprint of its pairs (None: not recorded)
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
 
 
 def is_fraction(metric: str) -> bool:
@@ -127,10 +130,14 @@ def read_run_results(run_dir: str | Path) -> RunResults:
         raise UserError(f"{paths.root} is not a run directory (no recipe.yaml)")
     results = RunResults(run_dir=paths.root, primary_set=primary_set(paths.metrics))
     evaluations = sorted(paths.eval_dir.glob("*.json")) if paths.eval_dir.is_dir() else []
+    if results.primary_set is None and len(evaluations) == 1:
+        results.primary_set = evaluations[0].stem  # evaluated after training, one set
     for path in evaluations:
         result = _read_json(path) or {}
         name = str(result.get("benchmark") or path.stem)
         results.sets.append(name)
+        fingerprint = result.get("pairs_fingerprint")
+        results.fingerprints[name] = fingerprint if isinstance(fingerprint, str) else None
         _note_checkpoint(results, path, result)
         for key, value in verification_metrics(result).items():
             results.metrics[f"{name}/{key}"] = value

@@ -375,7 +375,8 @@ class SetEvaluation(Provenance):
     own size when they were resized to the model's input, else None); ``seconds`` is the
     wall time of embedding and scoring. The provenance fields are filled in by the caller.
     ``scores`` and ``issame`` are the per-pair cosines that ``result`` thresholded and their
-    ground truth (not in ``to_dict``; `eqmcli.pair_outcomes` saves them for paired tests).
+    ground truth (not in ``to_dict``; `eqmcli.pair_outcomes` saves them for paired tests);
+    ``pairs_fingerprint`` is the set's `VerificationSet.fingerprint` (None: unknown).
     """
 
     benchmark: str
@@ -388,6 +389,7 @@ class SetEvaluation(Provenance):
     seconds: float
     scores: np.ndarray | None = field(default=None, repr=False, compare=False)
     issame: np.ndarray | None = field(default=None, repr=False, compare=False)
+    pairs_fingerprint: str | None = None
 
     @property
     def accuracy(self) -> float:
@@ -408,6 +410,8 @@ class SetEvaluation(Provenance):
         out["input_size"] = list(self.input_size)
         out["resized_from"] = list(self.resized_from) if self.resized_from else None
         out["seconds"] = round(self.seconds, 3)
+        if self.pairs_fingerprint is not None:
+            out["pairs_fingerprint"] = self.pairs_fingerprint
         out.update(self.provenance())
         return json_safe(out)
 
@@ -457,4 +461,5 @@ def evaluate_set(
         seconds=time.perf_counter() - started,
         scores=scores,
         issame=np.asarray(vset.issame, dtype=bool),
+        pairs_fingerprint=vset.fingerprint,
     )

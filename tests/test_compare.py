@@ -17,19 +17,23 @@ from eqmcli.sweep_figure import draw_sweeps, figure_sweep
 
 
 def _fake_run(folder: Path, accuracy: float, *, closed_few: float | None = None,
-              correct: np.ndarray | None = None, issame: np.ndarray | None = None) -> Path:
-    """A run directory with recipe.yaml, metrics.jsonl, eval/synthetic.json (+ .pairs.npz)."""
+              correct: np.ndarray | None = None, issame: np.ndarray | None = None,
+              fingerprint: str | None = "0" * 20) -> Path:
+    """A run directory with recipe.yaml, metrics.jsonl, eval/synthetic.json (+ .pairs.npz),
+    verified on the pairs `fingerprint` names."""
     (folder / "eval").mkdir(parents=True)
     (folder / "recipe.yaml").write_text("name: fake\n")
     (folder / "metrics.jsonl").write_text(
         json.dumps({"kind": "eval", "epoch": 1, "benchmark": "synthetic"}) + "\n")
     result = {"benchmark": "synthetic", "accuracy": accuracy, "accuracy_std": 0.01,
               "tar_at_far": {"1e-03": None}, "auc": 0.99, "eer": 0.05,
-              "fold_thresholds": [0.0, 0.0], "fold_accuracies": [accuracy, accuracy]}
+              "fold_thresholds": [0.0, 0.0], "fold_accuracies": [accuracy, accuracy],
+              "pairs_fingerprint": fingerprint}
     if correct is not None:
         predicted = np.where(correct, issame, ~issame)
         scores = np.where(predicted, 1.0, -1.0)
-        write_pair_scores(folder / "eval", "synthetic", scores, issame, folds=2)
+        write_pair_scores(folder / "eval", "synthetic", scores, issame, folds=2,
+                          fingerprint=fingerprint)
         halves = np.array_split(correct, 2)
         result["fold_accuracies"] = [float(h.mean()) for h in halves]
         result["accuracy"] = float(np.mean(result["fold_accuracies"]))

@@ -41,13 +41,15 @@ def format_value(metric: str, value: float | None, digits: int | None = None) ->
     return f"{value:.{3 if digits is None else digits}f}"
 
 
-def format_stats(metric: str, stats: MetricStats | None) -> str:
-    """`mean ± std` (just the mean for one value); '-' when there is none."""
+def format_stats(metric: str, stats: MetricStats | None, *, stacked: bool = False) -> str:
+    """`mean ± std` (just the mean for one value); '-' when there is none. ``stacked``
+    puts `± std` on a second line (narrow columns then never split a number)."""
     if stats is None:
         return "-"
     if stats.std is None:
         return format_value(metric, stats.mean)
-    return f"{format_value(metric, stats.mean)} ± {format_value(metric, stats.std)}"
+    spread = f"± {format_value(metric, stats.std)}"
+    return f"{format_value(metric, stats.mean)}{chr(10) if stacked else ' '}{spread}"
 
 
 def shown_metrics(available: set[str], extra: tuple[str, ...] = ()) -> list[str]:
@@ -103,7 +105,8 @@ def checkpoint_text(checkpoints: list[str | None]) -> str:
 
 
 def compare_table(report: CompareReport) -> Table:
-    """One row per group (by its `group_labels` label): runs and metrics as mean ± std."""
+    """One row per group (by its `group_labels` label): runs and metrics as the mean over
+    ± the std below it, so that six metrics fit in 80 columns."""
     available = {m for g in report.groups for m in g.metrics}
     metrics = shown_metrics(available, (report.metric,))
     labels = group_labels(report)
@@ -115,7 +118,7 @@ def compare_table(report: CompareReport) -> Table:
         table.add_column(metric_header(metric), justify="right")
     for group in report.groups:
         cells = [labels[group.name], str(len(group.runs))]
-        table.add_row(*cells, *(format_stats(m, group.stats(m)) for m in metrics))
+        table.add_row(*cells, *(format_stats(m, group.stats(m), stacked=True) for m in metrics))
     return table
 
 

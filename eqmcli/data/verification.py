@@ -7,7 +7,9 @@ a user's pairs file). Readers for the file formats live below the dataclass.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -17,8 +19,9 @@ import torch
 from torch.utils.data import Dataset
 
 from eqmcli.atomic import atomic_write
+from eqmcli.checksums import sha256_file
 from eqmcli.data.decode import DecodeError, decode_file, decode_image, encode_jpeg
-from eqmcli.data.pairs import read_lfw_pairs, read_pairs_file
+from eqmcli.data.pairs import PairList, read_lfw_pairs, read_pairs_file
 from eqmcli.errors import UserError
 
 
@@ -30,7 +33,9 @@ class VerificationSet:
     `images` is a Dataset of `(uint8 (3, H, W) tensor, label)` items (the label is
     ignored); `pairs` an int64 array `(P, 2)` of indices into `images`; `issame` a bool
     array `(P,)`, True for a matched (same-identity) pair. Folds are `folds` contiguous
-    blocks of pairs, in order (no shuffling), as in the LFW protocol.
+    blocks of pairs, in order (no shuffling), as in the LFW protocol. `fingerprint`
+    identifies the pairs and their images (`pairs_fingerprint`; for the synthetic set its
+    data parameters), so that results on different pairs are never compared; None: unknown.
     """
 
     name: str
@@ -38,6 +43,7 @@ class VerificationSet:
     pairs: np.ndarray
     issame: np.ndarray
     folds: int = 10
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         self.pairs = np.asarray(self.pairs, dtype=np.int64)
@@ -55,6 +61,29 @@ class VerificationSet:
     def num_pairs(self) -> int:
         """Number of pairs P."""
         return int(len(self.pairs))
+
+
+FINGERPRINT_DIGITS = 20
+
+
+def pairs_fingerprint(
+    image_digests: Sequence[str], pairs: np.ndarray, issame: np.ndarray, folds: int
+) -> str:
+    """A short hash (hex) of a pair list: the folds, then per pair in order the content
+    digests of its two images and its label. File names do not enter, so a copy of the
+    images elsewhere, or a `.bin` made from them by `eqm data make-bin` (JPEG bytes are
+    copied as they are), has the same fingerprint; another image or order does not."""
+    digest = hashlib.sha256(f"folds {folds}\n".encode())
+    for (a, b), same in zip(np.asarray(pairs).tolist(), np.asarray(issame).tolist(),
+                            strict=True):
+        digest.update(f"{image_digests[a]} {image_digests[b]} {int(same)}\n".encode())
+    return digest.hexdigest()[:FINGERPRINT_DIGITS]
+
+
+def parameters_fingerprint(kind: str, parameters: dict[str, object]) -> str:
+    """A short hash (hex) of a generated set's parameters (the synthetic pairs' seed, sizes...)."""
+    text = f"{kind} " + " ".join(f"{k}={parameters[k]!r}" for k in sorted(parameters))
+    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_DIGITS]
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,24 +274,30 @@ def read_bin(path: str | Path, name: str | None = None, folds: int = 10) -> Veri
             f"{path}: {issame.size} pairs is fewer than the {folds} folds of the protocol"
         )
     pairs = np.arange(2 * issame.size, dtype=np.int64).reshape(-1, 2)
-    return VerificationSet(name or path.stem, EncodedImages(blobs, str(path)), pairs, issame, folds)
+    fingerprint = pairs_fingerprint(
+        [hashlib.sha256(blob).hexdigest() for blob in blobs], pairs, issame, folds)
+    return VerificationSet(name or path.stem, EncodedImages(blobs, str(path)), pairs, issame,
+                           folds, fingerprint)
+
+
+def _listed_set(listed: PairList, name: str) -> VerificationSet:
+    """A parsed pairs list as a set of image files, fingerprinted by the files' contents."""
+    digests = [sha256_file(path) for path in listed.paths]
+    fingerprint = pairs_fingerprint(digests, listed.pairs, listed.issame, listed.folds)
+    return VerificationSet(name, ImageFiles(listed.paths), listed.pairs, listed.issame,
+                           listed.folds, fingerprint)
 
 
 def read_lfw(lfw_root: str | Path, pairs_file: str | Path, name: str = "lfw") -> VerificationSet:
     """An aligned LFW folder (`<Name>/<Name>_<NNNN>.jpg`) + official `pairs.txt` (View 1 or 2)."""
-    listed = read_lfw_pairs(pairs_file, lfw_root)
-    images = ImageFiles(listed.paths)
-    return VerificationSet(name, images, listed.pairs, listed.issame, listed.folds)
+    return _listed_set(read_lfw_pairs(pairs_file, lfw_root), name)
 
 
 def read_pairs(
     pairs_file: str | Path, images_root: str | Path | None = None, name: str | None = None
 ) -> VerificationSet:
     """A user's pairs file (`path_a path_b label`, or LFW's `pairs.txt` format) as a set."""
-    listed = read_pairs_file(pairs_file, images_root)
-    images = ImageFiles(listed.paths)
-    name = name or Path(pairs_file).stem
-    return VerificationSet(name, images, listed.pairs, listed.issame, listed.folds)
+    return _listed_set(read_pairs_file(pairs_file, images_root), name or Path(pairs_file).stem)
 
 
 def write_bin(

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from eqmcli.atomic import atomic_write
+from eqmcli.checksums import sha256_file
 from eqmcli.embed import extract_embeddings
 
 _CHECKSUMS: dict[tuple[str, int, int], str] = {}
@@ -36,11 +37,7 @@ def file_checksum(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _CHECKSUMS:
-        digest = hashlib.sha256()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        _CHECKSUMS[key] = digest.hexdigest()
+        _CHECKSUMS[key] = sha256_file(path)
     return _CHECKSUMS[key]
 
 
