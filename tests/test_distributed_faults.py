@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from gloo_helpers import join_gloo, spawn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from eqmcli.backbones import build_backbone
 from eqmcli.data.loader import default_num_workers
@@ -18,6 +19,8 @@ from eqmcli.errors import UserError
 from eqmcli.recipe import OptimSection
 from eqmcli.schedule import LrSchedule
 from eqmcli.train.step import StepParts, build_optimizer, place_model, train_step
+
+aten = torch.ops.aten
 
 
 def torchrun_environment(
@@ -188,3 +191,38 @@ def test_one_ranks_error_reaches_the_user_and_ends_the_job_at_once(tiny_recipe_p
     assert "rank 1 could not decode /data/bad.jpg" in output, output[-3000:]
     failed_at = float(re.search(r"FAILING AT ([0-9.]+)", output).group(1))
     assert ended - failed_at < timeout_s / 3, f"the job took {ended - failed_at:.0f} s to end"
+
+
+# ------------------------------------------------ fault 4: no host syncs in the head
+class FailOnHostSync(TorchDispatchMode):
+    """Raises on every op whose result's size or value the host must read from the device:
+    `.item()`, nonzero, unique, boolean-mask indexing (a CUDA stream stalls on each)."""
+
+    DATA_DEPENDENT = {
+        aten.nonzero, aten._local_scalar_dense, aten._unique2, aten.unique_dim,
+        aten.unique_consecutive, aten.masked_select, aten.is_nonzero, aten.equal,
+    }
+    INDEXING = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        op = func.overloadpacket
+        masks = op in self.INDEXING and any(
+            index is not None and index.dtype == torch.bool for index in args[1]
+        )
+        if op in self.DATA_DEPENDENT or masks:
+            raise AssertionError(f"{func} makes the host wait for the device")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("sample_rate", [1.0, 0.25])
+def test_sharded_head_step_makes_no_host_sync(sample_rate):
+    head = ShardedHead("eqm", 64, 16, sample_rate=sample_rate)
+    head.collect_stats = False  # statistics are read on logging steps only
+    embeddings = torch.randn(8, 16, requires_grad=True)
+    labels = torch.tensor([0, 3, 3, 17, 40, 63, 63, 5])
+    with FailOnHostSync():
+        head(embeddings, labels).backward()
+    assert head.weight.grad is not None and embeddings.grad is not None
+    if sample_rate < 1.0:
+        assert set(labels.tolist()) <= set(head.last_sampled.tolist())
+        assert len(head.last_sampled) == 16, "ceil(0.25 x 64) rows, known in advance"

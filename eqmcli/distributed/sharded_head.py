@@ -144,9 +144,10 @@ class _ShardedTargetLogProb(torch.autograd.Function):
     ) -> tuple[Tensor, None, None, None]:
         probs, local_labels = ctx.saved_tensors
         grad = probs * (-grad_log_p_y).unsqueeze(1)
-        owned = local_labels >= 0
-        rows = owned.nonzero().squeeze(1)
-        grad[rows, local_labels[rows]] += grad_log_p_y[rows]
+        # + grad_log_p_y at each owned target; rows owned elsewhere add 0 to column 0
+        # (a scatter of fixed size: no data-dependent shape, so no host sync)
+        at_target = torch.where(local_labels >= 0, grad_log_p_y, 0.0).to(grad.dtype)
+        grad.scatter_add_(1, local_labels.clamp_min(0).unsqueeze(1), at_target.unsqueeze(1))
         return grad, None, None, None
 
 
@@ -333,11 +334,13 @@ class ShardedHead(Head):
         """Partial FC: sorted shard rows to use this step (None = all of them).
 
         The rows of the classes in `local_labels` (>= 0) are always kept; other rows are
-        drawn uniformly, up to ceil(sample_rate · C_r) rows in all.
+        drawn uniformly, max(ceil(sample_rate · C_r), min(C_r, M)) rows in all for M
+        labels: a count known without looking at the labels (the batch cannot hold more
+        than M classes), so the device never waits for the host.
         """
         local = self.weight.shape[0]
-        keep = min(local, math.ceil(self.sample_rate * local))
-        if not self.training or keep >= local:
+        count = max(math.ceil(self.sample_rate * local), min(local, local_labels.shape[0]))
+        if not self.training or count >= local:
             return None
         generator = seeded_generator(
             (self.seed * 1_000_003 + self.shard_start) * 1_000_033 + self.draws,
@@ -345,10 +348,11 @@ class ShardedHead(Head):
         )
         self.draws += 1
         score = torch.rand(local, generator=generator, device=self.weight.device)
-        positive = local_labels[local_labels >= 0]
-        score[positive] = 2.0  # above any uniform draw: positives come first
-        count = max(keep, int(torch.unique(positive).numel()))
-        return score.topk(count).indices.sort().values
+        # one spare slot at the end takes the labels of other ranks' classes (-1)
+        score = torch.cat([score, score.new_zeros(1)])
+        slots = torch.where(local_labels >= 0, local_labels, local)
+        score.index_fill_(0, slots, 2.0)  # above any uniform draw: positives come first
+        return score[:local].topk(count).indices.sort().values
 
     def extra_repr(self) -> str:
         return (
