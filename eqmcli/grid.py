@@ -119,8 +119,9 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 
 
 def folder_keys(keys: list[str]) -> dict[str, str]:
-    """The names of swept keys in folder names: `short_keys`, kept apart from `seed` too."""
-    short = short_keys([*keys, SEED_KEY])
+    """The names of swept keys in folder names: `short_keys`, kept apart from the recipe's
+    top-level keys too (`seed`, `name`: `loss.name` is not shortened to `name`)."""
+    short = short_keys([*keys, *Recipe.model_fields])
     return {key: short[key] for key in keys}
 
 
