@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
+import eqmcli.train.trainer
 from eqmcli.errors import UserError
 from eqmcli.recipe import load_recipe
 from eqmcli.train import train
@@ -68,3 +70,39 @@ def test_a_verification_within_an_epoch_names_its_step_in_the_log_line():
               "accuracy_std": 0.01, "threshold": 0.5}
     assert eval_line(record).startswith("step 9 (epoch 1.5) verification on synthetic: 90.00%")
     assert eval_line({**record, "epoch": 2}).startswith("epoch 2 verification on synthetic")
+
+
+def test_a_stop_at_an_epochs_last_step_keeps_its_verification_for_the_resume(
+    tiny_recipe_path, tmp_path, monkeypatch
+):
+    """Ctrl-C during the last step of epoch 1: the run still writes epoch 1's record,
+    verification and last.pt before it stops, so the resumed run's records are those of a
+    run that never stopped (before, the resume started at epoch 2 and epoch 1's
+    verification was never made)."""
+    overrides = ["train.epochs=3", "optim.schedule=constant", "optim.warmup_epochs=0"]
+    straight = tmp_path / "straight"
+    full = train(load_recipe(tiny_recipe_path, overrides), straight, progress=False)
+    per_epoch = full.steps // 3
+    real_step = eqmcli.train.trainer.train_step
+
+    def interrupted_step(parts, images, labels, flip, step, **kwargs):
+        loss = real_step(parts, images, labels, flip, step, **kwargs)
+        if step + 1 == per_epoch:
+            signal.raise_signal(signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(eqmcli.train.trainer, "train_step", interrupted_step)
+    split = tmp_path / "split"
+    stopped = train(load_recipe(tiny_recipe_path, overrides), split, progress=False)
+    assert stopped.interrupted and stopped.stop_signal == "SIGINT"
+    assert stopped.steps == per_epoch
+    assert [r["step"] for r in eval_records(split)] == [per_epoch]
+    monkeypatch.setattr(eqmcli.train.trainer, "train_step", real_step)
+    train(load_recipe(tiny_recipe_path, overrides), split, resume=True, progress=False)
+
+    def outcome(run):
+        return [(r["epoch"], r["step"], r["accuracy"]) for r in eval_records(run)]
+
+    assert outcome(split) == outcome(straight)
+    epochs = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [1, 2, 3]

@@ -212,6 +212,11 @@ def run_epochs(run: Run, *, progress: bool, console: Any) -> TrainSummary:
                 stop_signal = stop.name
                 break
             end_epoch(run, epoch, epoch_loss, time.perf_counter() - started)
+            # a signal at the epoch's last step (or during its verification) stops here,
+            # after the epoch's record, verification and last.pt, so a resume loses none
+            if epoch + 1 < recipe.train.epochs and run.context.any(stop.requested):
+                stop_signal = stop.name
+                break
     return TrainSummary(
         run_dir=run.paths.root, epochs_done=run.step // run.steps_per_epoch, steps=run.step,
         seconds=time.perf_counter() - meter.started,
@@ -254,7 +259,7 @@ def train_epoch(
             paused = time.perf_counter()
             verify_and_keep_best(run, round(run.step / run.steps_per_epoch, 4), epoch)
             meter.exclude(time.perf_counter() - paused)
-        if stop_requested(run, stop):
+        if not epoch_end(run) and stop_requested(run, stop):
             stop_if_non_finite(run, epoch)
             return False, 0.0
     stop_if_non_finite(run, epoch)
