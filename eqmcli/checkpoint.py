@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import pickle
+import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -56,16 +57,42 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda stream: torch_save(state, stream))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with `torch.load(weights_only=True)` (never runs code in the file)."""
-    path = Path(path)
+#: torch's words when `weights_only` refuses a pickled object that is not a tensor
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+_ASKED_FOR = re.compile(r"Unsupported (?:global|operand)[^A-Za-z0-9_]*(?:GLOBAL )?([\w.]+)")
+
+
+def read_torch_file(
+    path: Path, kind: str, map_location: str | torch.device = "cpu"
+) -> Any:
+    """`torch.load(path, weights_only=True)`: never runs code in the file.
+
+    ``kind`` names the file in messages ("eqm checkpoint", "PyTorch weights file"). A file
+    whose pickle holds other Python objects than tensors (which would need code execution)
+    is refused in plain words; an unreadable one is one `UserError` with torch's first line.
+    """
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"{kind} not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable eqm checkpoint ({first_line[:200]})") from None
+        text = str(exc).strip()
+        if isinstance(exc, pickle.UnpicklingError) and WEIGHTS_ONLY_REFUSAL in text:
+            asked = _ASKED_FOR.search(text)
+            what = f" (it asks for {asked.group(1)[:80]})" if asked else ""
+            raise UserError(
+                f"{path} holds Python objects besides tensors{what}: loading it would need "
+                "code execution and is refused; save the weights alone (a state_dict of "
+                "tensors) from a copy you trust"
+            ) from None
+        first_line = text.splitlines()[0][:200] if text else type(exc).__name__
+        raise UserError(f"{path} is not a readable {kind} ({first_line})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with `read_torch_file` (never runs code in the file)."""
+    path = Path(path)
+    state = read_torch_file(path, "eqm checkpoint", map_location)
     if not isinstance(state, dict) or "backbone" not in state:
         raise UserError(f"{path} is not an eqm checkpoint (no 'backbone' weights in it)")
     return state

@@ -235,6 +235,40 @@ def test_checkpoint_lacking_a_field_is_one_sentence(tiny_recipe_path, tmp_path, 
             load_trained(out)
 
 
+class Payload:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_that_needs_code_execution_is_refused_in_plain_words(tiny_recipe_path,
+                                                                         tmp_path):
+    """A checkpoint, an init_from source and an imported .pth holding an object besides
+    tensors: torch's advice used to be cut at 200 characters mid-sentence."""
+    import torch
+
+    marker = tmp_path / "payload_ran"
+    torch.save({"backbone": {"w": torch.zeros(2)}, "extra": Payload(marker)}, tmp_path / "x.pt")
+    commands = [
+        ["eval", str(tmp_path / "x.pt"), "--device", "cpu"],
+        ["train", str(tiny_recipe_path), "--out", str(tmp_path / "run"),
+         "--set", f"model.init_from={tmp_path / 'x.pt'}", *QUICK],
+        ["import", "insightface", str(tmp_path / "x.pt"), "--arch", "r18",
+         "--out", str(tmp_path / "imported")],
+    ]
+    for command in commands:
+        result = runner.invoke(app, command)
+        said = flat(result.output)
+        assert result.exit_code == 2, said
+        assert "holds Python objects besides tensors (it asks for io.open)" in said, said
+        assert "would need code execution and is refused" in said and said.endswith("trust")
+    assert not marker.exists(), "the payload never ran"
+
+
 # -------------------------------------------------------------------- output paths
 def image_folder_recipe(tmp_path: Path, root: str) -> Path:
     """An image-folder recipe (2 identities x 6 images of 24 px) reading `root`."""

@@ -29,9 +29,7 @@ import datetime
 import glob
 import hashlib
 import json
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +40,7 @@ import torch
 from eqmcli.atomic import atomic_write, atomic_write_text, check_output_file
 from eqmcli.backbones import build_backbone
 from eqmcli.backbones.iresnet import IRESNET_LAYERS
-from eqmcli.checkpoint import save_checkpoint, torch_save
+from eqmcli.checkpoint import read_torch_file, save_checkpoint, torch_save
 from eqmcli.errors import UserError
 from eqmcli.interop.tensors import remap_tensors
 from eqmcli.losses import build_head
@@ -155,22 +153,11 @@ def check_arch(arch: str) -> str:
     return ARCHS[arch]
 
 
-def _torch_load(path: Path) -> Any:
-    """`torch.load(weights_only=True)` (never runs the file's code); `UserError` if unreadable."""
-    if not path.is_file():
-        raise UserError(f"file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable PyTorch weights file ({first})") from None
-
-
 def read_backbone_state(path: Path) -> dict[str, torch.Tensor]:
     """The backbone ``state_dict`` in ``backbone.pth`` / ``model.pt`` (or the
     ``state_dict_backbone`` of a ``checkpoint_gpu_<rank>.pt``). Keys saved through a
     DistributedDataParallel wrapper (all prefixed ``module.``) lose that prefix."""
-    state = _torch_load(path)
+    state = read_torch_file(path, "PyTorch weights file")
     if isinstance(state, Mapping) and "state_dict_backbone" in state:
         state = state["state_dict_backbone"]
     if not isinstance(state, Mapping) or not state or not all(isinstance(k, str) for k in state):
@@ -217,7 +204,7 @@ def read_head_shards(files: list[Path], embedding_dim: int) -> torch.Tensor:
     order, each checked against Partial FC's split of C classes over W ranks."""
     parts = []
     for path in files:
-        state = _torch_load(path)
+        state = read_torch_file(path, "PyTorch weights file")
         fc = state.get("state_dict_softmax_fc") if isinstance(state, Mapping) else None
         weight = fc.get("weight") if isinstance(fc, Mapping) else None
         if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
