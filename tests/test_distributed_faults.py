@@ -226,3 +226,52 @@ def test_sharded_head_step_makes_no_host_sync(sample_rate):
     if sample_rate < 1.0:
         assert set(labels.tolist()) <= set(head.last_sampled.tolist())
         assert len(head.last_sampled) == 16, "ceil(0.25 x 64) rows, known in advance"
+
+
+# ------------------------------------- fault 5: checkpoint gathers land on the host
+GATHER_CLASSES, GATHER_DIM = 9, 3  # shards of 5 and 4 rows
+
+
+class RecordTensors(TorchDispatchMode):
+    """Records (op, rows, device asked for) of every tensor an op returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[tuple[str, int, str | None]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        device = (kwargs or {}).get("device")
+        for value in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                self.made.append((str(func), value.shape[0], None if device is None
+                                  else str(device)))
+        return out
+
+
+def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
+    join_gloo(rank, world, port)
+    head = ShardedHead("eqm", GATHER_CLASSES, GATHER_DIM)
+    with torch.no_grad():
+        head.weight.copy_(torch.arange(head.shard_start, head.shard_stop).unsqueeze(1)
+                          * torch.ones(GATHER_DIM))
+    recorder = RecordTensors()
+    with recorder:
+        full = head.reduction.full_rows(head.weight)
+    if rank == 0:
+        torch.save({"full": full, "made": recorder.made}, out)
+    dist.destroy_process_group()
+
+
+def test_checkpoint_gather_moves_each_slice_to_the_host(tmp_path):
+    out = tmp_path / "gather.pt"
+    spawn(_gather_worker, 2, str(out))
+    found = torch.load(out)
+    full = found["full"]
+    assert full.device.type == "cpu"
+    assert torch.equal(full[:, 0], torch.arange(GATHER_CLASSES, dtype=full.dtype))
+    slice_rows = 5  # the larger shard: the most rows any device buffer may hold
+    whole = [made for made in found["made"] if made[1] > slice_rows]
+    assert whole == [("aten.empty.memory_format", GATHER_CLASSES, "cpu")], (
+        "only the host tensor holds every class; on rank 0's device, one slice at a time"
+    )
