@@ -35,7 +35,7 @@ from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
 from eqmcli.data.transforms import to_model_input
 from eqmcli.devices import autocast, autocast_dtype, resolve_device
 from eqmcli.errors import UserError, shown
-from eqmcli.interop.models import load_model
+from eqmcli.interop.models import assumed_preprocessing_note, load_model
 
 
 @dataclass
@@ -299,6 +299,7 @@ class EmbedResult:
     flip: bool
     resized_from: tuple[int, int] | None
     input_size: tuple[int, int]
+    note: str | None = None  # the preprocessing assumed for an ONNX model that records none
 
     @property
     def images_per_second(self) -> float:
@@ -322,12 +323,16 @@ def embed_images(
     batch_size: int = 256,
     device: str = "auto",
     progress: bool = True,
+    mean: str | None = None,
+    std: str | None = None,
+    bgr: bool | None = None,
 ) -> EmbedResult:
     """Embed the images of ``source`` (see `list_images`) with ``model`` (run directory,
     checkpoint or ``.onnx`` file) into ``out`` (``.npy``, float32 ``N x d``, L2-normalized
     unless ``raw``), with the paths in the same order in ``out``'s ``.paths.txt`` and the
     unreadable images (skipped) in its ``.unreadable.txt`` (``path<TAB>reason``). Every file
-    is written to a temporary sibling and renamed into place."""
+    is written to a temporary sibling and renamed into place. ``mean``/``std``/``bgr`` set
+    an ONNX model's preprocessing (`eqmcli.interop.models.load_model`)."""
     out = Path(out)
     if out.suffix != ".npy":
         raise UserError(f"--out {out} must end in .npy")
@@ -338,7 +343,7 @@ def embed_images(
         raise UserError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     check_listable(paths)
     torch_device = resolve_device(device)
-    loaded = load_model(model, torch_device)
+    loaded = load_model(model, torch_device, mean=mean, std=std, bgr=bgr)
     log_path = temporary_sibling(out.with_suffix(".unreadable"))
     started = time.perf_counter()
     try:
@@ -365,7 +370,7 @@ def embed_images(
         features=out, paths_file=paths_file, unreadable_file=unreadable_file, count=len(keep),
         dim=int(array.shape[1]) if array.ndim == 2 else 0, unreadable=unreadable,
         seconds=seconds, normalized=not raw, flip=flip, resized_from=emb.resized_from,
-        input_size=loaded.input_size,
+        input_size=loaded.input_size, note=assumed_preprocessing_note(loaded),
     )
 
 

@@ -25,7 +25,7 @@ from eqmcli.data.synthetic import synthetic_verification_set
 from eqmcli.data.verification import VerificationSet, parameters_fingerprint
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
-from eqmcli.interop.models import assumed_preprocessing_note, model_preprocessing
+from eqmcli.interop.models import assumed_preprocessing_note, has_recipe, model_preprocessing
 from eqmcli.interop.models import load_model as load_any_model
 from eqmcli.pair_outcomes import write_pair_scores
 from eqmcli.protocols.features import ModelSetup, file_checksum
@@ -116,10 +116,15 @@ def find_benchmark(name: str, data_root: Path | None) -> BenchmarkSource:
 
 
 def pairs_source(pairs_file: str | Path, images_root: str | Path | None) -> BenchmarkSource:
-    """The user's own pairs file (``path_a path_b label`` or LFW ``pairs.txt`` format)."""
+    """The user's own pairs: a pairs file (``path_a path_b label`` or LFW ``pairs.txt``
+    format) or an InsightFace ``.bin`` (what ``eqm data make-bin`` writes)."""
     path = Path(pairs_file)
     if not path.is_file():
         raise UserError(f"pairs file not found: {path}")
+    if path.suffix.lower() == ".bin":
+        if images_root is not None:
+            raise UserError(f"--images-root does not apply to {path}: a .bin holds its images")
+        return BenchmarkSource(path.stem, str(path), lambda: readers.read_bin(path, name=path.stem))
     return BenchmarkSource(
         path.stem, str(path), lambda: readers.read_pairs(path, images_root, name=path.stem)
     )
@@ -162,10 +167,6 @@ def file_source(entry: str, data_root: Path | None) -> BenchmarkSource:
             f"{', '.join(BENCHMARK_NAMES)}) nor an existing pairs file or .bin file"
         )
     path = path.resolve()
-    if path.suffix == ".bin":
-        return BenchmarkSource(
-            path.stem, str(path), lambda: readers.read_bin(path, name=path.stem)
-        )
     return pairs_source(path, None)
 
 
@@ -294,6 +295,12 @@ def run_evaluation(
         sources.append(pairs_source(pairs_file, images_root))
     protocols = protocols or ProtocolOptions()
     if not sources and not protocols.requested:
+        if not has_recipe(trained):
+            raise UserError(
+                f"{target} names no verification set (an ONNX model from elsewhere carries no "
+                "recipe): pass --pairs FILE (a pairs file or .bin), or a benchmark such as "
+                "--lfw with --data-root DIR"
+            )
         sources = recipe_sources(trained.recipe, root)
     provenance = {
         "checkpoint": str(trained.checkpoint_path),

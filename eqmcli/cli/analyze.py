@@ -95,7 +95,10 @@ def render_summary(summary: dict[str, Any]) -> Table:
 
 @user_errors
 def analyze_command(
-    run: Path = typer.Argument(..., help="run directory (or a checkpoint file inside one)"),
+    run: Path = typer.Argument(
+        ..., help="run directory (or a checkpoint file inside one; not an .onnx model, "
+        "which holds no class centres)"
+    ),
     head_classes: int = typer.Option(
         80, "--head-classes", help="classes with fewer training images form the 'few' group"
     ),
@@ -126,6 +129,11 @@ def analyze_command(
     Writes RUN/analysis/per_class.csv, summary.json (and features.npz for 2-D/3-D
     embeddings, for 'eqm plot --figure sphere').
     """
+    if run.suffix.lower() == ".onnx":
+        raise UserError(
+            f"{run} is an ONNX model: it holds the backbone only, no class centres to "
+            "analyze; run 'eqm analyze' on the run directory it was exported from"
+        )
     if split not in ("train", "test"):
         raise UserError(f"--split must be 'train' or 'test', got {split!r}")
     result = analyze_run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -52,3 +52,21 @@ def comma_separated_ints(text: str, option: str) -> list[int]:
         raise UserError(
             f"{option} takes comma-separated integers (e.g. 10,100), got {shown(text)}"
         ) from None
+
+
+# An ONNX model's preprocessing (`eqm eval`, `eqm embed`; eqmcli.interop.onnx.resolve_preprocessing)
+Mean = Annotated[
+    str | None,
+    typer.Option("--mean", help="ONNX model: per-channel mean of (x/255 - mean)/std, one "
+                 "value or three in the model's channel order (default: its metadata, else 0.5)."),
+]
+Std = Annotated[
+    str | None,
+    typer.Option("--std", help="ONNX model: per-channel std of (x/255 - mean)/std "
+                 "(default: its metadata, else 0.5)."),
+]
+Bgr = Annotated[
+    bool | None,
+    typer.Option("--bgr/--rgb", help="ONNX model: channel order it expects "
+                 "(default: its metadata, else RGB)."),
+]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqmcli.cli.common import console, err_console, user_errors
+from eqmcli.cli.common import Bgr, Mean, Std, console, err_console, user_errors
 from eqmcli.embed import embed_images
 
 SHOWN_UNREADABLE = 10
@@ -29,16 +29,22 @@ def embed_command(
     raw: Annotated[bool, typer.Option("--raw", help="Do not L2-normalize the rows.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 256,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    mean: Mean = None,
+    std: Std = None,
+    bgr: Bgr = None,
 ) -> None:
     """Embed images: one row per image in FEATURES.npy (L2-normalized unless --raw).
 
     The image paths go in the same order to FEATURES.paths.txt; unreadable images are
-    skipped and listed in FEATURES.unreadable.txt. MODEL may be an .onnx file (onnxruntime).
+    skipped and listed in FEATURES.unreadable.txt. MODEL may be an .onnx file (onnxruntime;
+    --mean/--std/--bgr set its preprocessing when its metadata does not).
     """
     result = embed_images(
         model, source, out, flip=flip, raw=raw, batch_size=batch_size, device=device,
-        progress=err_console.is_terminal,
+        progress=err_console.is_terminal, mean=mean, std=std, bgr=bgr,
     )
+    if result.note:
+        err_console.print(f"[yellow]Note:[/] {result.note}", highlight=False, soft_wrap=True)
     if result.resized_from:
         (h, w), (mh, mw) = result.resized_from, result.input_size
         err_console.print(

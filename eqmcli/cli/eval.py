@@ -11,7 +11,15 @@ from rich import box
 from rich.table import Table
 
 from eqmcli.cli.benchmark_tables import protocol_tables
-from eqmcli.cli.common import comma_separated_ints, console, err_console, user_errors
+from eqmcli.cli.common import (
+    Bgr,
+    Mean,
+    Std,
+    comma_separated_ints,
+    console,
+    err_console,
+    user_errors,
+)
 from eqmcli.evaluate import EvalReport, run_evaluation
 from eqmcli.protocols.ijb import IjbOptions
 from eqmcli.protocols.run import ProtocolOptions
@@ -99,7 +107,7 @@ PairsFile = Annotated[
     Path | None,
     typer.Option("--pairs", help="Your own pairs: 'path_a path_b label' lines (label 1/0; "
                  "10 folds in file order; paths relative to the file or --images-root; "
-                 "docs/reference.md §2) or LFW's pairs.txt."),
+                 "docs/reference.md §2), LFW's pairs.txt, or a .bin (eqm data make-bin)."),
 ]
 ImagesRoot = Annotated[
     Path | None, typer.Option("--images-root", help="Folder the --pairs paths are relative to.")
@@ -210,9 +218,15 @@ def eval_command(
     megaface_feature_suffix: MegafaceSuffix = "_eqm.bin",
     no_cache: NoCache = False,
     out: OutDir = None,
+    mean: Mean = None,
+    std: Std = None,
+    bgr: Bgr = None,
     as_json: AsJson = False,
 ) -> None:
     """Evaluate a trained model: 10-fold verification, IJB-B/C, YouTube Faces, MegaFace.
+
+    The model: a run directory, a checkpoint or an .onnx file (--mean/--std/--bgr set an
+    ONNX model's preprocessing when its metadata does not).
 
     Pair sets: mean ± population std of 10 contiguous folds; thresholds in cosine units.
 
@@ -237,5 +251,6 @@ def eval_command(
         target, benchmarks=[name for name, on in flags.items() if on], pairs_file=pairs,
         images_root=images_root, data_root=data_root, flip=not no_flip, batch_size=batch_size,
         device=device, progress=err_console.is_terminal, protocols=protocols, out=out,
+        mean=mean, std=std, bgr=bgr,
     )
     print_report(report, as_json)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from eqmcli.errors import UserError
-from eqmcli.interop.onnx import InputPreprocessing, OnnxBackbone, load_onnx
+from eqmcli.interop.onnx import RECIPE_KEY, InputPreprocessing, OnnxBackbone, load_onnx
 from eqmcli.rundir import Trained, load_trained
 
 
@@ -46,3 +46,10 @@ def assumed_preprocessing_note(trained: Trained) -> str | None:
     return (f"{trained.checkpoint_path} records no preprocessing: assumed {pre.describe()} "
             "(pass --mean, --std, --bgr if it expects another)")
 
+
+
+def has_recipe(trained: Trained) -> bool:
+    """False for an ONNX model from elsewhere (no ``eqm.recipe`` metadata): its recipe is a
+    stand-in that names no verification sets."""
+    backbone = trained.backbone
+    return not isinstance(backbone, OnnxBackbone) or RECIPE_KEY in backbone.metadata
