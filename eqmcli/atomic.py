@@ -46,20 +46,30 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     return StorageError(f"could not write {path}: {reason}; {kept}")
 
 
+def make_folder(folder: Path, what: str) -> None:
+    """Create `folder` and its missing parents; `UserError` naming `what` when a file is in
+    the way or the folder cannot be created."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{what} cannot be created: a file is in the way") from None
+    except OSError as error:
+        raise UserError(f"{what} cannot be created: {error.strerror or error}") from None
+
+
 def check_output_file(
     path: Path, option: str, *, reads: Sequence[Path] = (), force: bool = False
 ) -> None:
     """Refuse, before any work, an output file whose writing would lose something or fail.
 
     Refused in one sentence naming `option`: a path that is one of `reads` (the command's
-    inputs; `force` does not change that), a folder, a path in a missing folder, an existing
-    file unless `force`, and a folder where no file can be created (read-only, no permission:
-    a temporary sibling is created and removed to find out).
+    inputs; `force` does not change that), a folder, an existing file unless `force`, and a
+    folder where no file can be created (read-only, no permission: a temporary sibling is
+    created and removed to find out). Missing folders on the way are created, once every
+    other check has passed (`make_folder`).
     """
     if path.is_dir():
         raise UserError(f"{option} {path} is a folder; name the file to write")
-    if not path.parent.is_dir():
-        raise UserError(f"the folder of {option} {path} does not exist")
     for source in reads:
         if path.resolve() == source.resolve() or (
             path.exists() and source.exists() and os.path.samefile(path, source)
@@ -69,6 +79,7 @@ def check_output_file(
             )
     if path.exists() and not force:
         raise UserError(f"{option} {path} exists; pass --force to replace it")
+    make_folder(path.parent, f"the folder of {option} {path}")
     probe = temporary_sibling(path)
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

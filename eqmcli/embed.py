@@ -30,7 +30,7 @@ from rich.progress import (
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eqmcli.atomic import atomic_write, atomic_write_text, temporary_sibling
+from eqmcli.atomic import atomic_write, atomic_write_text, make_folder, temporary_sibling
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
 from eqmcli.data.transforms import to_model_input
 from eqmcli.devices import autocast, autocast_dtype, resolve_device
@@ -336,14 +336,13 @@ def embed_images(
     out = Path(out)
     if out.suffix != ".npy":
         raise UserError(f"--out {out} must end in .npy")
-    if not out.parent.is_dir():
-        raise UserError(f"the folder of --out {out} does not exist")
     paths = list_images(source)
     if not paths:
         raise UserError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     check_listable(paths)
     torch_device = resolve_device(device)
     loaded = load_model(model, torch_device, mean=mean, std=std, bgr=bgr)
+    make_folder(out.parent, f"the folder of --out {out}")
     log_path = temporary_sibling(out.with_suffix(".unreadable"))
     started = time.perf_counter()
     try:
