@@ -338,3 +338,29 @@ def test_relative_data_root_is_recorded_as_absolute(tmp_path, monkeypatch):
     again = runner.invoke(app, ["train", str(recipe), "--out", str(out), "--resume",
                                 "--set", "train.epochs=2", *QUICK])
     assert again.exit_code == 0, again.output
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_one_sentence_and_leaves_nothing(tmp_path):
+    recipe = image_folder_recipe(tmp_path, str(tmp_path / "faces"))
+    os.rename(tmp_path / "faces" / "id1", os.fsencode(tmp_path / "faces") + b"/id\xff1")
+    said = refused(recipe, tmp_path / "new" / "run")
+    assert "id\\udcff1" in said and "does not have a UTF-8 name" in said, said
+    assert not (tmp_path / "new").exists(), "the folders the refused run made are removed"
+
+
+def test_a_refused_train_leaves_no_empty_run_folder_but_keeps_an_existing_one(
+    tiny_recipe_path, tmp_path
+):
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out",
+                                 str(tmp_path / "a" / "b"), "--resume", *QUICK])
+    assert result.exit_code == 2 and "cannot resume" in flat(result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"], "a/ and a/b/ removed"
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(tmp_path / "new"),
+                                 "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK])
+    assert result.exit_code == 2 and "gone.pt" in flat(result.output), result.output
+    assert not (tmp_path / "new").exists(), "refused in set-up: the new folder is removed"
+    (tmp_path / "mine").mkdir()
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(tmp_path / "mine"),
+                                 "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK])
+    assert result.exit_code == 2 and "gone.pt" in flat(result.output), result.output
+    assert (tmp_path / "mine").is_dir(), "a folder that existed before is kept"

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from eqmcli.data.decode import BadImageLog, DecodeError, ImageSize, decode_file, pixel_size
 from eqmcli.data.staging import refuse_incomplete
 from eqmcli.data.trainset import TrainData
-from eqmcli.errors import UserError
+from eqmcli.errors import UserError, shown
 
 if TYPE_CHECKING:
     from eqmcli.recipe import ImageFolderSource
@@ -37,11 +37,24 @@ IMAGE_EXTENSIONS = (
 )
 
 
+def refuse_undecodable_name(path: Path) -> None:
+    """`UserError` when the name of ``path`` has bytes that are not UTF-8 (class and image
+    names are recorded as UTF-8 text: ``bad_images.txt``, analyses)."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{shown(str(path), 160)} does not have a UTF-8 name (each \\udcXX is a byte that "
+            "is not UTF-8); eqm records class and image names as text: rename it"
+        ) from None
+
+
 def scan_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarray]:
     """List ``root/<identity>/<image>``: (class names, relative image paths, int64 labels).
 
     Classes sorted by folder name, files sorted by name within a class. Raises `UserError`
-    for a missing root, a root with no class folders, or a class folder without images.
+    for a missing root, a root with no class folders, a class folder without images, or a
+    class or image name that is not UTF-8.
     """
     root = Path(root)
     if not root.is_dir():
@@ -59,6 +72,8 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
             for p in class_dir.iterdir()
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         )
+        for path in (class_dir, *(class_dir / name for name in names)):
+            refuse_undecodable_name(path)
         if not names:
             raise UserError(
                 f"class folder {class_dir} contains no images (looked for "

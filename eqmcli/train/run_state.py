@@ -82,6 +82,27 @@ class PreparedRun:
     lock: RunLock
     removed: list[str] = field(default_factory=list)  # entries --force deleted
     cleaned: list[str] = field(default_factory=list)  # stale temporary files deleted
+    created: Path | None = None  # the outermost folder this preparation created
+
+    def discard_if_untouched(self) -> None:
+        """Release the lock; then, when this preparation created the run directory and it
+        still holds only the lock and the marker (the run was refused before writing
+        anything), remove it and the empty parent folders it created."""
+        self.lock.release()
+        root = self.paths.root
+        if self.created is None or not root.is_dir():
+            return
+        if any(entry.name not in (LOCK, MARKER) for entry in root.iterdir()):
+            return
+        for name in (LOCK, MARKER):
+            (root / name).unlink(missing_ok=True)
+        for folder in (root, *root.parents):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            if folder == self.created:
+                return
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -121,35 +142,39 @@ def prepare_run_dir(
 ) -> PreparedRun:
     """Check, create and lock `out_dir` for a new run, a resume or a forced restart.
 
-    Returns the held lock (the caller releases it when the run ends). A user mistake or a
-    busy directory raises `UserError`; nothing is deleted unless `force` and the folder is
-    recognisably a run directory that holds none of `inputs` (recipe key, path it reads).
+    Returns the held lock (the caller releases it when the run ends, or calls
+    `PreparedRun.discard_if_untouched` when it fails). A user mistake or a busy directory
+    raises `UserError` and leaves no folder behind that this call created; nothing is
+    deleted unless `force` and the folder is recognisably a run directory that holds none
+    of `inputs` (recipe key, path it reads).
     """
     if resume and force:
         raise UserError("--resume and --force contradict each other; pass only one")
     check_output_path(out_dir, data_roots)
     paths = RunPaths(out_dir)
+    absolute = Path(os.path.abspath(out_dir))
+    missing = [folder for folder in (absolute, *absolute.parents) if not folder.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(paths.lock)
         lock.acquire()
     except OSError as error:
         raise UserError(f"cannot use run directory {out_dir}: {error.strerror}") from None
+    prepared = PreparedRun(paths, lock, created=missing[-1] if missing else None)
     try:
-        removed = _claim(paths, resume=resume, force=force, inputs=inputs)
-        cleaned = []
+        prepared.removed = _claim(paths, resume=resume, force=force, inputs=inputs)
         for folder in (paths.root, paths.checkpoints):
             for stale in stale_temporaries(folder):
                 stale.unlink()
-                cleaned.append(stale.name)
+                prepared.cleaned.append(stale.name)
         paths.mark("eqm train")
     except OSError as error:
-        lock.release()
+        prepared.discard_if_untouched()
         raise UserError(f"cannot use run directory {out_dir}: {error.strerror}") from None
     except BaseException:
-        lock.release()
+        prepared.discard_if_untouched()
         raise
-    return PreparedRun(paths, lock, removed, cleaned)
+    return prepared
 
 
 def _claim(

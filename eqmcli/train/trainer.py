@@ -142,8 +142,10 @@ def train(
     finally:
         if run is not None:
             run.metrics.close()
-        if prepared is not None:
+        if prepared is not None and finished:
             prepared.lock.release()
+        elif prepared is not None:  # refused or failed: remove a folder it left empty
+            prepared.discard_if_untouched()
         context.close(wait_for_others=finished)  # no barrier on an error: it would hang
 
 
