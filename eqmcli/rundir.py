@@ -31,6 +31,7 @@ BEST = "best.pt"
 MARKER = ".eqm-run"
 LOCK = ".eqm-lock"
 RUNS_FOLDER = "runs"
+NAME_MAX = 255  # bytes per path component on the usual Linux file systems
 
 
 @dataclass
@@ -103,8 +104,14 @@ def default_run_dir(name: str) -> Path:
         text not in ("", ".", "..")
         and not any(separator in text for separator in ("/", "\\", "\0"))
         and not Path(text).is_absolute()
-        and len(text.encode("utf-8")) <= 255
     )
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if plain and size > NAME_MAX:
+        raise UserError(
+            f"recipe name {shown(text)} is {size} bytes long, too long for a folder name (at "
+            f"most {NAME_MAX}): it names the run directory runs/<name>; shorten it or pass "
+            "--out DIR"
+        )
     if not plain:
         raise UserError(
             f"recipe name {shown(text)} is not a plain folder name (no '/', '\\', '..' or "

@@ -55,6 +55,23 @@ def test_recipe_name_that_is_not_a_plain_name_is_refused(tiny_recipe_path, tmp_p
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_a_300_character_recipe_name_is_refused_by_dry_run_for_its_length(
+    tiny_recipe_path, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    name = "n" * 300
+    for flags in (["--dry-run"], QUICK):
+        result = runner.invoke(app, ["train", str(tiny_recipe_path), "--set", f"name={name}",
+                                     *flags])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "is 300 bytes long, too long for a folder name" in said
+        assert "not a plain folder name" not in said
+    assert not (tmp_path / "runs").exists()
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--set", f"name={name}",
+                                 "--out", str(tmp_path / "run"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+
+
 def test_force_refuses_a_folder_that_is_not_a_run_directory(tiny_recipe_path, tmp_path):
     out = tmp_path / "photos"
     out.mkdir()

@@ -364,3 +364,23 @@ def test_a_refused_train_leaves_no_empty_run_folder_but_keeps_an_existing_one(
                                  "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK])
     assert result.exit_code == 2 and "gone.pt" in flat(result.output), result.output
     assert (tmp_path / "mine").is_dir(), "a folder that existed before is kept"
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_restarted_with_force(
+    tiny_recipe_path, tmp_path
+):
+    """What kill -9 in the first epoch leaves (marker, recipe.yaml, metrics.jsonl, no
+    checkpoint): --resume and a plain re-run both name --force, which then starts over."""
+    import shutil
+
+    out = tmp_path / "run"
+    one_epoch(tiny_recipe_path, out)
+    shutil.rmtree(out / "checkpoints")
+    for flags in (["--resume"], []):
+        said = flat(runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out),
+                                        *flags, *QUICK]).output)
+        assert "stopped before its first checkpoint" in said and "pass --force" in said, said
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--force",
+                                 "--set", "train.epochs=1", *QUICK])
+    assert result.exit_code == 0, result.output
+    assert (out / "checkpoints" / "last.pt").is_file()

@@ -19,8 +19,8 @@ from eqmcli.rundir import default_run_dir
 from eqmcli.train import TrainSummary, train
 from eqmcli.train.evaluation import verification_sets
 from eqmcli.train.progress import say
-from eqmcli.train.run_state import resume_command
-from eqmcli.train.setup import infeasible_t2_warning, steps_per_epoch
+from eqmcli.train.run_state import check_output_path, resume_command
+from eqmcli.train.setup import infeasible_t2_warning, steps_per_epoch, training_data_roots
 
 
 def loss_defaults() -> str:
@@ -138,14 +138,15 @@ def train_command(
     if tensorboard:
         overrides = [*overrides, "train.tensorboard=true"]
     recipe = load_recipe(recipe_path, overrides)
+    out_dir = out or default_run_dir(recipe.name)
     if dry_run:
+        check_output_path(out_dir, training_data_roots(recipe))  # what training would refuse
         table, warning = _describe_run(recipe)
         console.print(table)
         if warning is not None:
             say(console, warning)
         console.print(recipe.to_yaml(), highlight=False)
         return
-    out_dir = out or default_run_dir(recipe.name)
     try:
         summary = train(recipe, out_dir, resume=resume, force=force, progress=progress,
                         console=console)

@@ -28,13 +28,12 @@ from typing import Any, Protocol
 from eqmcli.atomic import atomic_write_text, stale_temporaries
 from eqmcli.errors import UserError, shown
 from eqmcli.recipe import Recipe
-from eqmcli.rundir import LOCK, MARKER, RunPaths
+from eqmcli.rundir import LOCK, MARKER, NAME_MAX, RunPaths
 
 #: Recipe keys (dotted prefixes) that define the experiment: a resume may not change them.
 FROZEN_ON_RESUME = ("data.train", "model", "loss", "seed", "optim.name")
 #: Keys that never matter for a resume (the recipe's name only names the default folder).
 IGNORED_ON_RESUME = ("name",)
-NAME_MAX = 255  # bytes per path component on the usual Linux file systems
 PATH_MAX = 4096
 
 
@@ -183,13 +182,25 @@ def _claim(
     """Check what `paths.root` holds against the mode; with `force`, empty it unless it
     holds the working folder or one of `inputs`. Returns what was removed."""
     entries = sorted(e for e in paths.root.iterdir() if e.name not in (LOCK, MARKER))
+    unfinished = paths.is_run_directory() and not paths.last.is_file()
     if resume:
+        if unfinished:
+            raise UserError(
+                f"cannot resume {paths.root}: the run stopped before its first checkpoint "
+                f"({paths.last} does not exist); pass --force instead of --resume to start "
+                "it over"
+            )
         if not paths.last.is_file():
             raise UserError(f"cannot resume: {paths.last} does not exist")
         return []
     if not entries:
         return []
     if not force:
+        if unfinished:
+            raise UserError(
+                f"run directory {paths.root} holds a run that stopped before its first "
+                "checkpoint (nothing to resume); pass --force to start it over"
+            )
         raise UserError(
             f"run directory {paths.root} is not empty; pass --resume to continue it "
             "or --force to start over"
