@@ -27,7 +27,7 @@ from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
 from eqmcli.interop.models import assumed_preprocessing_note, has_recipe, model_preprocessing
 from eqmcli.interop.models import load_model as load_any_model
-from eqmcli.pair_outcomes import write_pair_scores
+from eqmcli.pair_outcomes import write_failures, write_pair_scores
 from eqmcli.protocols.features import ModelSetup, file_checksum
 from eqmcli.protocols.run import ProtocolOptions, ProtocolResult, run_protocols
 from eqmcli.recipe import Recipe
@@ -86,8 +86,9 @@ def resolve_data_root(given: str | Path | None, recipe: Recipe | None = None) ->
     return Path(env).expanduser() if env else None
 
 
-def find_benchmark(name: str, data_root: Path | None) -> BenchmarkSource:
-    """Locate a published benchmark under ``data_root``; a missing one names every path tried."""
+def find_benchmark(name: str, data_root: Path | None, missing: str = "error") -> BenchmarkSource:
+    """Locate a published benchmark under ``data_root``; a missing one names every path tried.
+    ``missing``: what to do with pairs of an LFW folder naming a missing image."""
     if name not in BENCHMARK_NAMES:
         raise UserError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARK_NAMES)}")
     if data_root is None:
@@ -106,7 +107,7 @@ def find_benchmark(name: str, data_root: Path | None) -> BenchmarkSource:
                 return BenchmarkSource(
                     name,
                     f"{folder} + {pairs}",
-                    lambda p=pairs: readers.read_lfw(folder, p, name=name),
+                    lambda p=pairs: readers.read_lfw(folder, p, name=name, missing=missing),
                 )
         looked.append(f"{folder}/ with {data_root / 'pairs.txt'} or {folder / 'pairs.txt'}")
     where = "" if data_root.is_dir() else f" (the folder {data_root} does not exist)"
@@ -115,9 +116,12 @@ def find_benchmark(name: str, data_root: Path | None) -> BenchmarkSource:
     )
 
 
-def pairs_source(pairs_file: str | Path, images_root: str | Path | None) -> BenchmarkSource:
+def pairs_source(
+    pairs_file: str | Path, images_root: str | Path | None, missing: str = "error"
+) -> BenchmarkSource:
     """The user's own pairs: a pairs file (``path_a path_b label`` or LFW ``pairs.txt``
-    format) or an InsightFace ``.bin`` (what ``eqm data make-bin`` writes)."""
+    format) or an InsightFace ``.bin`` (what ``eqm data make-bin`` writes); ``missing``:
+    what to do with pairs naming a missing image file."""
     path = Path(pairs_file)
     if not path.is_file():
         raise UserError(f"pairs file not found: {path}")
@@ -126,7 +130,8 @@ def pairs_source(pairs_file: str | Path, images_root: str | Path | None) -> Benc
             raise UserError(f"--images-root does not apply to {path}: a .bin holds its images")
         return BenchmarkSource(path.stem, str(path), lambda: readers.read_bin(path, name=path.stem))
     return BenchmarkSource(
-        path.stem, str(path), lambda: readers.read_pairs(path, images_root, name=path.stem)
+        path.stem, str(path),
+        lambda: readers.read_pairs(path, images_root, name=path.stem, missing=missing),
     )
 
 
@@ -218,18 +223,27 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_result(folder: Path, result: SetEvaluation) -> Path:
+def save_result(folder: Path, result: SetEvaluation) -> list[Path]:
     """Write ``<folder>/<benchmark>.json`` (the JSON edge of a `SetEvaluation`) and, when the
-    result carries its per-pair scores, ``<folder>/<benchmark>.pairs.npz``."""
+    result carries its per-pair scores, ``<benchmark>.pairs.npz`` and the pairs it got
+    wrong with their images, ``<benchmark>.failures.csv`` (`write_failures`). Returns the
+    JSON's path, then the failures list's (when written)."""
+    failures = None
     if result.scores is not None and result.issame is not None:
         write_pair_scores(folder, result.benchmark, result.scores, result.issame,
-                          result.result.folds, fingerprint=result.pairs_fingerprint)
-    return write_json(folder / f"{result.benchmark}.json", result.to_dict())
+                          result.result.folds, fingerprint=result.pairs_fingerprint,
+                          fold_of=result.fold_of)
+        failures = write_failures(folder, result)
+    if result.missing is not None:
+        listing = "".join(f"{name}\n" for name in result.missing.images)
+        atomic_write_text(folder / f"{result.benchmark}_missing.txt", listing)
+    written = write_json(folder / f"{result.benchmark}.json", result.to_dict())
+    return [written] if failures is None else [written, failures]
 
 
 def write_result(run_dir: Path, result: SetEvaluation) -> Path:
     """`save_result` into ``<run_dir>/eval/`` (training's final verification of last.pt)."""
-    return save_result(RunPaths(run_dir).eval_dir, result)
+    return save_result(RunPaths(run_dir).eval_dir, result)[0]
 
 
 def results_folder(trained: Trained, out: str | Path | None = None) -> Path:
@@ -271,6 +285,7 @@ def run_evaluation(
     write: bool = True,
     protocols: ProtocolOptions | None = None,
     out: str | Path | None = None,
+    missing: str = "error",
     mean: str | None = None,
     std: str | None = None,
     bgr: bool | None = None,
@@ -282,7 +297,9 @@ def run_evaluation(
     fast. Results are written to `results_folder` (``out`` when given) when ``write``;
     each records the model file, its SHA-256 and the preprocessing applied.
     ``protocols`` adds IJB-B/C, YouTube Faces and MegaFace (`eqmcli.protocols.run`);
-    ``mean``/``std``/``bgr`` set an ONNX model's preprocessing.
+    ``mean``/``std``/``bgr`` set an ONNX model's preprocessing; ``missing`` says what to do
+    with pairs that name a missing image (`MISSING_POLICIES`: refuse the set, skip them or
+    count them as failures; listed in ``<set>_missing.txt``).
     """
     if images_root is not None and pairs_file is None:
         raise UserError("--images-root only applies together with --pairs FILE")
@@ -290,9 +307,10 @@ def run_evaluation(
     trained = load_model(target, resolved, mean=mean, std=std, bgr=bgr)
     folder = results_folder(trained, out)
     root = resolve_data_root(data_root, trained.recipe)
-    sources = [find_benchmark(name, root) for name in benchmarks or []]
+    readers.check_missing_policy(missing)
+    sources = [find_benchmark(name, root, missing) for name in benchmarks or []]
     if pairs_file is not None:
-        sources.append(pairs_source(pairs_file, images_root))
+        sources.append(pairs_source(pairs_file, images_root, missing))
     protocols = protocols or ProtocolOptions()
     if not sources and not protocols.requested:
         if not has_recipe(trained):
@@ -334,9 +352,11 @@ def run_evaluation(
         )
         if evaluation.resized_from and report.resized_from is None:
             report.resized_from = evaluation.resized_from
+        if evaluation.missing is not None:
+            report.notes.append(_missing_note(evaluation))
         report.results.append(evaluation)
         if write:
-            report.written.append(save_result(folder, evaluation))
+            report.written.extend(save_result(folder, evaluation))
     if protocols.requested:
         model = ModelSetup(
             trained.backbone, trained.checkpoint_path, trained.input_size, resolved, flip,
@@ -344,6 +364,14 @@ def run_evaluation(
         )
         _run_protocols(report, provenance, protocols, root, model, folder if write else None)
     return report
+
+
+def _missing_note(evaluation: SetEvaluation) -> str:
+    """One line on the pairs of a set that name a missing image, and what became of them."""
+    gone = evaluation.missing
+    done = "skipped" if gone.policy == "skip" else "counted as failures"
+    return (f"{evaluation.benchmark}: {gone.pairs} pair(s) name one of {len(gone.images)} "
+            f"missing image(s) ({evaluation.benchmark}_missing.txt): {done}")
 
 
 def _run_protocols(

@@ -12,6 +12,7 @@ With the fold thresholds of `<set>.json` they give each pair's correctness under
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import zipfile
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from eqmcli.atomic import atomic_write
+from eqmcli.atomic import atomic_write, atomic_write_text
+from eqmcli.data.verification import contiguous_folds
 from eqmcli.errors import UserError
-from eqmcli.verification import fold_bounds
+from eqmcli.verification import SetEvaluation
 
 SUFFIX = ".pairs.npz"
+FAILURES_SUFFIX = ".failures.csv"
 
 
 def pairs_path(results_dir: Path, benchmark: str) -> Path:
@@ -33,13 +36,11 @@ def pairs_path(results_dir: Path, benchmark: str) -> Path:
 
 def write_pair_scores(
     results_dir: Path, benchmark: str, scores: np.ndarray, issame: np.ndarray, folds: int,
-    *, fingerprint: str | None = None,
+    *, fingerprint: str | None = None, fold_of: np.ndarray | None = None,
 ) -> Path:
-    """Save each pair's score, ground truth and contiguous fold index, and the pairs'
-    fingerprint when known (renamed into place)."""
-    fold = np.empty(len(scores), dtype=np.int16)
-    for index, (start, stop) in enumerate(fold_bounds(len(scores), folds)):
-        fold[start:stop] = index
+    """Save each pair's score, ground truth and fold index (``fold_of``, else contiguous
+    blocks), and the pairs' fingerprint when known (renamed into place)."""
+    fold = (contiguous_folds(len(scores), folds) if fold_of is None else fold_of).astype(np.int16)
     buffer = io.BytesIO()
     extra = {} if fingerprint is None else {"fingerprint": np.asarray(fingerprint)}
     np.savez_compressed(buffer, score=np.asarray(scores, dtype=np.float32),
@@ -47,6 +48,44 @@ def write_pair_scores(
     path = pairs_path(results_dir, benchmark)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda stream: stream.write(buffer.getvalue()))
+
+
+def failures_path(results_dir: Path, benchmark: str) -> Path:
+    """`<results_dir>/<benchmark>.failures.csv`."""
+    return Path(results_dir) / f"{benchmark}{FAILURES_SUFFIX}"
+
+
+def write_failures(results_dir: Path, evaluation: SetEvaluation) -> Path | None:
+    """List the pairs the protocol got wrong in `<benchmark>.failures.csv`: one row per pair
+    (`pair`: its index among the pairs scored, `fold`, `label` same/different, `score` and
+    the fold's `threshold` in cosine units, `image_a`, `image_b`: file paths, or
+    ``<set>#<index>`` for images inside a .bin or the synthetic set, `reason`: "wrong" or
+    "missing image"). None (nothing written) when the result has no fold thresholds."""
+    result = evaluation.result
+    if evaluation.scores is None or evaluation.issame is None or not result.fold_thresholds:
+        return None
+    scores, issame = evaluation.scores.astype(np.float64), evaluation.issame
+    fold = (contiguous_folds(len(scores), result.folds) if evaluation.fold_of is None
+            else evaluation.fold_of)
+    thresholds = np.asarray(result.fold_thresholds, dtype=np.float64)[fold]
+    wrong = (scores > thresholds) != issame
+    unscored = (np.zeros(len(scores), dtype=bool) if evaluation.unscored is None
+                else evaluation.unscored)
+    names = evaluation.pair_names
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["pair", "fold", "label", "score", "threshold", "image_a", "image_b",
+                     "reason"])
+    for k in np.flatnonzero(wrong | unscored).tolist():
+        writer.writerow([
+            k, int(fold[k]), "same" if issame[k] else "different",
+            "" if unscored[k] else f"{scores[k]:.6f}", f"{thresholds[k]:.6f}",
+            *(names[k] if names is not None else ("", "")),
+            "missing image" if unscored[k] else "wrong",
+        ])
+    path = failures_path(results_dir, evaluation.benchmark)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, text.getvalue())
 
 
 def _load_pairs(path: Path) -> dict[str, np.ndarray]:

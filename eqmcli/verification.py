@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eqmcli.data.verification import VerificationSet
+from eqmcli.data.verification import MissingImages, VerificationSet
 from eqmcli.embed import extract_embeddings
 from eqmcli.errors import UserError
 
@@ -225,7 +225,8 @@ def roc_auc(far: np.ndarray, tar: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------- verify
 def verify(
-    scores: Any, issame: Any, folds: int = 10, fold_of: np.ndarray | None = None
+    scores: Any, issame: Any, folds: int = 10, fold_of: np.ndarray | None = None,
+    unscored: np.ndarray | None = None,
 ) -> VerificationResult:
     """Run the verification protocol on cosine ``scores`` (P,) with ground truth ``issame`` (P,).
 
@@ -235,7 +236,10 @@ def verify(
     thresholds (cosine units), their mean threshold, TAR at FAR 1e-3 / 1e-4 (only where
     the number of negative pairs is >= 1/FAR, else None), ROC AUC, EER and ROC points.
     ``fold_of`` (P,) assigns each pair to a fold explicitly (e.g. YouTube Faces' official
-    splits); ``folds`` is then the number of distinct values in it.
+    splits); ``folds`` is then the number of distinct values in it. ``unscored`` (P,) marks
+    pairs counted as failures (`VerificationSet.counted_wrong` put their scores at ±2): they
+    take no part in choosing a threshold, which then stays inside (-2, 2), so they are
+    wrong in every fold's accuracy.
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(issame).astype(bool).reshape(-1)
@@ -257,8 +261,9 @@ def verify(
     if not (n_pos and n_neg):
         return _single_class_result(s.size, n_pos, n_neg, folds)
     fold_accuracies, fold_thresholds = [], []
+    scored = np.ones(s.size, dtype=bool) if unscored is None else ~np.asarray(unscored)
     for test in test_sets:
-        threshold, _ = best_threshold(s[~test], y[~test])
+        threshold, _ = best_threshold(s[~test & scored], y[~test & scored])
         fold_thresholds.append(threshold)
         fold_accuracies.append(accuracy_at(s[test], y[test], threshold))
     far, tar, thresholds = roc_curve(s, y)
@@ -376,7 +381,11 @@ class SetEvaluation(Provenance):
     wall time of embedding and scoring. The provenance fields are filled in by the caller.
     ``scores`` and ``issame`` are the per-pair cosines that ``result`` thresholded and their
     ground truth (not in ``to_dict``; `eqmcli.pair_outcomes` saves them for paired tests);
-    ``pairs_fingerprint`` is the set's `VerificationSet.fingerprint` (None: unknown).
+    ``pairs_fingerprint`` is the set's `VerificationSet.fingerprint` (None: unknown);
+    ``fold_of`` the pairs' folds when not contiguous blocks, ``missing`` what was done with
+    pairs naming a missing image, ``unscored`` the pairs counted as failures for it and
+    ``pair_names`` each pair's two image names (for the failures list), all from the
+    `VerificationSet`.
     """
 
     benchmark: str
@@ -390,6 +399,10 @@ class SetEvaluation(Provenance):
     scores: np.ndarray | None = field(default=None, repr=False, compare=False)
     issame: np.ndarray | None = field(default=None, repr=False, compare=False)
     pairs_fingerprint: str | None = None
+    fold_of: np.ndarray | None = field(default=None, repr=False, compare=False)
+    missing: MissingImages | None = None
+    pair_names: np.ndarray | None = field(default=None, repr=False, compare=False)
+    unscored: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def accuracy(self) -> float:
@@ -412,6 +425,8 @@ class SetEvaluation(Provenance):
         out["seconds"] = round(self.seconds, 3)
         if self.pairs_fingerprint is not None:
             out["pairs_fingerprint"] = self.pairs_fingerprint
+        if self.missing is not None:
+            out["missing"] = self.missing.to_dict()
         out.update(self.provenance())
         return json_safe(out)
 
@@ -445,10 +460,12 @@ def evaluate_set(
         description=f"embedding {vset.name}",
     )
     main = emb.flip if flip and emb.flip is not None else emb.plain
-    scores = pair_scores(main, vset.pairs)
-    result = verify(scores, vset.issame, folds=vset.folds)
+    scores = vset.counted_wrong(pair_scores(main, vset.pairs))
+    protocol = {"folds": vset.folds, "fold_of": vset.fold_of, "unscored": vset.unscored}
+    result = verify(scores, vset.issame, **protocol)
     noflip = (
-        verify(pair_scores(emb.plain, vset.pairs), vset.issame, folds=vset.folds) if flip else None
+        verify(vset.counted_wrong(pair_scores(emb.plain, vset.pairs)), vset.issame, **protocol)
+        if flip else None
     )
     return SetEvaluation(
         benchmark=vset.name,
@@ -462,4 +479,8 @@ def evaluate_set(
         scores=scores,
         issame=np.asarray(vset.issame, dtype=bool),
         pairs_fingerprint=vset.fingerprint,
+        fold_of=vset.fold_of,
+        missing=vset.missing,
+        pair_names=vset.image_names(),
+        unscored=vset.unscored,
     )

@@ -156,6 +156,14 @@ MegafaceSuffix = Annotated[
 NoCache = Annotated[
     bool, typer.Option("--no-cache", help="IJB/YTF/MegaFace: embed again (ignore RUN/eval/cache/).")
 ]
+Missing = Annotated[
+    str,
+    typer.Option(
+        "--missing",
+        help="Pairs naming an image file that does not exist: error (refuse the set), skip "
+        "(leave them out; count printed) or count-wrong (score them as failures).",
+    ),
+]
 OutDir = Annotated[
     Path | None,
     typer.Option(
@@ -189,7 +197,7 @@ def print_report(report: EvalReport, as_json: bool) -> None:
     for table in protocol_tables(report.protocol_results):
         console.print(table)
     for path in report.written:
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
 
 
 @user_errors
@@ -218,6 +226,7 @@ def eval_command(
     megaface_feature_suffix: MegafaceSuffix = "_eqm.bin",
     no_cache: NoCache = False,
     out: OutDir = None,
+    missing: Missing = "error",
     mean: Mean = None,
     std: Std = None,
     bgr: Bgr = None,
@@ -251,6 +260,6 @@ def eval_command(
         target, benchmarks=[name for name, on in flags.items() if on], pairs_file=pairs,
         images_root=images_root, data_root=data_root, flip=not no_flip, batch_size=batch_size,
         device=device, progress=err_console.is_terminal, protocols=protocols, out=out,
-        mean=mean, std=std, bgr=bgr,
+        missing=missing, mean=mean, std=std, bgr=bgr,
     )
     print_report(report, as_json)

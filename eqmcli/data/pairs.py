@@ -223,10 +223,12 @@ def read_pairs_file(
     )
 
 
-def check_exists(paths: list[Path], source: str) -> None:
-    """Raise one `UserError` naming the missing images (first few) of a pairs list."""
+def check_exists(paths: list[Path], source: str, advice: str = "") -> None:
+    """Raise one `UserError` naming the missing images (first few) of a pairs list, with
+    ``advice`` (e.g. "; pass --missing skip ...") at its end."""
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:3])
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise UserError(f"{len(missing)} image(s) named in {source} do not exist: {shown}{more}")
+        raise UserError(
+            f"{len(missing)} image(s) named in {source} do not exist: {shown}{more}{advice}")

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from eqmcli.atomic import atomic_write
 from eqmcli.checksums import sha256_file
 from eqmcli.data.decode import DecodeError, decode_file, decode_image, encode_jpeg
-from eqmcli.data.pairs import PairList, read_lfw_pairs, read_pairs_file
+from eqmcli.data.pairs import PairList, check_exists, read_lfw_pairs, read_pairs_file
 from eqmcli.errors import UserError
 
 
@@ -33,9 +33,13 @@ class VerificationSet:
     `images` is a Dataset of `(uint8 (3, H, W) tensor, label)` items (the label is
     ignored); `pairs` an int64 array `(P, 2)` of indices into `images`; `issame` a bool
     array `(P,)`, True for a matched (same-identity) pair. Folds are `folds` contiguous
-    blocks of pairs, in order (no shuffling), as in the LFW protocol. `fingerprint`
-    identifies the pairs and their images (`pairs_fingerprint`; for the synthetic set its
-    data parameters), so that results on different pairs are never compared; None: unknown.
+    blocks of pairs, in order (no shuffling), as in the LFW protocol, unless `fold_of`
+    (int `(P,)`, 0 ... folds - 1) assigns them (pairs skipped for a missing image keep their
+    fold). `fingerprint` identifies the pairs and their images (`pairs_fingerprint`; for
+    the synthetic set its data parameters), so that results on different pairs are never
+    compared; None: unknown. `unscored` (bool `(P,)`) marks pairs that name a missing image
+    and are counted as failures (``--missing count-wrong``); `missing` says what was done.
+    `pair_names` (`(P, 2)` str) names each pair's images as the user knows them (paths).
     """
 
     name: str
@@ -44,6 +48,10 @@ class VerificationSet:
     issame: np.ndarray
     folds: int = 10
     fingerprint: str | None = None
+    fold_of: np.ndarray | None = None
+    unscored: np.ndarray | None = None
+    missing: MissingImages | None = None
+    pair_names: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.pairs = np.asarray(self.pairs, dtype=np.int64)
@@ -61,6 +69,53 @@ class VerificationSet:
     def num_pairs(self) -> int:
         """Number of pairs P."""
         return int(len(self.pairs))
+
+    def counted_wrong(self, scores: np.ndarray) -> np.ndarray:
+        """``scores`` (cosines) with every `unscored` pair put on the wrong side of any
+        threshold `verify` picks (-2 for a matched pair, +2 for a mismatched one; the
+        thresholds come from the scored pairs, so they lie inside (-2, 2))."""
+        if self.unscored is None:
+            return scores
+        wrong = np.where(self.issame, -2.0, 2.0).astype(scores.dtype)
+        return np.where(self.unscored, wrong, scores)
+
+    def image_names(self) -> np.ndarray:
+        """`(P, 2)` names of each pair's images: `pair_names`, else ``<set>#<image index>``."""
+        if self.pair_names is not None:
+            return self.pair_names
+        return np.char.add(f"{self.name}#", self.pairs.astype(str))
+
+
+def contiguous_folds(n: int, folds: int) -> np.ndarray:
+    """The fold (0-based, int64 `(n,)`) of each of `n` pairs in `folds` contiguous blocks,
+    the first ``n % folds`` one pair longer (`eqmcli.verification.fold_bounds`)."""
+    blocks = np.array_split(np.arange(n), folds)
+    return np.concatenate([np.full(len(b), k, dtype=np.int64) for k, b in enumerate(blocks)])
+
+
+#: What `eqm eval --missing` may do with pairs that name a missing image.
+MISSING_POLICIES: tuple[str, ...] = ("error", "skip", "count-wrong")
+
+
+def check_missing_policy(missing: str) -> None:
+    """Refuse a ``--missing`` value that is not one of `MISSING_POLICIES`, in one sentence."""
+    if missing not in MISSING_POLICIES:
+        raise UserError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, "
+                        f"got {str(missing)[:40]!r}")
+
+
+@dataclass
+class MissingImages:
+    """Pairs that name an image file that does not exist, and what was done with them:
+    ``policy`` "skip" (left out) or "count-wrong" (kept as failures)."""
+
+    policy: str
+    pairs: int
+    images: list[str]
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``missing`` entry of a result JSON."""
+        return {"policy": self.policy, "pairs": self.pairs, "images": len(self.images)}
 
 
 FINGERPRINT_DIGITS = 20
@@ -280,24 +335,73 @@ def read_bin(path: str | Path, name: str | None = None, folds: int = 10) -> Veri
                            folds, fingerprint)
 
 
-def _listed_set(listed: PairList, name: str) -> VerificationSet:
-    """A parsed pairs list as a set of image files, fingerprinted by the files' contents."""
-    digests = [sha256_file(path) for path in listed.paths]
-    fingerprint = pairs_fingerprint(digests, listed.pairs, listed.issame, listed.folds)
-    return VerificationSet(name, ImageFiles(listed.paths), listed.pairs, listed.issame,
-                           listed.folds, fingerprint)
+def _listed_set(listed: PairList, name: str, source: str, missing: str) -> VerificationSet:
+    """A parsed pairs list as a set of image files, fingerprinted by the files' contents.
+
+    Pairs that name a missing image: ``missing`` "error" refuses the set in one sentence
+    naming them; "skip" leaves them out (the others keep their folds); "count-wrong" keeps
+    them as failures (`VerificationSet.unscored`). The fingerprint covers the pairs kept,
+    a missing image counting as "absent"."""
+    check_missing_policy(missing)
+    present = np.array([path.is_file() for path in listed.paths], dtype=bool)
+    names = np.array([str(path) for path in listed.paths])[listed.pairs]
+    if present.all():
+        return _image_set(name, listed.paths, listed.pairs, listed.issame, listed.folds,
+                          pair_names=names)
+    if missing == "error":
+        check_exists(listed.paths, source,
+                     advice="; pass --missing skip or --missing count-wrong to score the rest")
+    lacking = ~(present[listed.pairs[:, 0]] & present[listed.pairs[:, 1]])
+    fold_of = contiguous_folds(len(listed), listed.folds)
+    report = MissingImages(missing, int(lacking.sum()),
+                           [str(p) for p, ok in zip(listed.paths, present, strict=True) if not ok])
+    keep = ~lacking if missing == "skip" else np.ones(len(listed), dtype=bool)
+    if not (keep & ~lacking).any():
+        raise UserError(f"every pair of {source} names a missing image: nothing to score")
+    kept_folds, fold_of = np.unique(fold_of[keep], return_inverse=True)
+    # images: the files that exist; a pair counted wrong points at the first of them
+    index = np.cumsum(present) - 1
+    pairs = np.where(lacking[:, None], 0, index[listed.pairs])[keep]
+    return _image_set(
+        name, [p for p, ok in zip(listed.paths, present, strict=True) if ok], pairs,
+        listed.issame[keep], len(kept_folds), pair_names=names[keep], fold_of=fold_of,
+        unscored=lacking[keep] if missing == "count-wrong" else None, missing=report,
+    )
 
 
-def read_lfw(lfw_root: str | Path, pairs_file: str | Path, name: str = "lfw") -> VerificationSet:
-    """An aligned LFW folder (`<Name>/<Name>_<NNNN>.jpg`) + official `pairs.txt` (View 1 or 2)."""
-    return _listed_set(read_lfw_pairs(pairs_file, lfw_root), name)
+def _image_set(
+    name: str, paths: list[Path], pairs: np.ndarray, issame: np.ndarray, folds: int, *,
+    pair_names: np.ndarray, fold_of: np.ndarray | None = None,
+    unscored: np.ndarray | None = None, missing: MissingImages | None = None,
+) -> VerificationSet:
+    """A `VerificationSet` of image files whose fingerprint covers the pairs as listed (a
+    pair counted wrong contributes "absent" images)."""
+    digests = [sha256_file(path) for path in paths]
+    rows = [("absent", "absent") if unscored is not None and unscored[k] else
+            (digests[a], digests[b]) for k, (a, b) in enumerate(pairs.tolist())]
+    flat = [digest for row in rows for digest in row]
+    flat_pairs = np.arange(2 * len(rows)).reshape(-1, 2)
+    fingerprint = pairs_fingerprint(flat, flat_pairs, issame, folds)
+    return VerificationSet(name, ImageFiles(paths), pairs, issame, folds, fingerprint,
+                           fold_of, unscored, missing, pair_names)
+
+
+def read_lfw(lfw_root: str | Path, pairs_file: str | Path, name: str = "lfw",
+             missing: str = "error") -> VerificationSet:
+    """An aligned LFW folder (`<Name>/<Name>_<NNNN>.jpg`) + official `pairs.txt` (View 1 or
+    2); ``missing``: what to do with pairs naming a missing image (`MISSING_POLICIES`)."""
+    listed = read_lfw_pairs(pairs_file, lfw_root, check_files=False)
+    return _listed_set(listed, name, f"{pairs_file} (images under {lfw_root})", missing)
 
 
 def read_pairs(
-    pairs_file: str | Path, images_root: str | Path | None = None, name: str | None = None
+    pairs_file: str | Path, images_root: str | Path | None = None, name: str | None = None,
+    missing: str = "error",
 ) -> VerificationSet:
-    """A user's pairs file (`path_a path_b label`, or LFW's `pairs.txt` format) as a set."""
-    return _listed_set(read_pairs_file(pairs_file, images_root), name or Path(pairs_file).stem)
+    """A user's pairs file (`path_a path_b label`, or LFW's `pairs.txt` format) as a set;
+    ``missing``: what to do with pairs naming a missing image (`MISSING_POLICIES`)."""
+    listed = read_pairs_file(pairs_file, images_root, check_files=False)
+    return _listed_set(listed, name or Path(pairs_file).stem, str(pairs_file), missing)
 
 
 def write_bin(
