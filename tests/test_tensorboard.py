@@ -4,7 +4,9 @@ refusal when the optional extra is missing."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -116,3 +118,35 @@ def test_record_scalars_keep_known_numbers_only():
     assert record_scalars({"kind": "resume", "step": 3, "changed": []}) == {}
     assert record_scalars({"kind": "step", "epoch": 1, "step": 2, "loss": float("nan"),
                            "lr": 0.1}) == {"train/lr": 0.1}
+
+
+def test_a_tensorboard_folder_that_is_a_file_or_read_only_is_one_sentence(
+    tiny_recipe_path, tmp_path, monkeypatch
+):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    quick = ["--set", "eval.every_epochs=0", "--no-progress"]
+    first = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out),
+                                "--set", "train.epochs=1", *quick])
+    assert first.exit_code == 0, first.output
+    (out / "tb").write_text("my notes")
+    resume = ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
+              "--set", "train.epochs=2", "--tensorboard", *quick]
+    result = runner.invoke(app, resume)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "tb is a file, not a folder" in said, said
+    assert "Traceback" not in result.output and (out / "tb").read_text() == "my notes"
+    (out / "tb").unlink()
+    real_makedirs = os.makedirs
+
+    def read_only(path, *args, **kwargs):
+        if Path(path).name == "tb":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    result = runner.invoke(app, resume)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "cannot write TensorBoard events in" in said and "Read-only file system" in said
+    assert "Traceback" not in result.output

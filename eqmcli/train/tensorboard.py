@@ -16,7 +16,9 @@ scalars as float32. `tensorboard` is the optional `[tensorboard]` extra.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,21 +75,42 @@ class TensorBoardSink:
     def __init__(self, log_dir: Path, resumed_from: int | None = None) -> None:
         writer_class = summary_writer_class()
         purge_step = None if resumed_from is None else resumed_from + 1
-        self.writer = writer_class(log_dir=str(log_dir), purge_step=purge_step)
+        self.log_dir = log_dir
+        if log_dir.exists() and not log_dir.is_dir():
+            raise UserError(
+                f"{log_dir} is a file, not a folder, so TensorBoard events cannot go there; "
+                "move it away or turn train.tensorboard off"
+            )
+        with self._failures_said():
+            self.writer = writer_class(log_dir=str(log_dir), purge_step=purge_step)
+
+    @contextlib.contextmanager
+    def _failures_said(self) -> Iterator[None]:
+        """A failed write of the event file (read-only folder, full disk) as one sentence."""
+        try:
+            yield
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise UserError(
+                f"cannot write TensorBoard events in {self.log_dir}: {reason}; metrics.jsonl "
+                "and the checkpoints are unaffected (turn train.tensorboard off to go on)"
+            ) from None
 
     def write(self, record: dict[str, Any]) -> None:
         """Add the record's scalars at its global step; flush at the end of each epoch."""
         step = record.get("step")
         if not isinstance(step, int):
             return
-        for tag, value in record_scalars(record).items():
-            self.writer.add_scalar(tag, value, global_step=step)
-        if record.get("kind") == "epoch":
-            self.writer.flush()
+        with self._failures_said():
+            for tag, value in record_scalars(record).items():
+                self.writer.add_scalar(tag, value, global_step=step)
+            if record.get("kind") == "epoch":
+                self.writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file (idempotent)."""
-        self.writer.close()
+        with self._failures_said():
+            self.writer.close()
 
 
 def record_scalars(record: dict[str, Any]) -> dict[str, float]:
