@@ -63,6 +63,17 @@ def test_convert_both_ways_and_stats_of_record(tmp_path: Path) -> None:
     assert again.exit_code == 2 and str(rec_dir) in again.output
 
 
+def test_convert_refuses_empty_images_listing_them(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "faces", [2, 3])
+    (folder / "id00" / "000.jpg").write_bytes(b"")
+    (folder / "id01" / "002.jpg").write_bytes(b"")
+    result = runner.invoke(app, ["data", "convert", str(folder), str(tmp_path / "rec")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "2 image(s) in" in said and "are empty (0 bytes)" in said
+    assert "id00/000.jpg, id01/002.jpg" in said and "Traceback" not in said
+    assert not (tmp_path / "rec").exists() and not (tmp_path / "rec.partial").exists()
+
+
 def test_stats_of_recipes(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "faces", [4, 4])
     recipe = tmp_path / "folder.yaml"

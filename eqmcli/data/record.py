@@ -593,12 +593,14 @@ def folder_to_record(folder: str | Path, out_dir: str | Path) -> dict[str, int]:
     class, id = key, id2 = 0, the file bytes stored unchanged), then one identity record per
     class (flag 2, labels (first key, one past last key), id = key, no image). ``property``
     is ``C,H,W`` with the size of the first image. The three files appear together or not
-    at all (`staged_output_dir`). Returns counts for display.
+    at all (`staged_output_dir`); empty (0-byte) images are refused first, listed
+    (`refuse_empty_files`). Returns counts for display.
     """
     classes, files, labels = scan_image_folder(folder)
     folder, out_path = Path(folder), Path(out_dir).expanduser()
     if out_path.resolve().is_relative_to(folder.resolve()):
         raise UserError(f"output {out_path} lies inside the image folder {folder}")
+    refuse_empty_files(folder, files)
     n, c = len(files), len(classes)
     try:
         with Image.open(folder / files[0]) as first:
@@ -618,6 +620,29 @@ def folder_to_record(folder: str | Path, out_dir: str | Path) -> dict[str, int]:
                 writer.write(key, pack_payload(span, id=key))
         (staging / "property").write_text(f"{c},{height},{width}\n")
     return {"images": n, "classes": c, "height": height, "width": width}
+
+
+SHOWN_EMPTY = 5
+
+
+def refuse_empty_files(folder: Path, files: list[str]) -> None:
+    """`UserError` listing the images of ``folder`` (relative ``files``) that are empty (0
+    bytes): packed, each would be a record without an image, which readers refuse."""
+    empty = [name for name in files if _size(folder / name) == 0]
+    if empty:
+        named = ", ".join(empty[:SHOWN_EMPTY])
+        more = f" and {len(empty) - SHOWN_EMPTY} more" if len(empty) > SHOWN_EMPTY else ""
+        raise UserError(
+            f"{len(empty)} image(s) in {folder} are empty (0 bytes): {named}{more}; nothing was "
+            "written: remove or replace them, then convert again"
+        )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _read(path: Path) -> bytes:
