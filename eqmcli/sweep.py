@@ -50,6 +50,15 @@ import torch
 from eqmcli.atomic import atomic_write_text
 from eqmcli.errors import UserError, shown
 from eqmcli.grid import GridAxis, Member, expand, folder_keys
+from eqmcli.launchers import (
+    ACTIVE_STATES,
+    SLURM_FOLDER,
+    MemberJob,
+    SlurmSettings,
+    job_states,
+    submit_array,
+    submitit_parameters,
+)
 from eqmcli.process_pool import Task, run_tasks
 from eqmcli.recipe import Recipe, parse_recipe_text
 from eqmcli.run_results import read_run_results
@@ -83,12 +92,15 @@ class SweepOptions:
     device: str = "auto"
     analyze: bool = False
     head_classes: int = 80
+    launcher: str = "local"  # or "slurm" (eqmcli.launchers)
+    slurm: SlurmSettings | None = None
 
 
 @dataclass
 class MemberOutcome:
     """What happened to one member in this invocation (`status`: done, skipped, failed,
-    interrupted or waiting); `seconds` is this invocation's wall time for it."""
+    interrupted or waiting; with Slurm also submitted, pending, running or requeued);
+    `seconds` is this invocation's wall time for it, `job_id` its Slurm job."""
 
     member: Member
     run_dir: Path
@@ -97,6 +109,7 @@ class MemberOutcome:
     seconds: float = 0.0
     return_code: int | None = None
     message: str = ""
+    job_id: str | None = None
 
 
 @dataclass
@@ -140,6 +153,8 @@ class SweepResult:
             "seeds": o.seeds,
             "sets": o.sets,
             "analyze": o.analyze,
+            "launcher": o.launcher,
+            "slurm": o.slurm.model_dump() if o.slurm is not None else None,
             "std": "sample standard deviation over seeds (ddof 1)",
             "interrupted": self.stop_signal,
             "members": [_outcome_dict(x) for x in self.outcomes],
@@ -154,7 +169,8 @@ def _outcome_dict(outcome: MemberOutcome) -> dict[str, Any]:
         "assignments": dict(m.assignments), "overrides": list(m.overrides),
         "status": outcome.status, "action": outcome.action,
         "seconds": round(outcome.seconds, 1), "return_code": outcome.return_code,
-        "message": outcome.message,
+        "message": outcome.message, "job_id": outcome.job_id, "epochs": m.recipe.train.epochs,
+        "log": str(member_log(outcome.run_dir.parent, m)),
     }
 
 
@@ -201,8 +217,17 @@ def _has_test_split(member: Member) -> bool:
                 getattr(source, "holdout_fraction", 0.0))
 
 
-def member_commands(options: SweepOptions, member: Member, state: str) -> list[list[str]]:
-    """The processes to run for a member in `state` (training first, then analysis)."""
+def member_log(out: Path, member: Member) -> Path:
+    """`OUT/logs/<member>.log`: the output of every process of the member."""
+    return out / LOGS / f"{member.name}.log"
+
+
+def member_commands(
+    options: SweepOptions, member: Member, state: str, distributed: Sequence[str] = ()
+) -> list[list[str]]:
+    """The processes to run for a member in `state` (training first, then analysis);
+    `distributed` (torchrun's arguments, `eqmcli.launchers.distributed_prefix`) runs the
+    training data-parallel."""
     eqm = [sys.executable, "-m", "eqmcli"]
     run_dir = str(options.out / member.name)
     commands = []
@@ -210,7 +235,8 @@ def member_commands(options: SweepOptions, member: Member, state: str) -> list[l
         sets = [part for text in member.overrides for part in ("--set", text)]
         flag = {"partial": ["--resume"], "restart": ["--force"]}.get(state, [])
         device = [] if options.device == "auto" else ["--device", options.device]
-        commands.append([*eqm, "train", str(options.recipe), *sets, "--out", run_dir,
+        trainer = [sys.executable, *distributed, "-m", "eqmcli"]
+        commands.append([*trainer, "train", str(options.recipe), *sets, "--out", run_dir,
                          "--no-progress", *device, *flag])
     if options.analyze and (state != "done" or not analysis_is_current(Path(run_dir))):
         analyze = [*eqm, "analyze", run_dir, "--head-classes", str(options.head_classes),
@@ -367,7 +393,7 @@ def default_jobs(device: str) -> int:
     return max(1, gpus)
 
 
-def _last_line(log: Path) -> str:
+def last_line(log: Path) -> str:
     """The last non-empty line of a log (the error sentence of a failed command)."""
     try:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
@@ -390,7 +416,7 @@ def _finish(outcome: MemberOutcome, task: Task | None) -> None:
         outcome.status = "interrupted"
     else:
         outcome.status = "failed"
-        outcome.message = _last_line(task.log)
+        outcome.message = last_line(task.log)
 
 
 def run_sweep(
@@ -406,6 +432,7 @@ def run_sweep(
     if options.jobs is not None and options.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {options.jobs}")
     members = expand(options.recipe, options.axes, options.seeds, options.sets)
+    check_launcher(options, members)
     check_sweep_folder(options, members)
     lock = lock_sweep_folder(options.out)
     try:
@@ -434,6 +461,8 @@ def _run_locked(
             if differences:
                 changed.append((run_dir, differences))
     refuse_changed_members(changed)
+    if options.launcher == "slurm":
+        return _submit(options, members, states, report)
     outcomes, tasks = [], {}
     for member in members:
         run_dir = options.out / member.name
@@ -450,7 +479,7 @@ def _run_locked(
             continue
         outcome.action = {"new": "train", "partial": "resume", "restart": "restart"}.get(state, "")
         commands = member_commands(options, member, state)
-        log = options.out / LOGS / f"{member.name}.log"
+        log = member_log(options.out, member)
         if commands:
             tasks[member.name] = Task(member.name, commands, log)
             continue
@@ -474,6 +503,71 @@ def _run_locked(
         if outcome.status == "waiting":
             _finish(outcome, tasks.get(outcome.member.name))
     result = SweepResult(options, outcomes, summarize(outcomes), options.out / SWEEP_FILE, stop)
+    atomic_write_text(result.json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def check_launcher(options: SweepOptions, members: Sequence[Member]) -> None:
+    """Refuse, before anything is created, launcher settings that cannot work: an unknown
+    launcher, Slurm without submitit or with an unknown `--slurm-option`, GPUs for a
+    member forced onto the CPU."""
+    if options.launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher {shown(options.launcher)} is not one of local, slurm")
+    if options.launcher != "slurm":
+        return
+    settings = options.slurm or SlurmSettings()
+    submitit_parameters(settings, "check")
+    if settings.gpus_per_job:
+        on_cpu = options.device == "cpu" or any(
+            m.recipe.train.device == "cpu" for m in members)
+        if on_cpu:
+            where = "--device cpu" if options.device == "cpu" else "train.device: cpu"
+            raise UserError(
+                f"--gpus-per-job {settings.gpus_per_job} asks for GPUs, but the members run "
+                f"on the CPU ({where}); set train.device to auto or cuda, or drop the option"
+            )
+
+
+def _submit(
+    options: SweepOptions,
+    members: list[Member],
+    states: dict[str, str],
+    report: Callable[[MemberOutcome], None] | None,
+) -> SweepResult:
+    """Submit every member that is neither finished nor alive in Slurm as one job array."""
+    folder = options.out / SLURM_FOLDER
+    previous = {
+        entry.get("name"): entry.get("job_id")
+        for entry in (read_sweep_file(options.out) or {}).get("members", [])
+        if isinstance(entry, dict) and entry.get("job_id")
+    }
+    alive = {job: state for job, state in job_states(sorted(set(previous.values())))
+             .items() if state in ACTIVE_STATES}
+    outcomes, waiting = [], []
+    for member in members:
+        outcome = MemberOutcome(member, options.out / member.name)
+        outcomes.append(outcome)
+        state, job = states[member.name], previous.get(member.name)
+        if state == "done":
+            outcome.status = "skipped"
+        elif job in alive:
+            outcome.status, outcome.job_id = ACTIVE_STATES[alive[job]], job
+        elif state in ("foreign", "busy"):
+            outcome.status = "failed"
+            outcome.message = f"{outcome.run_dir} is not a run this sweep may train; left untouched"
+        else:
+            outcome.action = {"partial": "resume", "restart": "restart"}.get(state, "train")
+            waiting.append(outcome)
+    if waiting:
+        job_ids = submit_array(options.slurm or SlurmSettings(), folder,
+                               f"eqm-{options.out.resolve().name}",
+                               [MemberJob(options, o.member) for o in waiting])
+        for outcome, job_id in zip(waiting, job_ids, strict=True):
+            outcome.status, outcome.job_id = "submitted", job_id
+    if report is not None:
+        for outcome in outcomes:
+            report(outcome)
+    result = SweepResult(options, outcomes, summarize(outcomes), options.out / SWEEP_FILE)
     atomic_write_text(result.json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 

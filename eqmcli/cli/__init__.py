@@ -36,7 +36,7 @@ COMMANDS = {
         "Export a run's backbone: ONNX (verified with onnxruntime) and/or arcface_torch weights.",
     ),
     "sweep": LazyCommand(
-        "eqmcli.cli.sweep", "sweep_command",
+        "eqmcli.cli.sweep", "app",
         "Train a grid of recipe overrides x seeds, each a run directory; summarize over seeds.",
     ),
     "compare": LazyCommand(
