@@ -25,12 +25,17 @@ from eqmcli.data.synthetic import synthetic_verification_set
 from eqmcli.data.verification import VerificationSet, parameters_fingerprint
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
-from eqmcli.interop.models import assumed_preprocessing_note, has_recipe, model_preprocessing
+from eqmcli.interop.models import (
+    assumed_preprocessing_note,
+    has_recipe,
+    model_preprocessing,
+    recipe_preprocessing,
+)
 from eqmcli.interop.models import load_model as load_any_model
 from eqmcli.pair_outcomes import write_failures, write_pair_scores
 from eqmcli.protocols.features import ModelSetup, file_checksum
 from eqmcli.protocols.run import ProtocolOptions, ProtocolResult, run_protocols
-from eqmcli.recipe import Recipe
+from eqmcli.recipe import Recipe, load_recipe
 from eqmcli.rundir import CHECKPOINT_DIR, LAST, RunPaths, Trained
 from eqmcli.verification import SetEvaluation, evaluate_set
 
@@ -242,8 +247,14 @@ def save_result(folder: Path, result: SetEvaluation) -> list[Path]:
 
 
 def write_result(run_dir: Path, result: SetEvaluation) -> Path:
-    """`save_result` into ``<run_dir>/eval/`` (training's final verification of last.pt)."""
-    return save_result(RunPaths(run_dir).eval_dir, result)[0]
+    """`save_result` into ``<run_dir>/eval/`` (training's final verification of last.pt),
+    recording the preprocessing of the run's ``recipe.yaml`` when the result names none.
+    (No checksum: training verifies before it saves the checkpoint.)"""
+    paths = RunPaths(run_dir)
+    if result.preprocessing is None and paths.recipe.is_file():
+        recipe = load_recipe(paths.recipe)
+        result = replace(result, preprocessing=recipe_preprocessing(recipe).to_dict())
+    return save_result(paths.eval_dir, result)[0]
 
 
 def results_folder(trained: Trained, out: str | Path | None = None) -> Path:

@@ -38,6 +38,8 @@ def test_final_training_eval_equals_eqm_eval_of_last_checkpoint(
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.stdout)["synthetic"]
     assert evaluated["checkpoint"] == trained_json["checkpoint"]
+    for recorded in ("preprocessing", "pairs_fingerprint"):  # training's result records them too
+        assert evaluated[recorded] == trained_json[recorded] is not None
     assert evaluated["pairs"] == trained_json["pairs"]
     assert evaluated["accuracy"] == trained_json["accuracy"]
     assert evaluated["accuracy_noflip"] == trained_json["accuracy_noflip"]

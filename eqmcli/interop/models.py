@@ -8,6 +8,7 @@ import torch
 
 from eqmcli.errors import UserError
 from eqmcli.interop.onnx import RECIPE_KEY, InputPreprocessing, OnnxBackbone, load_onnx
+from eqmcli.recipe import Recipe
 from eqmcli.rundir import Trained, load_trained
 
 
@@ -34,7 +35,12 @@ def model_preprocessing(trained: Trained) -> InputPreprocessing:
     """How the model's images are normalized: an ONNX model's own, else the recipe's."""
     if isinstance(trained.backbone, OnnxBackbone):
         return trained.backbone.preprocessing
-    pre = trained.recipe.model.preprocessing
+    return recipe_preprocessing(trained.recipe)
+
+
+def recipe_preprocessing(recipe: Recipe) -> InputPreprocessing:
+    """A run's preprocessing: its recipe's ``model.preprocessing``."""
+    pre = recipe.model.preprocessing
     return InputPreprocessing((pre.mean,) * 3, (pre.std,) * 3, pre.color_order.upper(), "recipe")
 
 
