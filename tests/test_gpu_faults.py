@@ -90,3 +90,21 @@ def test_the_speed_settings_are_recorded_in_the_runs_environment_record(one_epoc
     assert {"cudnn_benchmark", "tf32_matmul", "tf32_cudnn", "autocast", "torch"} <= set(
         environment[0]
     )
+
+
+def test_step_parts_take_a_compiled_backbone_without_asking_its_length():
+    from eqmcli.backbones import build_backbone
+    from eqmcli.recipe import OptimSection
+    from eqmcli.schedule import LrSchedule
+    from eqmcli.train.step import StepParts, build_optimizer
+
+    backbone = build_backbone("iresnet18", embedding_dim=8, input_size=(112, 112))
+    head = build_head("eqm", num_classes=4, embedding_dim=8)
+    compiled = torch.compile(backbone)  # not run: wrapping only (found on the first GPU run)
+    optim = OptimSection(lr=0.1)
+    parts = StepParts(
+        backbone=backbone, head=head, optimizer=build_optimizer(optim, [head.weight]),
+        schedule=LrSchedule(optim, 1, 1), device=torch.device("cpu"), amp_dtype=None,
+        channels_last=False, input_size=(112, 112), forward_backbone=compiled,
+    )
+    assert parts.forward_backbone is compiled and parts.forward_head is head

@@ -74,8 +74,11 @@ class StepParts:
     non_finite: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.forward_backbone = self.forward_backbone or self.backbone
-        self.forward_head = self.forward_head or self.head
+        # `is None`, not `or`: a compiled module's truth value asks for its len()
+        if self.forward_backbone is None:
+            self.forward_backbone = self.backbone
+        if self.forward_head is None:
+            self.forward_head = self.head
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
