@@ -9,14 +9,20 @@ the task starts: new, resume or skip) as a child process, its output appended to
 - `G > 1` GPUs per member (`--gpus-per-job`): the training runs under `torchrun
   --nproc-per-node G` (`python -m torch.distributed.run`), standalone on one node or, with
   `--nodes N`, with a c10d rendezvous on the job's first host (one submitit task per node).
+- Slurm signals every process of a task (its process group or cgroup), so the training
+  runs in the task's process group and ignores `USR2`: it receives Slurm's SIGTERM itself,
+  exactly once, and the job side never passes a second one on (a second SIGTERM would
+  stop the trainer at once, without its checkpoint).
 - Preemption and time limits: Slurm sends `USR2` (`--signal=USR2@signal_delay_s`) before
-  the time runs out; submitit calls `MemberJob.checkpoint`, which sends the training one
-  SIGTERM (the trainer checkpoints at its next step boundary and exits), waits for it to
-  end, and hands submitit a fresh `MemberJob` of the same member, which it requeues
-  (`scontrol requeue`, at most `max_requeues` times for time limits). The requeued task
-  finds a partial run and resumes it (`--resume`), bit-exactly, from that checkpoint.
-- A SIGTERM alone (a preemption without `USR2`, or `scancel`) is passed to the training
-  once; the member checkpoints and stops; a later `eqm sweep` resumes it.
+  the time runs out (and, as submitit expects, after the SIGTERM of a preemption);
+  submitit calls `MemberJob.checkpoint`, which sends the training one SIGTERM unless the
+  task has had one already (the trainer checkpoints at its next step boundary and exits),
+  waits for it to end, and hands submitit a fresh `MemberJob` of the same member, which
+  it requeues (`scontrol requeue`, at most `max_requeues` times for time limits). The
+  requeued task finds a partial run and resumes it (`--resume`), bit-exactly.
+- A SIGTERM alone (`scancel`, or a preemption without `USR2`) stops the training at its
+  checkpoint; the member fails with a sentence saying so, and the next `eqm sweep` (or a
+  cluster that requeues preempted jobs itself) resumes it.
 - A real error fails the task (the log's last line is its sentence in `eqm sweep status`).
 """
 
@@ -30,7 +36,7 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,6 +273,16 @@ class MemberFailed(RuntimeError):
     """A member's command exited with an error; the message is its log's last line."""
 
 
+def node_rank() -> int:
+    """This task's node within its job (submitit's job environment; 0 outside a job)."""
+    from submitit import JobEnvironment
+
+    try:
+        return int(JobEnvironment().node)
+    except (RuntimeError, KeyError, ValueError):
+        return 0
+
+
 def distributed_prefix(gpus: int, nodes: int) -> list[str]:
     """The `torchrun` arguments for a member with `gpus` GPUs on each of `nodes` nodes
     (empty for one process); multi-node members meet on the job's first host."""
@@ -278,7 +294,7 @@ def distributed_prefix(gpus: int, nodes: int) -> list[str]:
     from submitit import JobEnvironment
 
     environment = JobEnvironment()
-    return [*prefix, f"--nnodes={nodes}", f"--node-rank={environment.node}",
+    return [*prefix, f"--nnodes={nodes}", f"--node-rank={node_rank()}",
             "--rdzv-backend=c10d", f"--rdzv-endpoint={environment.hostnames[0]}:29400",
             f"--rdzv-id={environment.job_id}"]
 
@@ -309,10 +325,15 @@ class MemberJob:
             raise MemberFailed(f"{run_dir} exists and is not a run directory; left untouched")
         slurm = options.slurm or SlurmSettings()
         prefix = distributed_prefix(slurm.gpus_per_job, slurm.nodes)
-        log = options.out / LOGS / f"{member.name}.log"
+        commands = member_commands(options, member, state, prefix)
+        node = node_rank() if slurm.nodes > 1 else 0
+        if node:  # the other nodes join the training only; node 0 also analyzes
+            commands = commands[:1] if state != "done" else []
+        suffix = f".node{node}" if node else ""
+        log = options.out / LOGS / f"{member.name}{suffix}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with self._forward_sigterm():
-            for command in member_commands(options, member, state, prefix):
+        with self._note_sigterm():
+            for command in commands:
                 code = self._run(command, log)
                 if code != 0 and self._signalled:
                     raise MemberFailed(
@@ -329,14 +350,15 @@ class MemberJob:
             stream.flush()
             self._process = subprocess.Popen(
                 command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=die_with_parent(),
+                preexec_fn=child_setup(die_with_parent()),
             )
         code = wait_for_exit(self._process)
         self._process.poll()
         return code
 
     def _stop_child(self) -> None:
-        """Send the running command one SIGTERM (the trainer checkpoints and exits)."""
+        """Send the running command one SIGTERM, unless the task has had one already (the
+        trainer checkpoints at its next step boundary and exits)."""
         process = self._process
         if process is not None and not self._signalled and process.returncode is None:
             self._signalled = True
@@ -344,8 +366,14 @@ class MemberJob:
                 process.send_signal(signal.SIGTERM)
 
     @contextlib.contextmanager
-    def _forward_sigterm(self) -> Iterator[None]:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_child())
+    def _note_sigterm(self) -> Iterator[None]:
+        """While inside, a SIGTERM to this task is only noted: Slurm signalled the whole
+        task, so the training has it already."""
+
+        def noted(signum: int, frame: Any) -> None:
+            self._signalled = True
+
+        previous = signal.signal(signal.SIGTERM, noted)
         try:
             yield
         finally:
@@ -360,6 +388,18 @@ class MemberJob:
         if self._process is not None:
             wait_for_exit(self._process)
         return DelayedSubmission(MemberJob(self.options, self.member))
+
+
+def child_setup(then: Callable[[], None] | None) -> Callable[[], None]:
+    """The `preexec_fn` of a member's process: ignore `USR2` (it is the job side's signal;
+    by default it would kill the training), then `then` (e.g. `die_with_parent`)."""
+
+    def setup() -> None:
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        if then is not None:
+            then()
+
+    return setup
 
 
 def wait_for_exit(process: subprocess.Popen) -> int:

@@ -449,10 +449,12 @@ def _run_locked(
 ) -> SweepResult:
     """`run_sweep` once the sweep folder is checked and locked."""
     slots = options.jobs or default_jobs(options.device)
+    # a Slurm member locked by its running job is not waited for: Slurm says it is alive
+    adopt_seconds = ADOPT_SECONDS if options.launcher == "local" else 0.0
     states, changed = {}, []
     for member in members:
         run_dir = options.out / member.name
-        if run_is_locked(run_dir) and not wait_for_unlocked(run_dir, ADOPT_SECONDS):
+        if run_is_locked(run_dir) and not wait_for_unlocked(run_dir, adopt_seconds):
             states[member.name] = "busy"
             continue
         states[member.name] = state = member_state(run_dir, member.recipe.train.epochs)

@@ -7,8 +7,8 @@ and (unless `state/hold` exists) starts a runner that executes the array's tasks
 that file's text); `srun` drops its options, writes its
 PID and `exec`s the command with its output appended to `--output`; `sacct` prints
 `JobID|State|NodeList`; `scontrol requeue` marks a task to run again when it exits;
-`scancel --signal SIG` signals a task's process. Good enough for submitit's executor and
-job environment; not a scheduler.
+`scancel --signal SIG` signals every process of a task (its process group). Good enough
+for submitit's executor and job environment; not a scheduler.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def srun(args: list[str]) -> None:
             if option == "--output":
                 output = value
     key = os.environ["FAKE_SLURM_KEY"]
+    os.setpgid(0, 0)  # the task's processes form one group, as Slurm signals them
     (_state() / "jobs" / f"{key}.pid").write_text(str(os.getpid()))
     if output is not None:
         job, _, task = key.partition("_")
@@ -160,7 +161,7 @@ def scancel(args: list[str]) -> None:
     if "--signal" not in args:
         _set(key, "CANCELLED")
     signum = getattr(signal, name if name.startswith("SIG") else "SIG" + name)
-    os.kill(int(_read(f"{key}.pid")), signum)
+    os.killpg(int(_read(f"{key}.pid")), signum)  # every process of the task
 
 
 if __name__ == "__main__":

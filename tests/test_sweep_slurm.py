@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,9 @@ from typer.testing import CliRunner
 from eqmcli.errors import UserError
 from eqmcli.grid import expand
 from eqmcli.launchers import (
+    MemberJob,
     SlurmSettings,
+    child_setup,
     distributed_prefix,
     duration_minutes,
     memory_gb,
@@ -87,7 +90,7 @@ def test_the_array_script_carries_the_resources_and_a_rerun_submits_only_failed_
     assert [m["status"] for m in members].count("pending") == 11
 
 
-def test_a_member_with_g_gpus_trains_under_torchrun(tiny_recipe_path, tmp_path):
+def test_a_member_with_g_gpus_trains_under_torchrun(tiny_recipe_path, tmp_path, monkeypatch):
     member = expand(tiny_recipe_path, [], 1, [])[0]
     options = SweepOptions(recipe=tiny_recipe_path, out=tmp_path, axes=[])
     train = member_commands(options, member, "new", distributed_prefix(4, 1))[0]
@@ -96,6 +99,12 @@ def test_a_member_with_g_gpus_trains_under_torchrun(tiny_recipe_path, tmp_path):
     assert train[6:8] == ["eqmcli", "train"]
     assert member_commands(options, member, "new", distributed_prefix(1, 1))[0][1:4] == [
         "-m", "eqmcli", "train"]
+    for name, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NODEID": "1",
+                        "SLURM_JOB_NODELIST": "gpu[3-4]"}.items():
+        monkeypatch.setenv(name, value)  # the second node of a 2-node member's job
+    assert distributed_prefix(8, 2)[2:] == [
+        "--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=gpu3:29400", "--rdzv-id=77"]
 
 
 def test_launcher_settings_from_a_file_and_bad_ones_in_one_sentence(
@@ -147,6 +156,40 @@ def test_launcher_settings_from_a_file_and_bad_ones_in_one_sentence(
     with pytest.raises(UserError, match=r"needs submitit: pip install 'eqmcli\[cluster\]'"):
         run_sweep(SweepOptions(recipe=tiny_recipe_path, out=tmp_path / "x", axes=[],
                                launcher="slurm", slurm=SlurmSettings()))
+
+
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+seen = []
+signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+Path(sys.argv[1]).write_text("ready")
+while not seen:
+    time.sleep(0.01)
+time.sleep(0.3)  # the trainer's next step boundary and checkpoint
+Path(sys.argv[1]).write_text(f"{len(seen)} SIGTERM")
+sys.exit(143)
+"""
+
+
+@pytest.mark.parametrize("preempted", [False, True], ids=["time-limit", "preemption"])
+def test_checkpoint_stops_the_training_with_exactly_one_sigterm(tiny_recipe_path, tmp_path,
+                                                                preempted):
+    """submitit's hook: USR2 alone (a time limit) makes it send the one SIGTERM; after a
+    preemption's SIGTERM (which Slurm gave every process of the task) it sends none."""
+    member = expand(tiny_recipe_path, [], 1, [])[0]
+    job = MemberJob(SweepOptions(recipe=tiny_recipe_path, out=tmp_path, axes=[]), member)
+    note = tmp_path / "child.txt"
+    job._process = subprocess.Popen([sys.executable, "-c", CHILD, str(note)],
+                                    preexec_fn=child_setup(None))
+    _wait(lambda: note.is_file(), 30, "the child")
+    job._process.send_signal(signal.SIGUSR2)  # Slurm's USR2 reaches the training too
+    if preempted:
+        job._process.send_signal(signal.SIGTERM)
+        job._signalled = True  # what the job side's SIGTERM handler notes
+    again = job.checkpoint()
+    assert job._process.poll() == 143 and note.read_text() == "1 SIGTERM"
+    assert isinstance(again.function, MemberJob) and again.function.member == member
 
 
 def _run_folder(run_dir: Path, epoch: int, epochs: int = 2) -> None:
@@ -222,8 +265,10 @@ def test_a_preempted_member_is_requeued_and_resumes_bit_exactly(tiny_recipe_path
     _wait(lambda: any(r["step"] >= 3 for r in _records(run_dir, "step")), 120,
           "the member's third step")
     assert (slurm / "jobs" / "1000.state").read_text() == "RUNNING"
-    subprocess.run([str(slurm.parent / "bin" / "scancel"), "1000", "--signal", "USR2"],
-                   check=True)
+    import submitit
+
+    # submitit's own preemption: SIGTERM, then USR2, to every process of the task
+    submitit.SlurmJob(folder=out / "slurm", job_id="1000")._interrupt()
     _wait(lambda: (slurm / "jobs" / "1000.state").read_text() in ("COMPLETED", "FAILED"),
           240, "the requeued member to finish")
     assert (slurm / "jobs" / "1000.state").read_text() == "COMPLETED"
