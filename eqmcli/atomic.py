@@ -46,15 +46,15 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     return StorageError(f"could not write {path}: {reason}; {kept}")
 
 
-def make_folder(folder: Path, what: str) -> None:
-    """Create `folder` and its missing parents; `UserError` naming `what` when a file is in
-    the way or the folder cannot be created."""
+def make_folder(folder: Path, what: str, advice: str = "") -> None:
+    """Create `folder` and its missing parents; `UserError` naming `what` (then `advice`)
+    when a file is in the way or the folder cannot be created."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise UserError(f"{what} cannot be created: a file is in the way") from None
+        raise UserError(f"{what} cannot be created: a file is in the way{advice}") from None
     except OSError as error:
-        raise UserError(f"{what} cannot be created: {error.strerror or error}") from None
+        raise UserError(f"{what} cannot be created: {error.strerror or error}{advice}") from None
 
 
 def check_output_file(
@@ -80,12 +80,28 @@ def check_output_file(
     if path.exists() and not force:
         raise UserError(f"{option} {path} exists; pass --force to replace it")
     make_folder(path.parent, f"the folder of {option} {path}")
-    probe = temporary_sibling(path)
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        probe.unlink()
+        _create_and_remove(temporary_sibling(path))
     except OSError as error:
         raise storage_error(path, error) from None
+
+
+def check_writable_folder(folder: Path, what: str, advice: str = "") -> None:
+    """Create `folder` (and its parents) and make sure a file can be created in it, before
+    any work; otherwise one `UserError`: `what` and `folder`, the reason, then `advice`."""
+    make_folder(folder, f"{what} {folder}", advice)
+    try:
+        _create_and_remove(temporary_sibling(folder / "write-check"))
+    except OSError as error:
+        raise UserError(
+            f"{what} {folder} cannot be written: {error.strerror or error}{advice}"
+        ) from None
+
+
+def _create_and_remove(probe: Path) -> None:
+    """Create the empty file `probe` and remove it (`OSError` when the folder refuses)."""
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    probe.unlink()
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from eqmcli.atomic import atomic_write_text
+from eqmcli.atomic import atomic_write_text, check_writable_folder
 from eqmcli.data import verification as readers
 from eqmcli.data.synthetic import synthetic_verification_set
 from eqmcli.data.verification import VerificationSet, parameters_fingerprint
@@ -317,6 +317,8 @@ def run_evaluation(
     resolved = device if not isinstance(device, str) else resolve_device(device)
     trained = load_model(target, resolved, mean=mean, std=std, bgr=bgr)
     folder = results_folder(trained, out)
+    if write:  # a read-only run folder is said before the embedding work, not after it
+        check_writable_folder(folder, "the results folder", "; pass --out DIR for another one")
     root = resolve_data_root(data_root, trained.recipe)
     readers.check_missing_policy(missing)
     sources = [find_benchmark(name, root, missing) for name in benchmarks or []]
