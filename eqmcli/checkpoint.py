@@ -107,10 +107,23 @@ def require_fields(state: Mapping[str, Any], fields: Iterable[str], source: str 
             )
 
 
+def refuse_non_finite(tensor: Any, name: str, source: str | Path) -> None:
+    """`UserError` when the floating-point ``tensor`` (called ``name`` in ``source``) holds
+    NaN or an infinity: such weights make every embedding NaN."""
+    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise UserError(
+                f"{source}: tensor '{name[:120]}' holds {bad:,} NaN or infinite value(s) of "
+                f"{tensor.numel():,}; weights that are not finite are refused"
+            )
+
+
 def load_weights(
     module: nn.Module, weights: Any, source: str | Path, part: str, recipe_says: str = ""
 ) -> None:
-    """`module.load_state_dict(weights)`, or one sentence naming the first mismatch.
+    """`module.load_state_dict(weights)`, or one sentence naming the first mismatch or the
+    first tensor that is not finite (`refuse_non_finite`).
 
     `part` names what is loaded ("backbone", "head"); `recipe_says` the recipe settings
     the module was built from, e.g. "model.backbone tiny, model.embedding_dim 16".
@@ -130,6 +143,8 @@ def load_weights(
         key = (missing or unexpected)[0]
         problem = f"'{key[:80]}' is {'missing' if missing else 'not part of that model'}"
     else:
+        for key in expected:
+            refuse_non_finite(weights[key], f"{part}.{key}", source)
         module.load_state_dict(weights)
         return
     recipe = f"the stored recipe ({recipe_says})" if recipe_says else "the stored recipe"

@@ -221,6 +221,23 @@ def test_checkpoint_whose_recipe_disagrees_with_its_weights_is_one_sentence(tiny
         load_trained(tmp_path / "other.pt")
 
 
+def test_checkpoint_with_weights_that_are_not_finite_is_one_sentence(tiny_recipe_path,
+                                                                       tmp_path):
+    """`eqm embed` used to write NaN rows (exit 0) from such a checkpoint."""
+    state = one_epoch(tiny_recipe_path, tmp_path / "run")
+    name = next(k for k, v in state["backbone"].items() if v.is_floating_point())
+    state["backbone"][name][(0,) * state["backbone"][name].ndim] = float("inf")
+    save_checkpoint(state, tmp_path / "inf.pt")
+    (tmp_path / "faces").mkdir()
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "faces" / "a.png")
+    result = runner.invoke(app, ["embed", str(tmp_path / "inf.pt"), str(tmp_path / "faces"),
+                                 "--out", str(tmp_path / "f.npy"), "--device", "cpu"])
+    said = flat(result.output)
+    assert result.exit_code == 2, said
+    assert f"tensor 'backbone.{name}' holds 1 NaN or infinite value(s)" in said
+    assert not (tmp_path / "f.npy").exists()
+
+
 @pytest.mark.parametrize("field", ["input_size", "recipe", "optimizer"])
 def test_checkpoint_lacking_a_field_is_one_sentence(tiny_recipe_path, tmp_path, field):
     out = tmp_path / "run"

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from eqmcli.checkpoint import refuse_non_finite
 from eqmcli.errors import UserError
 
 #: BatchNorm's update counter: no effect on the function, absent from some exported files
@@ -69,11 +70,6 @@ def remap_tensors(
                 f"{source_name}: tensor '{name[:120]}' has shape {_shape(tensor)} but "
                 f"{target_name} needs {_shape(reference)}{renamed}"
             )
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise UserError(
-                f"{source_name}: tensor '{name[:120]}' holds {bad:,} NaN or infinite "
-                f"value(s) of {tensor.numel():,}; weights that are not finite are refused"
-            )
+        refuse_non_finite(tensor, name, source_name)
         result[target] = tensor.detach().to(dtype=reference.dtype, device="cpu").clone()
     return result
