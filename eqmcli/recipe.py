@@ -317,7 +317,7 @@ class TrainSection(Section):
         "else fp16 (+ GradScaler) on CUDA, fp32 on the CPU"
     )
     channels_last: bool = Field(
-        True, description="NHWC memory format (faster on CUDA and on the CPU: eqm bench train)"
+        True, description="NHWC memory format (faster on the CPU and on an H200: eqm bench train)"
     )
     compile: bool = False
     log_every: int = Field(20, ge=1, description="steps between metrics.jsonl step records")
