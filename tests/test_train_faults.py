@@ -366,7 +366,7 @@ def test_a_class_folder_name_that_is_not_utf8_is_one_sentence_and_leaves_nothing
 
 
 def test_a_refused_train_leaves_no_empty_run_folder_but_keeps_an_existing_one(
-    tiny_recipe_path, tmp_path
+    tiny_recipe_path, tmp_path, monkeypatch
 ):
     result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out",
                                  str(tmp_path / "a" / "b"), "--resume", *QUICK])
@@ -381,6 +381,12 @@ def test_a_refused_train_leaves_no_empty_run_folder_but_keeps_an_existing_one(
                                  "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK])
     assert result.exit_code == 2 and "gone.pt" in flat(result.output), result.output
     assert (tmp_path / "mine").is_dir(), "a folder that existed before is kept"
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)  # a relative --out below an empty folder that existed
+    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", "empty/new",
+                                 "--resume", *QUICK])
+    assert result.exit_code == 2 and "cannot resume" in flat(result.output)
+    assert (tmp_path / "empty").is_dir() and not (tmp_path / "empty" / "new").exists()
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_restarted_with_force(

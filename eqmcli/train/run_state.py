@@ -88,7 +88,7 @@ class PreparedRun:
         still holds only the lock and the marker (the run was refused before writing
         anything), remove it and the empty parent folders it created."""
         self.lock.release()
-        root = self.paths.root
+        root = Path(os.path.abspath(self.paths.root))  # compared with `created`, absolute
         if self.created is None or not root.is_dir():
             return
         if any(entry.name not in (LOCK, MARKER) for entry in root.iterdir()):
