@@ -179,3 +179,23 @@ def test_an_image_listed_twice_is_refused_before_anything_is_written(tmp_path: P
     code, said = _align(src, tmp_path / "dst", landmarks)
     assert code == 2 and "lists 'p1/./a.png' 2 times" in said and "overwrite" in said, said
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.usefixtures("skimage_installed")
+def test_benchmark_readers_name_the_image_whose_landmarks_lie_far_outside_it(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from eqmcli.data.align import AlignedImages
+    from eqmcli.data.megaface import MegafaceImages
+
+    Image.fromarray(np.zeros((50, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    far = TEMPLATES["arcface-112"].array.copy()
+    far[0] = (1e15, 10.0)
+    with pytest.raises(UserError, match=r"a.png: cannot be aligned .*outside the 40x50 px"):
+        AlignedImages([tmp_path / "a.png"], far[None], TEMPLATES["arcface-112"])[0]
+    marks = {str(k): {"x": float(x), "y": float(y)} for k, (x, y) in enumerate(far)}
+    (tmp_path / "a.png.json").write_text(json.dumps({"landmarks": marks}))
+    with pytest.raises(UserError, match=r"a.png: cannot be aligned by a.png.json .*outside"):
+        MegafaceImages([tmp_path / "a.png"], TEMPLATES["arcface-112"])[0]

@@ -163,7 +163,10 @@ class MegafaceImages(Dataset):
             raise UserError(f"{meta_file} is not a readable JSON file") from None
         points = _landmarks(meta) if isinstance(meta, dict) else None
         if points is not None:
-            crop = align_face(image.permute(1, 2, 0).numpy(), points, self.template)
+            try:
+                crop = align_face(image.permute(1, 2, 0).numpy(), points, self.template)
+            except ValueError as exc:  # degenerate, or far outside the image
+                raise UserError(f"{path}: cannot be aligned by {meta_file.name} ({exc})") from None
             return torch.from_numpy(crop).permute(2, 0, 1).contiguous()
         return _box_crop(image, meta.get("bounding_box") if isinstance(meta, dict) else None)
 
