@@ -105,20 +105,13 @@ def rgb_to_hsv(image: Tensor) -> Tensor:
 
 
 def hsv_to_rgb(image: Tensor) -> Tensor:
-    """(3, H, W) HSV (hue in [0, 1)) -> RGB."""
+    """(3, H, W) HSV (hue in [0, 1)) -> RGB: channel c is v − v·s·clamp(min(k, 4 − k), 0, 1)
+    with k = (n_c + 6·hue) mod 6 and n = (5, 3, 1) for red, green, blue."""
     hue, saturation, value = image
-    sector = torch.floor(hue * 6.0)
-    fraction = hue * 6.0 - sector
-    sector = torch.remainder(sector, 6.0).long()
-    p = value * (1.0 - saturation)
-    q = value * (1.0 - saturation * fraction)
-    t = value * (1.0 - saturation * (1.0 - fraction))
-    # for sectors 0..5: r = v q p p t v, g = t v v q p p, b = p p t v v q
-    choices = torch.stack([value, q, p, t])
-    table = torch.tensor([[0, 1, 2, 2, 3, 0], [3, 0, 0, 1, 2, 2], [2, 2, 3, 0, 0, 1]],
-                         device=image.device)
-    pick = table[:, sector]  # (3, H, W): which of v, q, p, t each channel takes
-    return choices.gather(0, pick)
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=image.device).view(3, 1, 1)
+    k = torch.remainder(offsets + 6.0 * hue, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return value - (value * saturation) * ramp
 
 
 def adjust_hue(image: Tensor, shift: float) -> Tensor:
