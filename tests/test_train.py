@@ -34,7 +34,7 @@ def test_run_directory_holds_the_contract_files(tiny_recipe_path, tmp_path):
     assert (out / "checkpoints" / "best.pt").is_file()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"step", "epoch", "eval"}
+    assert kinds == {"environment", "step", "epoch", "eval"}
     evals = [r for r in records if r["kind"] == "eval"]
     assert all({"benchmark", "accuracy", "accuracy_std"} <= r.keys() for r in evals)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in evals)
