@@ -225,14 +225,9 @@ def submitit_parameters(settings: SlurmSettings, job_name: str) -> dict[str, Any
 
 def slurm_executor(settings: SlurmSettings, folder: Path, job_name: str) -> Any:
     """A submitit `SlurmExecutor` writing into `folder`, with the sweep's parameters."""
-    submitit = import_submitit()
-    parameters = submitit_parameters(settings, job_name)
-    try:
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
-    except RuntimeError:
-        raise UserError(
-            "--launcher slurm found no 'srun' on PATH; run the sweep on a Slurm login node"
-        ) from None
+    parameters = submitit_parameters(settings, job_name)  # checks submitit and srun first
+    executor = import_submitit().SlurmExecutor(folder=folder,
+                                               max_num_timeout=settings.max_requeues)
     executor.update_parameters(**parameters)
     return executor
 

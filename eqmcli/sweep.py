@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -561,9 +561,11 @@ def _submit(
             outcome.action = {"partial": "resume", "restart": "restart"}.get(state, "train")
             waiting.append(outcome)
     if waiting:
+        # absolute paths: a job may start in another folder (e.g. --slurm-option chdir=...)
+        anywhere = replace(options, recipe=options.recipe.resolve(), out=options.out.resolve())
         job_ids = submit_array(options.slurm or SlurmSettings(), folder,
-                               f"eqm-{options.out.resolve().name}",
-                               [MemberJob(options, o.member) for o in waiting])
+                               f"eqm-{anywhere.out.name}",
+                               [MemberJob(anywhere, o.member) for o in waiting])
         for outcome, job_id in zip(waiting, job_ids, strict=True):
             outcome.status, outcome.job_id = "submitted", job_id
     if report is not None:
