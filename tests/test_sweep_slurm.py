@@ -296,3 +296,27 @@ def test_a_preempted_member_is_requeued_and_resumes_bit_exactly(tiny_recipe_path
             assert torch.equal(got[part][name], tensor), f"{part}.{name} differs"
     rows = sweep_status(out)
     assert [(r.state, r.step) for r in rows] == [("done", 2 * per_epoch)]
+
+
+@pytest.mark.slow
+def test_an_array_runs_to_completion_and_a_rerun_submits_nothing(tiny_recipe_path, tmp_path,
+                                                                 slurm):
+    out = tmp_path / "sweep"
+    args = ["sweep", str(tiny_recipe_path), "--grid", "loss.t1=0.4,0.6", "--out", str(out),
+            "--set", "train.epochs=1", "--launcher", "slurm", "--array-parallelism", "1"]
+    result = _eqm(*args)
+    assert result.exit_code == 0, result.output
+    assert "#SBATCH --array=0-1%1\n" in (slurm / "scripts" / "1000.sh").read_text()
+    _wait(lambda: all((slurm / "jobs" / f"1000_{i}.state").read_text() == "COMPLETED"
+                      for i in range(2)), 240, "both array tasks")
+    rows = sweep_status(out)
+    assert [row.state for row in rows] == ["done", "done"]
+    assert all(row.verification is not None and row.job_id for row in rows)
+
+    again = _eqm(*args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("skipped") == 2
+    assert sorted(p.name for p in (slurm / "scripts").iterdir()) == ["1000.sh"]
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [len(c["runs"]) for c in summary["configs"]] == [1, 1]
+    assert "accuracy" in summary["configs"][0]["metrics"]
