@@ -97,8 +97,12 @@ def _state(entry: dict[str, Any], run_dir: Path, slurm_state: str | None) -> tup
         return "running", ""
     if slurm_state is not None or entry.get("status") == "failed":
         why = last_line(log) if log.is_file() else ""
-        reason = f"Slurm says {slurm_state}" if slurm_state else "the last sweep said failed"
-        return "failed", f"{why or reason} (log: {log})"
+        if slurm_state in (None, "FAILED", "COMPLETED"):  # the log's last line says why
+            fallback = f"Slurm says {slurm_state}" if slurm_state else "the last sweep said failed"
+            reason = why or fallback
+        else:  # TIMEOUT, CANCELLED, OUT_OF_MEMORY, NODE_FAIL, ...: Slurm's word first
+            reason = f"Slurm says {slurm_state}" + (f"; the log ends: {why}" if why else "")
+        return "failed", f"{reason} (log: {log})"
     return ("interrupted" if folder == "partial" else "pending"), ""
 
 

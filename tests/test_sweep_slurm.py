@@ -204,8 +204,8 @@ def _run_folder(run_dir: Path, epoch: int, epochs: int = 2) -> None:
 
 def test_status_reports_each_state_with_job_progress_and_log(tmp_path, slurm):
     out = tmp_path / "sweep"
-    names = ["pending", "running", "requeued", "preempted", "done", "failed"]
-    states = ["PENDING", "RUNNING", "PENDING", "REQUEUED", "COMPLETED", "FAILED"]
+    names = ["pending", "running", "requeued", "preempted", "done", "failed", "timeout"]
+    states = ["PENDING", "RUNNING", "PENDING", "REQUEUED", "COMPLETED", "FAILED", "TIMEOUT"]
     members = []
     for i, (name, state) in enumerate(zip(names, states, strict=True)):
         (slurm / "jobs" / f"1000_{i}.state").write_text(state)
@@ -221,8 +221,9 @@ def test_status_reports_each_state_with_job_progress_and_log(tmp_path, slurm):
     rows = {row.name: row for row in sweep_status(out)}
     assert {name: rows[name].state for name in names} == {
         "pending": "pending", "running": "running", "requeued": "requeued",
-        "preempted": "requeued", "done": "done", "failed": "failed"}
+        "preempted": "requeued", "done": "done", "failed": "failed", "timeout": "failed"}
     assert rows["failed"].message.startswith("Error: CUDA out of memory (log: ")
+    assert rows["timeout"].message.startswith("Slurm says TIMEOUT (log: ")
     assert (rows["done"].epoch, rows["done"].step, rows["done"].verification) == (2, 13, 0.75)
     assert rows["running"].job_id == "1000_1" and rows["pending"].step is None
     stored = {m["name"]: m for m in json.loads((out / "sweep.json").read_text())["members"]}
