@@ -1,7 +1,9 @@
 """`eqm compare`: runs and sweep configs side by side, and whether a difference is real.
 
-Each argument is a run directory (a group of one run) or a sweep folder (`sweep.json`;
-one group per config, its finished seeds as runs). Every group after the first is
+Each argument is a run directory (a group of one run: its `checkpoints/last.pt`'s
+results), one checkpoint of a run (`RUN/checkpoints/best.pt`: the results `eqm eval` wrote
+for it in `RUN/eval/best/`) or a sweep folder (`sweep.json`; one group per config, its
+finished seeds as runs). Every group after the first is
 compared with the first on one metric (default `accuracy`, the verification accuracy of
 the runs' first eval set; names in `eqmcli.run_results`):
 
@@ -31,7 +33,7 @@ import numpy as np
 from eqmcli.errors import UserError, shown
 from eqmcli.pair_outcomes import pair_correctness
 from eqmcli.run_results import VERIFICATION_KEYS, RunResults, read_run_results
-from eqmcli.rundir import RunPaths
+from eqmcli.rundir import CHECKPOINT_DIR
 from eqmcli.sweep import SWEEP_FILE, MetricStats, metric_stats
 
 CONFIDENCE = 0.95
@@ -51,6 +53,8 @@ class Group:
     checkpoints: list[str | None] = field(default_factory=list)
     #: per run, each verification set's pair fingerprint (None: not recorded)
     fingerprints: list[dict[str, str | None]] = field(default_factory=list)
+    #: per run, the folder its verification results were read from
+    results: list[Path] = field(default_factory=list)
 
     def stats(self, metric: str) -> MetricStats | None:
         values = self.metrics.get(metric, [])
@@ -177,12 +181,14 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def mcnemar_runs(run_a: Path, run_b: Path, benchmark: str) -> McNemarResult:
-    """McNemar's exact test of two runs on the pairs of `benchmark` (the same pairs)."""
-    correct_a, issame_a = pair_correctness(RunPaths(run_a).eval_dir, benchmark)
-    correct_b, issame_b = pair_correctness(RunPaths(run_b).eval_dir, benchmark)
+def mcnemar_runs(results_a: Path, results_b: Path, benchmark: str) -> McNemarResult:
+    """McNemar's exact test of two models on the pairs of `benchmark` (the same pairs), from
+    their results folders (`RUN/eval/`, `RUN/eval/best/`, ...)."""
+    correct_a, issame_a = pair_correctness(results_a, benchmark)
+    correct_b, issame_b = pair_correctness(results_b, benchmark)
     if issame_a.shape != issame_b.shape or not np.array_equal(issame_a, issame_b):
-        raise UserError(f"{run_a} and {run_b} were not verified on the same {benchmark} pairs")
+        raise UserError(
+            f"{results_a} and {results_b} were not verified on the same {benchmark} pairs")
     only_a = int(np.sum(correct_a & ~correct_b))
     only_b = int(np.sum(~correct_a & correct_b))
     return McNemarResult(
@@ -214,8 +220,9 @@ def run_checkpoint(results: RunResults) -> str | None:
     return names.pop() + (f" {digests.pop()[:12]}" if digests else "")
 
 
-def _add_run(group: Group, run_dir: Path) -> None:
-    results = read_run_results(run_dir)
+def _add_run(group: Group, run_dir: Path, checkpoint: str | None = None) -> None:
+    results = read_run_results(run_dir, checkpoint)
+    group.results.append(results.results_dir)
     group.checkpoints.append(run_checkpoint(results))
     group.runs.append(run_dir)
     group.primary_sets.append(results.primary_set)
@@ -225,13 +232,19 @@ def _add_run(group: Group, run_dir: Path) -> None:
 
 
 def load_groups(paths: list[Path]) -> list[Group]:
-    """One group per run directory, one per config of each sweep folder."""
+    """One group per run directory or checkpoint, one per config of each sweep folder."""
     groups: list[Group] = []
     for path in paths:
         sweep_file = path / SWEEP_FILE
-        if not sweep_file.is_file():
+        if path.is_file() or not sweep_file.is_file():
             group = Group(name=str(path), runs=[])
-            _add_run(group, path)
+            if path.is_file() and path.parent.name != CHECKPOINT_DIR:
+                raise UserError(f"{path} is a file but not a checkpoint of a run "
+                                "(RUN/checkpoints/NAME.pt): give a run, checkpoint or sweep")
+            if path.is_file():
+                _add_run(group, path.parent.parent, path.name)
+            else:
+                _add_run(group, path)
             groups.append(group)
             continue
         configs: dict[str, Group] = {}
@@ -281,15 +294,15 @@ def pairs_mismatch(a: Group, b: Group, metric: str) -> str | None:
     verification metric)."""
     seen: dict[str, str] = {}  # fingerprint -> "set of group"
     for group in (a, b):
-        for run, primary, prints in zip(group.runs, group.primary_sets, group.fingerprints,
-                                        strict=True):
+        for folder, primary, prints in zip(group.results, group.primary_sets,
+                                           group.fingerprints, strict=True):
             vset = verification_set(metric, primary)
             if vset is None or vset not in prints:
                 continue
             if prints[vset] is None:
-                return (f"{run}/eval/{vset}.json records no pair fingerprint (it was written "
+                return (f"{folder / vset}.json records no pair fingerprint (it was written "
                         "before this version), so nothing shows that both sides were verified "
-                        f"on the same pairs: re-run 'eqm eval {run}'")
+                        "on the same pairs: re-run 'eqm eval' on its model")
             seen.setdefault(prints[vset], f"{vset} of {group.name}")
     if len(seen) > 1:
         first, second = list(seen.values())[:2]
@@ -331,7 +344,7 @@ def compare_pair(a: Group, b: Group, metric: str) -> Comparison:
             found.note = "no spread over the runs: no interval"
     elif len(a.runs) == 1 and len(b.runs) == 1 and _benchmark_of(metric, a):
         try:
-            found.mcnemar = mcnemar_runs(a.runs[0], b.runs[0], _benchmark_of(metric, a))
+            found.mcnemar = mcnemar_runs(a.results[0], b.results[0], _benchmark_of(metric, a))
         except UserError as error:
             found.note = str(error)
     else:

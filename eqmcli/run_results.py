@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from eqmcli.errors import UserError
-from eqmcli.rundir import RunPaths
+from eqmcli.rundir import LAST, RunPaths
 
 GROUPS = ("all", "few", "many")
 VERIFICATION_KEYS = ("accuracy", "accuracy_std", "auc", "eer")
@@ -44,6 +44,8 @@ class RunResults:
     checkpoints: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     #: each verification set -> the fingerprint of its pairs (None: not recorded)
     fingerprints: dict[str, str | None] = field(default_factory=dict)
+    #: the folder the verification results were read from (`checkpoint_results_dir`)
+    results_dir: Path | None = None
 
 
 def is_fraction(metric: str) -> bool:
@@ -114,6 +116,14 @@ def analysis_metrics(train_summary: dict | None, test_summary: dict | None) -> d
     return {key: float(value) for key, value in found.items() if isinstance(value, int | float)}
 
 
+def _for(checkpoint: str | None, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An analysis summary, unless a ``checkpoint`` is asked for and it names another one."""
+    if checkpoint is None or summary is None:
+        return summary
+    recorded = summary.get("checkpoint")
+    return summary if isinstance(recorded, str) and Path(recorded).name == checkpoint else None
+
+
 def _note_checkpoint(results: RunResults, path: Path, result: dict[str, Any]) -> None:
     """Remember which checkpoint the result file ``path`` says it came from (if it says)."""
     checkpoint = result.get("checkpoint")
@@ -123,13 +133,30 @@ def _note_checkpoint(results: RunResults, path: Path, result: dict[str, Any]) ->
         results.checkpoints[name] = (checkpoint, sha if isinstance(sha, str) else None)
 
 
-def read_run_results(run_dir: str | Path) -> RunResults:
-    """Collect a run directory's final numbers; a folder that is no run is a `UserError`."""
+def checkpoint_results_dir(run_dir: Path, checkpoint: str) -> Path:
+    """Where `eqm eval` puts the results of a run's checkpoint named ``checkpoint``:
+    ``RUN/eval/`` for last.pt, ``RUN/eval/<its stem>/`` for any other (``eval/best/``)."""
+    eval_dir = RunPaths(Path(run_dir)).eval_dir
+    return eval_dir if checkpoint == LAST else eval_dir / Path(checkpoint).stem
+
+
+def read_run_results(run_dir: str | Path, checkpoint: str | None = None) -> RunResults:
+    """Collect a run directory's final numbers; a folder that is no run is a `UserError`.
+
+    ``checkpoint`` (a file name in ``checkpoints/``, e.g. best.pt) reads that checkpoint's
+    verification results (`checkpoint_results_dir`) and only the analysis files that
+    name it; None reads the run's own (``eval/``, ``analysis/``)."""
     paths = RunPaths(Path(run_dir))
     if not paths.recipe.is_file():
         raise UserError(f"{paths.root} is not a run directory (no recipe.yaml)")
-    results = RunResults(run_dir=paths.root, primary_set=primary_set(paths.metrics))
-    evaluations = sorted(paths.eval_dir.glob("*.json")) if paths.eval_dir.is_dir() else []
+    folder = paths.eval_dir if checkpoint is None else checkpoint_results_dir(paths.root,
+                                                                              checkpoint)
+    if checkpoint is not None and not folder.is_dir():
+        raise UserError(f"{folder} does not exist: evaluate that checkpoint first with "
+                        f"'eqm eval {paths.checkpoints / checkpoint}'")
+    results = RunResults(run_dir=paths.root, primary_set=primary_set(paths.metrics),
+                         results_dir=folder)
+    evaluations = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if results.primary_set is None and len(evaluations) == 1:
         results.primary_set = evaluations[0].stem  # evaluated after training, one set
     for path in evaluations:
@@ -143,8 +170,8 @@ def read_run_results(run_dir: str | Path) -> RunResults:
             results.metrics[f"{name}/{key}"] = value
             if name == results.primary_set:
                 results.metrics[key] = value
-    train_summary = _read_json(paths.analysis_dir / "summary.json")
-    test_summary = _read_json(paths.analysis_dir / "test" / "summary.json")
+    train_summary = _for(checkpoint, _read_json(paths.analysis_dir / "summary.json"))
+    test_summary = _for(checkpoint, _read_json(paths.analysis_dir / "test" / "summary.json"))
     for summary, path in ((train_summary, paths.analysis_dir / "summary.json"),
                           (test_summary, paths.analysis_dir / "test" / "summary.json")):
         _note_checkpoint(results, path, summary or {})

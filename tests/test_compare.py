@@ -93,7 +93,7 @@ def test_mcnemar_on_runs_uses_the_saved_per_pair_scores(tmp_path):
     correct, truth = pair_correctness(run_a / "eval", "synthetic")
     np.testing.assert_array_equal(correct, a)
     np.testing.assert_array_equal(truth, issame)
-    result = mcnemar_runs(run_a, run_b, "synthetic")
+    result = mcnemar_runs(run_a / "eval", run_b / "eval", "synthetic")
     assert (result.both_correct, result.only_a, result.only_b, result.both_wrong) == (10, 6, 1, 3)
     assert result.p_value == pytest.approx(0.125) and result.pairs == 20
 
@@ -103,7 +103,7 @@ def test_mcnemar_refuses_other_pairs_missing_or_mismatched_scores(tmp_path):
     run_a = _fake_run(tmp_path / "a", 0, correct=a, issame=issame)
     run_c = _fake_run(tmp_path / "c", 0, correct=b, issame=~issame)
     with pytest.raises(UserError, match="not verified on the same synthetic pairs"):
-        mcnemar_runs(run_a, run_c, "synthetic")
+        mcnemar_runs(run_a / "eval", run_c / "eval", "synthetic")
     bare = _fake_run(tmp_path / "bare", 0.9)
     with pytest.raises(UserError, match="pairs.npz is missing.*eqm eval"):
         pair_correctness(bare / "eval", "synthetic")

@@ -92,3 +92,28 @@ def test_compare_names_the_checkpoint_of_each_group(tmp_path):
                                                   ["best.pt abababababab"]]
     result = _eqm("compare", a, b, "--metric", "auc")
     assert "last.pt" in result.stdout and "best.pt" in result.stdout
+
+
+def test_compare_a_runs_best_checkpoint_with_its_last(run_dir):
+    import torch
+
+    from eqmcli.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoints = run_dir / "checkpoints"
+    state = load_checkpoint(checkpoints / "last.pt")
+    torch.manual_seed(1)
+    state["backbone"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                         for k, v in state["backbone"].items()}
+    save_checkpoint(state, checkpoints / "best.pt")
+    result = _eqm("compare", checkpoints / "best.pt", run_dir)
+    assert result.exit_code == 2 and "evaluate that checkpoint first" in result.output
+    for model in (run_dir, checkpoints / "best.pt"):
+        assert _eqm("eval", model, "--no-flip", "--device", "cpu").exit_code == 0
+    result = _eqm("compare", checkpoints / "best.pt", run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    names = [g["checkpoints"][0].split()[0] for g in report["groups"]]
+    assert names == ["best.pt", "last.pt"]
+    assert report["comparisons"][0]["mcnemar"]["pairs"] == 80, "the same synthetic pairs"
+    result = _eqm("compare", run_dir / "recipe.yaml")
+    assert result.exit_code == 2 and "not a checkpoint of a run" in result.output

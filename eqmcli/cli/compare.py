@@ -20,7 +20,8 @@ from eqmcli.compare import compare
 @user_errors
 def compare_command(
     paths: list[Path] = typer.Argument(
-        ..., metavar="RUN_OR_SWEEP...", help="Run directories and/or sweep folders."
+        ..., metavar="RUN_OR_SWEEP...",
+        help="Run directories, checkpoints of runs (RUN/checkpoints/best.pt) and/or sweep folders."
     ),
     metric: str = typer.Option(
         "accuracy", "--metric", help="Metric to test, e.g. accuracy, tar@far=1e-03, "
