@@ -117,3 +117,13 @@ def test_compare_a_runs_best_checkpoint_with_its_last(run_dir):
     assert report["comparisons"][0]["mcnemar"]["pairs"] == 80, "the same synthetic pairs"
     result = _eqm("compare", run_dir / "recipe.yaml")
     assert result.exit_code == 2 and "not a checkpoint of a run" in result.output
+
+
+def test_a_checkpoint_outside_a_run_writes_beside_itself(run_dir, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(run_dir / "checkpoints" / "last.pt", models / "r.pt")
+    result = _eqm("eval", models / "r.pt", "--no-flip", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (models / "r.pt.eval" / "synthetic.json").is_file()
+    assert not (models / "eval").exists() and not (run_dir / "eval").exists()
