@@ -146,8 +146,8 @@ def test_launcher_settings_from_a_file_and_bad_ones_in_one_sentence(
                str(config))
     assert bad.exit_code == 2 and "'partitoin' is not a known setting" in bad.output
 
-    monkeypatch.setenv("PATH", os.pathsep.join(
-        p for p in os.environ["PATH"].split(os.pathsep) if "fake-slurm" not in p))
+    (tmp_path / "no-slurm").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))  # a machine without srun
     with pytest.raises(UserError, match="found no 'srun' on PATH"):
         run_sweep(SweepOptions(recipe=tiny_recipe_path, out=tmp_path / "x", axes=[],
                                launcher="slurm", slurm=SlurmSettings()))

@@ -41,6 +41,8 @@ def _report(outcome: MemberOutcome) -> None:
     action = f" ({outcome.action}, {outcome.seconds:.0f} s)" if outcome.action else ""
     if outcome.status == "skipped":
         action = " (finished before)"
+    elif outcome.job_id:  # Slurm: the job, not a time
+        action = f" ({outcome.action + '; ' if outcome.action else ''}job {outcome.job_id})"
     console.print(
         f"[{style}]{outcome.status:>11}[/] {outcome.member.name}{action}"
         + (f": {outcome.message}" if outcome.message else ""),
@@ -130,14 +132,16 @@ def sweep_command(
         launcher=chosen, slurm=slurm if chosen == "slurm" else None,
     )
     result = run_sweep(options, report=_report, started=_started)
-    console.print(sweep_table(result))
+    if chosen == "local" or any(config.runs for config in result.configs):
+        console.print(sweep_table(result))
     console.print(f"wrote {result.json_path}", highlight=False)
     if chosen == "slurm":
         jobs_sent = sorted({o.job_id.split("_")[0] for o in result.outcomes
                             if o.status == "submitted" and o.job_id})
         sent = sum(o.status == "submitted" for o in result.outcomes)
-        console.print(f"submitted {sent} member(s) (Slurm job {', '.join(jobs_sent) or '-'}); "
-                      f"follow them with: eqm sweep status {folder}", highlight=False)
+        what = f"submitted {sent} member(s) (Slurm job {', '.join(jobs_sent)})" if sent else (
+            "nothing to submit (every member is done or alive in Slurm)")
+        console.print(f"{what}; follow them with: eqm sweep status {folder}", highlight=False)
         return
     if result.stop_signal is not None:
         finished = sum(o.status in ("done", "skipped") for o in result.outcomes)
