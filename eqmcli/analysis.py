@@ -40,7 +40,7 @@ from eqmcli.embed import extract_embeddings
 from eqmcli.errors import UserError
 from eqmcli.nearest import nearest_centers_cosine
 from eqmcli.recipe import Recipe
-from eqmcli.rundir import RunPaths, Trained, load_trained
+from eqmcli.rundir import CHECKPOINT_DIR, RunPaths, Trained, checkpoint_folder, load_trained
 
 DEFAULT_T1 = 0.5
 """Hard-sample threshold (cosine) used when the run is not EqM and no --t1 is given."""
@@ -502,6 +502,21 @@ def _split_dataset(train_data: TrainData, split: str) -> Any:
     return train_data.test_dataset
 
 
+def analysis_folder(trained: Trained) -> Path:
+    """Where `eqm analyze` writes: the run's ``analysis/`` for ``checkpoints/last.pt`` (or a
+    model file outside ``checkpoints/``), ``analysis/<stem>/`` for another checkpoint of the
+    run (``best.pt`` -> ``analysis/best/``), so that no checkpoint's tables replace another's;
+    the test split goes one level deeper (``test/``)."""
+    checkpoint = Path(trained.checkpoint_path)
+    analysis_dir = RunPaths(Path(trained.run_dir)).analysis_dir
+    if checkpoint.parent.name != CHECKPOINT_DIR:
+        return analysis_dir
+    if checkpoint.stem == "test":
+        raise UserError(f"{checkpoint}: a checkpoint named test.* would share "
+                        f"{analysis_dir / 'test'} with the test split; rename it")
+    return checkpoint_folder(analysis_dir, checkpoint.name)
+
+
 def _write_outputs(
     out_dir: Path, table: PerClassTable, summary: dict[str, Any], features: dict | None,
     class_names: list[str] | None = None,
@@ -537,8 +552,8 @@ def analyze_trained(
 
     Embeds the chosen split, computes `per_class_statistics` with `n_images` = each class's
     training size, and writes `analysis/per_class.csv`, `analysis/summary.json` and (for
-    embedding dimension <= 3) `analysis/features.npz` under `trained.run_dir` (the test
-    split: under `analysis/test/`).
+    embedding dimension <= 3) `analysis/features.npz` under `trained.run_dir` (another
+    checkpoint than last.pt: under `analysis/<its stem>/`; the test split: `test/` below).
     """
     if head_classes < 1:
         raise UserError(f"--head-classes must be at least 1, got {head_classes}")
@@ -579,7 +594,7 @@ def analyze_trained(
         "angles": "degrees",
         **summarize(table, head_classes=head_classes),
     }
-    out_dir = RunPaths(Path(trained.run_dir)).analysis_dir
+    out_dir = analysis_folder(trained)
     features_npz = None
     if centers.shape[1] <= 3:  # what `eqm plot --figure sphere` draws
         features_npz = {"embeddings": _unit(_as_tensor(features)).numpy(),

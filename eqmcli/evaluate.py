@@ -36,7 +36,7 @@ from eqmcli.pair_outcomes import write_failures, write_pair_scores
 from eqmcli.protocols.features import ModelSetup, file_checksum
 from eqmcli.protocols.run import ProtocolOptions, ProtocolResult, run_protocols
 from eqmcli.recipe import Recipe, load_recipe
-from eqmcli.rundir import CHECKPOINT_DIR, LAST, RunPaths, Trained
+from eqmcli.rundir import CHECKPOINT_DIR, RunPaths, Trained, checkpoint_folder
 from eqmcli.verification import SetEvaluation, evaluate_set
 
 BENCHMARK_NAMES: tuple[str, ...] = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
@@ -270,8 +270,7 @@ def results_folder(trained: Trained, out: str | Path | None = None) -> Path:
         return folder
     checkpoint = trained.checkpoint_path
     if checkpoint.parent.name == CHECKPOINT_DIR:
-        eval_dir = RunPaths(trained.run_dir).eval_dir
-        return eval_dir if checkpoint.name == LAST else eval_dir / checkpoint.stem
+        return checkpoint_folder(RunPaths(trained.run_dir).eval_dir, checkpoint.name)
     return checkpoint.with_name(f"{checkpoint.name}.eval")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from eqmcli.errors import UserError
-from eqmcli.rundir import LAST, RunPaths
+from eqmcli.rundir import LAST, RunPaths, checkpoint_folder
 
 GROUPS = ("all", "few", "many")
 VERIFICATION_KEYS = ("accuracy", "accuracy_std", "auc", "eer")
@@ -44,7 +44,7 @@ class RunResults:
     checkpoints: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     #: each verification set -> the fingerprint of its pairs (None: not recorded)
     fingerprints: dict[str, str | None] = field(default_factory=dict)
-    #: the folder the verification results were read from (`checkpoint_results_dir`)
+    #: the folder the verification results were read from (`rundir.checkpoint_folder`)
     results_dir: Path | None = None
 
 
@@ -133,24 +133,18 @@ def _note_checkpoint(results: RunResults, path: Path, result: dict[str, Any]) ->
         results.checkpoints[name] = (checkpoint, sha if isinstance(sha, str) else None)
 
 
-def checkpoint_results_dir(run_dir: Path, checkpoint: str) -> Path:
-    """Where `eqm eval` puts the results of a run's checkpoint named ``checkpoint``:
-    ``RUN/eval/`` for last.pt, ``RUN/eval/<its stem>/`` for any other (``eval/best/``)."""
-    eval_dir = RunPaths(Path(run_dir)).eval_dir
-    return eval_dir if checkpoint == LAST else eval_dir / Path(checkpoint).stem
-
-
 def read_run_results(run_dir: str | Path, checkpoint: str | None = None) -> RunResults:
     """Collect a run directory's final numbers; a folder that is no run is a `UserError`.
 
     ``checkpoint`` (a file name in ``checkpoints/``, e.g. best.pt) reads that checkpoint's
-    verification results (`checkpoint_results_dir`) and only the analysis files that
-    name it; None reads the run's own (``eval/``, ``analysis/``)."""
+    verification and analysis results (`rundir.checkpoint_folder`: ``eval/best/``,
+    ``analysis/best/``; analysis files only when they name it); None reads last.pt's
+    (``eval/``, ``analysis/``)."""
     paths = RunPaths(Path(run_dir))
     if not paths.recipe.is_file():
         raise UserError(f"{paths.root} is not a run directory (no recipe.yaml)")
-    folder = paths.eval_dir if checkpoint is None else checkpoint_results_dir(paths.root,
-                                                                              checkpoint)
+    folder = checkpoint_folder(paths.eval_dir, checkpoint or LAST)
+    analysis_dir = checkpoint_folder(paths.analysis_dir, checkpoint or LAST)
     if checkpoint is not None and not folder.is_dir():
         raise UserError(f"{folder} does not exist: evaluate that checkpoint first with "
                         f"'eqm eval {paths.checkpoints / checkpoint}'")
@@ -170,14 +164,14 @@ def read_run_results(run_dir: str | Path, checkpoint: str | None = None) -> RunR
             results.metrics[f"{name}/{key}"] = value
             if name == results.primary_set:
                 results.metrics[key] = value
-    train_summary = _for(checkpoint, _read_json(paths.analysis_dir / "summary.json"))
-    test_summary = _for(checkpoint, _read_json(paths.analysis_dir / "test" / "summary.json"))
-    for summary, path in ((train_summary, paths.analysis_dir / "summary.json"),
-                          (test_summary, paths.analysis_dir / "test" / "summary.json")):
+    train_summary = _for(checkpoint, _read_json(analysis_dir / "summary.json"))
+    test_summary = _for(checkpoint, _read_json(analysis_dir / "test" / "summary.json"))
+    for summary, path in ((train_summary, analysis_dir / "summary.json"),
+                          (test_summary, analysis_dir / "test" / "summary.json")):
         _note_checkpoint(results, path, summary or {})
     try:
         results.metrics.update(analysis_metrics(train_summary, test_summary))
     except (KeyError, TypeError):
-        raise UserError(f"{paths.analysis_dir} holds a summary.json of another layout; "
+        raise UserError(f"{analysis_dir} holds a summary.json of another layout; "
                         "rerun 'eqm analyze'") from None
     return results

@@ -135,6 +135,14 @@ class Trained:
     step: int
 
 
+def checkpoint_folder(results_dir: Path, checkpoint: str) -> Path:
+    """Where the results of a run's checkpoint named `checkpoint` go inside one of the run's
+    results folders (`eval_dir`, `analysis_dir`): the folder itself for last.pt,
+    `<folder>/<checkpoint stem>/` for any other (`eval/best/`, `analysis/best/`), so no
+    checkpoint's results replace another's."""
+    return results_dir if checkpoint == LAST else results_dir / Path(checkpoint).stem
+
+
 def run_dir_of_checkpoint(checkpoint: Path) -> Path:
     """`runs/x/checkpoints/last.pt` -> `runs/x`; any other file -> its folder."""
     parent = checkpoint.parent
