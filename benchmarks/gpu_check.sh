@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check in one command (benchmarks/gpu_check.py says what it runs; about 7 minutes
-# on one H100/H200-class GPU): one table on the screen, OUT/gpu-check.json to paste into
+# The GPU check in one command (benchmarks/gpu_check.py says what it runs; 5 minutes on
+# one H200, docs/performance.md "CUDA"): one table on the screen, OUT/gpu-check.json to paste into
 # docs/performance.md, the commands' output in OUT/gpu-check.log.
 # Usage (repository root):
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on a CUDA machine
