@@ -302,9 +302,6 @@ def test_cli_json_prints_only_the_summary(cli_run):
 
 def test_trained_run_matches_brute_force(tiny_recipe_path, tmp_path):
     """End to end on a really trained tiny run (3-D embedding): CSV == brute force."""
-    pytest.importorskip("eqmcli.data.transforms")
-    if not hasattr(__import__("eqmcli.data", fromlist=["x"]), "build_train_data"):
-        pytest.skip("eqmcli.data.build_train_data is not available yet")
     from eqmcli.recipe import load_recipe
     from eqmcli.train import train
 
