@@ -2,7 +2,7 @@
 
 Each child process runs in its own session, so a Ctrl-C at the terminal reaches only this
 process; `run_tasks` passes every SIGINT / SIGTERM it receives on to the running children
-exactly once (a training checkpoints at its next step boundary and exits; a second signal
+exactly once (a training checkpoints at its next step boundary and exits; a second Ctrl-C
 stops it at once), starts nothing new, waits for the children and returns the signal's
 name. A task's output (stdout and stderr) is appended to its log file.
 

@@ -1,7 +1,10 @@
 """Ctrl-C and SIGTERM end a run cleanly: the loop checkpoints at the next step boundary.
 
 SIGTERM is what Slurm, Kubernetes and `kill` send before killing a job, so it is treated
-exactly like Ctrl-C (SIGINT). A second signal of either kind stops the process at once.
+exactly like Ctrl-C (SIGINT). A second Ctrl-C stops the process at once. A repeated SIGTERM
+only repeats the request: a job's processes often receive it twice (Slurm signals the whole
+job, and torchrun forwards the same SIGTERM to its workers), and a scheduler that wants a
+process gone follows SIGTERM with SIGKILL after its grace period anyway.
 """
 
 from __future__ import annotations
@@ -43,11 +46,12 @@ def stop_on_signals() -> Iterator[StopRequest]:
         previous.clear()
 
     def handler(signum: int, frame: Any) -> None:
-        if request.requested:  # a second signal: do what it would have done without us
+        if request.requested and signum == signal.SIGINT:  # Ctrl-C again: stop at once
             restore()
             signal.raise_signal(signum)
             return
-        request.signum = signum
+        if not request.requested:
+            request.signum = signum
 
     try:
         for signum in STOP_SIGNALS:
