@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from eqmcli.atomic import atomic_write, atomic_write_text
+from eqmcli.atomic import atomic_write, atomic_write_text, json_safe, write_json
 from eqmcli.data import TrainData, build_train_data
 from eqmcli.devices import resolve_device
 from eqmcli.embed import extract_embeddings
@@ -460,16 +460,6 @@ def resolve_t1(trained: Any, t1: float | None) -> tuple[float, str]:
     return DEFAULT_T1, f"default {DEFAULT_T1} (the run is not eqm and no --t1 was given)"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
 def _train_centers(trained: Trained, train_data: TrainData) -> torch.Tensor:
     """The head's class centres (C, d) float32 on the CPU, checked against the data."""
     weight = getattr(trained.head, "weight", None) if trained.head is not None else None
@@ -525,7 +515,7 @@ def _write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, summary_path = out_dir / "per_class.csv", out_dir / "summary.json"
     table.to_csv(csv_path, class_names)
-    atomic_write_text(summary_path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    write_json(summary_path, summary)
     if features is None:
         return csv_path, summary_path, None
     features_path = out_dir / "features.npz"
@@ -606,7 +596,7 @@ def analyze_trained(
     )
     return AnalysisResult(
         table=table,
-        summary=json.loads(json.dumps(summary, default=_json_default)),
+        summary=json_safe(summary),
         run_dir=Path(trained.run_dir),
         csv_path=csv_path,
         summary_path=summary_path,

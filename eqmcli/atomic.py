@@ -10,11 +10,15 @@ one sentence.
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from eqmcli.errors import StorageError, UserError
 
@@ -133,3 +137,30 @@ def atomic_write_text(path: str | Path, text: str, *, sync: bool = False) -> Pat
     """Write `text` (UTF-8) to `path` through a temporary sibling."""
     data = text.encode("utf-8")
     return atomic_write(path, lambda stream: stream.write(data), sync=sync)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON data: numpy scalars as Python numbers, tuples as lists, paths
+    as strings and non-finite floats as None (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """`json_safe(data)` as indented JSON at `path` (its folder created), written through a
+    temporary sibling: every result file of the run directory is written here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=2) + "\n")

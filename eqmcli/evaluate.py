@@ -10,7 +10,6 @@ no checkpoint's results replace another's.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from eqmcli.atomic import atomic_write_text, check_writable_folder
+from eqmcli.atomic import atomic_write_text, check_writable_folder, write_json
 from eqmcli.data import verification as readers
 from eqmcli.data.synthetic import synthetic_verification_set
 from eqmcli.data.verification import VerificationSet, parameters_fingerprint
@@ -220,12 +219,6 @@ def load_training_sets(recipe: Recipe) -> list[VerificationSet]:
                 "training needs both matched and mismatched pairs"
             )
     return sets
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temporary sibling, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_result(folder: Path, result: SetEvaluation) -> list[Path]:

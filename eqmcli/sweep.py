@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqmcli.atomic import atomic_write_text
+from eqmcli.atomic import atomic_write_text, write_json
 from eqmcli.errors import UserError, shown
 from eqmcli.grid import GridAxis, Member, expand, folder_keys
 from eqmcli.launchers import (
@@ -505,7 +505,7 @@ def _run_locked(
         if outcome.status == "waiting":
             _finish(outcome, tasks.get(outcome.member.name))
     result = SweepResult(options, outcomes, summarize(outcomes), options.out / SWEEP_FILE, stop)
-    atomic_write_text(result.json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    write_json(result.json_path, result.to_dict())
     return result
 
 
@@ -572,7 +572,7 @@ def _submit(
         for outcome in outcomes:
             report(outcome)
     result = SweepResult(options, outcomes, summarize(outcomes), options.out / SWEEP_FILE)
-    atomic_write_text(result.json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+    write_json(result.json_path, result.to_dict())
     return result
 
 

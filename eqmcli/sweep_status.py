@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from eqmcli.atomic import atomic_write_text
+from eqmcli.atomic import write_json
 from eqmcli.errors import UserError
 from eqmcli.launchers import ACTIVE_STATES, job_states
 from eqmcli.rundir import LOCK, RunPaths
@@ -141,6 +141,6 @@ def _record(out: Path, data: dict[str, Any], rows: list[MemberStatus]) -> None:
             row = by_name.get(entry.get("name")) if isinstance(entry, dict) else None
             if row is not None:
                 entry.update({k: v for k, v in asdict(row).items() if k not in ("name", "log")})
-        atomic_write_text(out / SWEEP_FILE, json.dumps(data, indent=2) + "\n")
+        write_json(out / SWEEP_FILE, data)
     finally:
         lock.release()

@@ -10,7 +10,6 @@ is the one routine shared by `eqm eval`, training's per-epoch callback and the t
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eqmcli.atomic import json_safe
 from eqmcli.data.verification import MissingImages, VerificationSet
 from eqmcli.embed import extract_embeddings
 from eqmcli.errors import UserError
@@ -65,22 +65,6 @@ class VerificationResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (plain floats/ints/lists; non-finite numbers become None)."""
         return json_safe(asdict(self))
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars as Python numbers and non-finite floats as None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
 
 
 # ----------------------------------------------------------------------------- folds

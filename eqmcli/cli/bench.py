@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from eqmcli.atomic import atomic_write_text
+from eqmcli.atomic import write_json
 from eqmcli.cli.common import comma_separated_ints, console, user_errors
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
@@ -143,8 +142,7 @@ def _write_json(json_path: Path | None, payload: dict) -> None:
     if json_path is not None:
         if "machine" not in payload.get("environment", {}):
             payload = {**payload, "machine": host}
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+        write_json(json_path, payload)
         console.print(f"wrote {json_path}")
 
 

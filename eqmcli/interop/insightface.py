@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import glob
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 
-from eqmcli.atomic import atomic_write, atomic_write_text, check_output_file
+from eqmcli.atomic import atomic_write, atomic_write_text, check_output_file, write_json
 from eqmcli.backbones import build_backbone
 from eqmcli.backbones.iresnet import IRESNET_LAYERS
 from eqmcli.checkpoint import read_torch_file, save_checkpoint, torch_save
@@ -339,7 +338,7 @@ def import_insightface(
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.mark("eqm import insightface")
     save_checkpoint(state, paths.last)
-    atomic_write_text(paths.root / IMPORT_NOTE, json.dumps(note, indent=2) + "\n")
+    write_json(paths.root / IMPORT_NOTE, note)
     atomic_write_text(paths.recipe, recipe.to_yaml())
     return ImportResult(
         run_dir=out, checkpoint=paths.last, backbone=backbone_name, tensors=len(mapped),

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from eqmcli.atomic import json_safe
 from eqmcli.data.align import AlignedImages, template_for_input
 from eqmcli.data.ijb import IjbSet
 from eqmcli.protocols.features import Embedder, array_fingerprint
@@ -31,7 +32,6 @@ from eqmcli.verification import (
     PROVENANCE,
     Provenance,
     far_key,
-    json_safe,
     operating_points,
     roc_auc,
     roc_curve,

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqmcli.atomic import json_safe
 from eqmcli.data.align import Template, template_for_input
 from eqmcli.data.megaface import MegafaceImages, MegafaceLists, read_feature_files
 from eqmcli.protocols.features import Embedder, FeatureCache, files_fingerprint, fingerprint
-from eqmcli.verification import PROVENANCE, Provenance, json_safe
+from eqmcli.verification import PROVENANCE, Provenance
 
 MEGAFACE_SIZES: tuple[int, ...] = (10, 100, 1000, 10000, 100000, 1000000)
 VERIFICATION_FAR = 1e-6

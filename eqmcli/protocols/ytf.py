@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from eqmcli.atomic import json_safe
 from eqmcli.data.verification import ImageFiles
 from eqmcli.data.ytf import YtfPairs, evenly_spaced, video_frames
 from eqmcli.errors import UserError
 from eqmcli.protocols.features import Embedder
-from eqmcli.verification import Provenance, VerificationResult, json_safe, verify
+from eqmcli.verification import Provenance, VerificationResult, verify
 
 #: Frames per video by default: enough for a stable mean at a fraction of all 621k frames.
 DEFAULT_FRAMES = 100
