@@ -612,7 +612,7 @@ def train_source(recipe: Recipe, recipe_origin: Path, data_root: Path | None = N
     `data_root` for synthetic data (no files) is a `UserError` too.
     """
     source = recipe.data.train
-    root = getattr(source, "root", None)
+    root = source.data_folder
     if data_root is not None:
         if root is None:
             raise UserError(

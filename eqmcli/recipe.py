@@ -89,8 +89,23 @@ class SyntheticSource(Section):
             raise ValueError("max_images must be >= min_images")
         return self
 
+    @property
+    def data_folder(self) -> None:
+        """No folder: the identities are rendered from the seed."""
+        return None
 
-class ImageFolderSource(Section):
+
+class FileBacked:
+    """What the file-backed sources share beyond their fields (a mixin: no fields, so the
+    recipe's key order is unchanged)."""
+
+    @property
+    def data_folder(self) -> Path:
+        """The folder the source reads (its `root` field, as given)."""
+        return self.root  # type: ignore[attr-defined]
+
+
+class ImageFolderSource(FileBacked, Section):
     """`root/<identity>/<image>` (the CASIA-WebFace aligned layout)."""
 
     kind: Literal["image-folder"] = "image-folder"
@@ -102,7 +117,7 @@ class ImageFolderSource(Section):
     seed: Seed = 0
 
 
-class RecordSource(Section):
+class RecordSource(FileBacked, Section):
     """InsightFace `train.rec` + `train.idx` (+ `property`), read without mxnet."""
 
     kind: Literal["record"] = "record"

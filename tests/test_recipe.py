@@ -93,3 +93,14 @@ def test_every_shipped_recipe_validates():
     for path in sorted((ROOT / "recipes").glob("*.yaml")):
         assert isinstance(load_recipe(path), Recipe), path
     assert yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())["loss"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("train", "folder"),
+    [({"kind": "synthetic"}, None), ({"kind": "image-folder", "root": "faces"}, Path("faces")),
+     ({"kind": "record", "root": "/data/webface"}, Path("/data/webface"))],
+)
+def test_data_folder_is_the_sources_root_or_none_and_keeps_the_key_order(train, folder):
+    source = Recipe.model_validate({"data": {"train": train}}).data.train
+    assert source.data_folder == folder
+    assert next(iter(source.model_dump())) == "kind"

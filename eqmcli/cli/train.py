@@ -47,7 +47,7 @@ def _describe_data(recipe: Recipe, table: Table) -> tuple[tuple[int, int], str |
     and the infeasible-t2 warning. A file-backed source whose folder is missing is not
     read (the dry run validates a recipe for another machine too)."""
     source = recipe.data.train
-    root = getattr(source, "root", None)
+    root = source.data_folder
     if root is not None and not Path(root).exists():
         table.add_row("data", f"{source.kind}: not checked: {root} does not exist "
                       "(training needs it)")

@@ -296,7 +296,7 @@ def with_absolute_paths(recipe: Recipe) -> Recipe:
     Recorded this way, a run's recipe finds its data from any working directory.
     """
     data, evaluation = recipe.data, recipe.eval
-    root = getattr(data.train, "root", None)
+    root = data.train.data_folder
     if root is not None:
         train = data.train.model_copy(update={"root": Path(os.path.abspath(root))})
         data = data.model_copy(update={"train": train})

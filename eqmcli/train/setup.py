@@ -75,7 +75,7 @@ class Run:
 
 def training_data_roots(recipe: Recipe) -> list[Path]:
     """The folders the training data is read from (none for synthetic data)."""
-    root = getattr(recipe.data.train, "root", None)
+    root = recipe.data.train.data_folder
     return [Path(root)] if root is not None else []
 
 
