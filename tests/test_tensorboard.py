@@ -137,16 +137,17 @@ def test_a_tensorboard_folder_that_is_a_file_or_read_only_is_one_sentence(
     assert result.exit_code == 2 and "tb is a file, not a folder" in said, said
     assert "Traceback" not in result.output and (out / "tb").read_text() == "my notes"
     (out / "tb").unlink()
-    real_makedirs = os.makedirs
+    (out / "tb").mkdir()
+    real_open = os.open
 
-    def read_only(path, *args, **kwargs):
-        if Path(path).name == "tb":
+    def read_only(path, *args, **kwargs):  # what a read-only RUN/tb does to a new file
+        if Path(os.fsdecode(path)).parent == out / "tb":
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_makedirs(path, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "makedirs", read_only)
+    monkeypatch.setattr(os, "open", read_only)
     result = runner.invoke(app, resume)
     said = " ".join(result.output.split())
     assert result.exit_code == 2, said
-    assert "cannot write TensorBoard events in" in said and "Read-only file system" in said
-    assert "Traceback" not in result.output
+    assert "the TensorBoard folder" in said and "cannot be written: Read-only file system" in said
+    assert "Traceback" not in result.output and not list((out / "tb").iterdir())

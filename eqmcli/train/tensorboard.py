@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from eqmcli.atomic import check_writable_folder
 from eqmcli.errors import UserError
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import RunPaths
@@ -81,6 +82,9 @@ class TensorBoardSink:
                 f"{log_dir} is a file, not a folder, so TensorBoard events cannot go there; "
                 "move it away or turn train.tensorboard off"
             )
+        # before the writer's own thread meets a read-only folder (and prints its traceback)
+        check_writable_folder(log_dir, "the TensorBoard folder", "; turn train.tensorboard off "
+                              "to go on (metrics.jsonl and the checkpoints are unaffected)")
         with self._failures_said():
             self.writer = writer_class(log_dir=str(log_dir), purge_step=purge_step)
 
