@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from eqmcli.atomic import atomic_write, atomic_write_text, make_folder, temporary_sibling
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
+from eqmcli.data.image_folder import IMAGE_SUFFIXES
 from eqmcli.data.transforms import to_model_input
 from eqmcli.devices import autocast, autocast_dtype, resolve_device
 from eqmcli.errors import UserError, shown
@@ -214,9 +215,6 @@ def extract_embeddings(
 
 
 # ------------------------------------------------------------------ `eqm embed`: files in, .npy out
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
-
-
 def list_images(source: str | Path) -> list[Path]:
     """The images to embed: a folder (recursively, sorted; files with an image suffix, and
     symbolic links with one whatever they point to), one image file, or a text file of

@@ -12,11 +12,14 @@ from PIL import Image
 
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_image, encode_jpeg
 from eqmcli.data.image_folder import (
+    IMAGE_SUFFIXES,
     ImageFolderDataset,
     build_image_folder_data,
     scan_image_folder,
     split_holdout,
 )
+from eqmcli.data.ytf import FRAME_SUFFIXES
+from eqmcli.embed import list_images
 from eqmcli.errors import UserError
 from eqmcli.recipe import ImageFolderSource
 
@@ -137,3 +140,12 @@ def test_thirty_two_bit_and_float_pixels_are_refused() -> None:
                   np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)):
         with pytest.raises(DecodeError, match="no known 8-bit scale"):
             decode_image(_encoded(Image.fromarray(array), "TIFF"))
+
+
+def test_embed_lists_every_suffix_a_training_folder_reads_and_ytf_frames_are_a_subset(tmp_path):
+    names = [f"face{suffix}" for suffix in IMAGE_SUFFIXES] + ["notes.txt", "face.PGM"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    listed = {path.name for path in list_images(tmp_path)}
+    assert listed == set(names) - {"notes.txt"}
+    assert set(FRAME_SUFFIXES) < set(IMAGE_SUFFIXES)

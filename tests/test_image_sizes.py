@@ -17,7 +17,7 @@ from eqmcli.backbones import build_backbone
 from eqmcli.cli import app
 from eqmcli.data import build_train_data
 from eqmcli.data.decode import decode_file
-from eqmcli.data.image_folder import IMAGE_EXTENSIONS, scan_image_folder
+from eqmcli.data.image_folder import IMAGE_SUFFIXES, scan_image_folder
 from eqmcli.data.loader import make_loader
 from eqmcli.data.record import RecordFile, RecordWriter, build_record_data, pack_payload
 from eqmcli.data.transforms import to_model_input
@@ -108,7 +108,7 @@ def test_no_images_message_lists_the_accepted_extensions(tmp_path: Path) -> None
     (tmp_path / "f" / "alice" / "face.gif.txt").write_text("no")
     with pytest.raises(UserError) as info:
         scan_image_folder(tmp_path / "f")
-    assert all(ext in str(info.value) for ext in IMAGE_EXTENSIONS) and ".pgm" in str(info.value)
+    assert all(ext in str(info.value) for ext in IMAGE_SUFFIXES) and ".pgm" in str(info.value)
 
 
 def train_on_folder(folder: Path, out: Path) -> Result:

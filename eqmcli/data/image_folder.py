@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from eqmcli.recipe import ImageFolderSource
 
 Item = TypeVar("Item")
-# every still-image format of PIL that face crops come in (PGM: e.g. grey AT&T/Yale crops)
-IMAGE_EXTENSIONS = (
+# every still-image format of PIL that face crops come in (PGM: e.g. grey AT&T/Yale crops):
+# the one list of image file suffixes (training folders, `eqm embed`)
+IMAGE_SUFFIXES = (
     ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff",
 )
 
@@ -70,14 +71,14 @@ def scan_image_folder(root: str | Path) -> tuple[list[str], list[str], np.ndarra
         names = sorted(
             p.name
             for p in class_dir.iterdir()
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
         )
         for path in (class_dir, *(class_dir / name for name in names)):
             refuse_undecodable_name(path)
         if not names:
             raise UserError(
                 f"class folder {class_dir} contains no images (looked for "
-                f"{', '.join(IMAGE_EXTENSIONS)})"
+                f"{', '.join(IMAGE_SUFFIXES)})"
             )
         classes.append(class_dir.name)
         files.extend(f"{class_dir.name}/{name}" for name in names)

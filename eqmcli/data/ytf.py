@@ -39,6 +39,8 @@ COLUMN_NAMES = {
         "same person", "issame", "label",
     ),
 }
+# deliberately narrower than `IMAGE_SUFFIXES`: the published frame_images_DB holds JPEG
+# frames (PNG for re-encoded copies); other files in a video folder are not frames
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
