@@ -20,11 +20,15 @@ from eqmcli.data.record import (
     build_record_data,
     encode_record,
     folder_to_record,
+    is_record_source,
     read_layout,
+    record_paths,
     record_to_folder,
     unpack_payload,
 )
+from eqmcli.data.stats import resolve_source
 from eqmcli.errors import UserError
+from eqmcli.interop.insightface import training_source
 from eqmcli.recipe import RecordSource
 
 MAGIC_LE = bytes.fromhex("0a23d7ce")  # 0xced7230a, little-endian
@@ -213,3 +217,30 @@ def test_reader_pickles_and_reopens(tmp_path: Path) -> None:
     clone = pickle.loads(pickle.dumps(ds))
     assert clone.rec._fd is None
     assert torch.equal(clone[1][0], decode_image(images[3][0]))
+
+
+def test_one_rule_says_what_is_a_record_source_for_stats_convert_and_import(tmp_path: Path) -> None:
+    """A `.rec` file, or a folder holding one, is RecordIO data (`eqm data stats`,
+    `eqm data convert` and `eqm import --data` alike); a folder of images is not."""
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "faces.rec").write_bytes(b"")
+    (named / "faces.idx").write_text("")
+    images = tmp_path / "images"
+    (images / "id0").mkdir(parents=True)
+    assert is_record_source(named) and is_record_source(named / "faces.rec")
+    assert not is_record_source(images) and not is_record_source(tmp_path / "absent")
+    assert resolve_source(named).kind == training_source(named).kind == "record"
+    assert resolve_source(images).kind == training_source(images).kind == "image-folder"
+    assert record_paths(named)[:2] == (named / "faces.rec", named / "faces.idx")
+
+
+def test_a_record_folder_without_its_index_or_with_two_recs_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "train.rec").write_bytes(b"")
+    assert training_source(tmp_path).kind == "record"
+    with pytest.raises(UserError, match=r"record index not found: .*train\.idx"):
+        RecordFile(*record_paths(tmp_path)[:2])
+    (tmp_path / "train.rec").rename(tmp_path / "a.rec")
+    (tmp_path / "b.rec").write_bytes(b"")
+    with pytest.raises(UserError, match=r"holds 2 \.rec files and no train\.rec"):
+        record_paths(tmp_path)

@@ -521,6 +521,13 @@ class RecordDataset(SubstitutingDataset):
         return decode_image(image, self.image_size)
 
 
+def is_record_source(path: Path) -> bool:
+    """The one rule for RecordIO data: a ``.rec`` file, or a folder holding a ``.rec`` (read
+    by `record_paths`: its ``train.rec``, else its only ``.rec``, with the ``.idx`` beside
+    it); any other folder is an image folder."""
+    return path.suffix == ".rec" or (path.is_dir() and any(path.glob("*.rec")))
+
+
 def record_paths(root: str | Path) -> tuple[Path, Path, Path]:
     """(train.rec, train.idx, property) of a record folder; a ``.rec`` path is accepted too."""
     root = Path(root).expanduser()
@@ -533,7 +540,10 @@ def record_paths(root: str | Path) -> tuple[Path, Path, Path]:
     rec = root / "train.rec"
     if not rec.is_file():
         found = sorted(root.glob("*.rec"))
-        if len(found) != 1:
+        if len(found) > 1:
+            raise UserError(f"{root} holds {len(found)} .rec files and no train.rec; "
+                            "name the .rec file to read")
+        if not found:
             raise UserError(f"no train.rec in {root}")
         rec = found[0]
     return rec, rec.with_suffix(".idx"), root / "property"
@@ -691,6 +701,6 @@ def convert(src: str | Path, dst: str | Path) -> dict[str, Any]:
     src_path = Path(src).expanduser()
     if not src_path.exists():
         raise UserError(f"conversion source not found: {src_path}")
-    if src_path.suffix == ".rec" or (src_path.is_dir() and any(src_path.glob("*.rec"))):
+    if is_record_source(src_path):
         return {"direction": "record->folder", **record_to_folder(src_path, dst)}
     return {"direction": "folder->record", **folder_to_record(src_path, dst)}

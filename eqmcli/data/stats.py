@@ -14,7 +14,7 @@ import numpy as np
 
 from eqmcli.data import build_train_data
 from eqmcli.data.image_folder import scan_image_folder, split_holdout
-from eqmcli.data.record import RecordFile, read_layout, record_paths
+from eqmcli.data.record import RecordFile, is_record_source, read_layout, record_paths
 from eqmcli.errors import UserError
 from eqmcli.recipe import ImageFolderSource, RecordSource, load_recipe
 
@@ -122,7 +122,7 @@ def resolve_source(path: str | Path) -> Any:
         return load_recipe(path).data.train
     if not path.exists():
         raise UserError(f"data source not found: {path}")
-    if path.suffix == ".rec" or (path.is_dir() and any(path.glob("*.rec"))):
+    if is_record_source(path):
         return RecordSource(root=path)
     if path.is_dir():
         return ImageFolderSource(root=path)

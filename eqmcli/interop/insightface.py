@@ -40,6 +40,7 @@ from eqmcli.atomic import atomic_write, atomic_write_text, check_output_file, wr
 from eqmcli.backbones import build_backbone
 from eqmcli.backbones.iresnet import IRESNET_LAYERS
 from eqmcli.checkpoint import read_torch_file, save_checkpoint, torch_save
+from eqmcli.data.record import is_record_source
 from eqmcli.errors import UserError
 from eqmcli.interop.tensors import remap_tensors
 from eqmcli.losses import build_head
@@ -388,10 +389,11 @@ def export_insightface(
 
 def training_source(path: str | Path) -> RecordSource | ImageFolderSource:
     """The model's training data for ``eqm analyze``: a folder with InsightFace ``train.rec``
-    + ``train.idx`` (a RecordIO source), else an image folder ``root/<identity>/<image>``."""
+    + ``train.idx`` (a RecordIO source, `is_record_source`), else an image folder
+    ``root/<identity>/<image>``."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"--data {root} is not a folder (train.rec + train.idx, or root/<id>/)")
-    if (root / "train.rec").is_file() and (root / "train.idx").is_file():
+    if is_record_source(root):
         return RecordSource(root=root)
     return ImageFolderSource(root=root)
