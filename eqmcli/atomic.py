@@ -115,22 +115,36 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, sync: b
     moment leaves either the old file or the new one, never a mixture.
     """
     path = Path(path)
-    temporary = temporary_sibling(path)
-    try:
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            if sync:
-                os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise storage_error(path, error) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write_all([(path, write)], sync=sync)
     return path
+
+
+def atomic_write_all(
+    files: Sequence[tuple[Path, Callable[[BinaryIO], None]]], *, sync: bool = True
+) -> None:
+    """`atomic_write` for files that belong together (features and their paths): every
+    file is written to its temporary sibling first and renamed only when all are written,
+    so a failed write (disk full) leaves the old files and no new one."""
+    temporaries = [(temporary_sibling(path), path) for path, _ in files]
+    try:
+        for (temporary, path), (_, write) in zip(temporaries, files, strict=True):
+            try:
+                handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                with os.fdopen(handle, "wb") as stream:
+                    write(stream)
+                    stream.flush()
+                    if sync:
+                        os.fsync(stream.fileno())
+            except OSError as error:
+                raise storage_error(path, error) from None
+        for temporary, path in temporaries:
+            try:
+                os.replace(temporary, path)
+            except OSError as error:
+                raise storage_error(path, error) from None
+    finally:
+        for temporary, _ in temporaries:
+            temporary.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str, *, sync: bool = False) -> Path:

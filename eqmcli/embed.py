@@ -30,7 +30,7 @@ from rich.progress import (
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eqmcli.atomic import atomic_write, atomic_write_text, make_folder, temporary_sibling
+from eqmcli.atomic import atomic_write_all, make_folder, temporary_sibling
 from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
 from eqmcli.data.image_folder import IMAGE_SUFFIXES
 from eqmcli.data.transforms import to_model_input
@@ -328,8 +328,9 @@ def embed_images(
     """Embed the images of ``source`` (see `list_images`) with ``model`` (run directory,
     checkpoint or ``.onnx`` file) into ``out`` (``.npy``, float32 ``N x d``, L2-normalized
     unless ``raw``), with the paths in the same order in ``out``'s ``.paths.txt`` and the
-    unreadable images (skipped) in its ``.unreadable.txt`` (``path<TAB>reason``). Every file
-    is written to a temporary sibling and renamed into place. ``mean``/``std``/``bgr`` set
+    unreadable images (skipped) in its ``.unreadable.txt`` (``path<TAB>reason``). The three
+    files are written to temporary siblings and renamed only when all are written
+    (`atomic_write_all`: a full disk leaves none of them). ``mean``/``std``/``bgr`` set
     an ONNX model's preprocessing (`eqmcli.interop.models.load_model`)."""
     out = Path(out)
     if out.suffix != ".npy":
@@ -358,11 +359,13 @@ def embed_images(
     array = features[keep].numpy().astype(np.float32, copy=False)
     unreadable = [str(paths[i]) for i in sorted(reasons)]
     paths_file, unreadable_file = output_lists(out)
-    atomic_write(out, lambda stream: np.save(stream, array))
-    atomic_write_text(paths_file, "".join(f"{paths[i]}\n" for i in keep))
-    atomic_write_text(
-        unreadable_file, "".join(f"{paths[i]}\t{reasons[i]}\n" for i in sorted(reasons))
-    )
+    listed = "".join(f"{paths[i]}\n" for i in keep).encode("utf-8")
+    skipped = "".join(f"{paths[i]}\t{reasons[i]}\n" for i in sorted(reasons)).encode("utf-8")
+    atomic_write_all([  # the three files appear together or not at all (e.g. a full disk)
+        (out, lambda stream: np.save(stream, array)),
+        (paths_file, lambda stream: stream.write(listed)),
+        (unreadable_file, lambda stream: stream.write(skipped)),
+    ])
     return EmbedResult(
         features=out, paths_file=paths_file, unreadable_file=unreadable_file, count=len(keep),
         dim=int(array.shape[1]) if array.ndim == 2 else 0, unreadable=unreadable,
