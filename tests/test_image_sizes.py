@@ -22,7 +22,8 @@ from eqmcli.data.loader import make_loader
 from eqmcli.data.record import RecordFile, RecordWriter, build_record_data, pack_payload
 from eqmcli.data.transforms import to_model_input
 from eqmcli.errors import UserError
-from eqmcli.recipe import ImageFolderSource, RecordSource, load_recipe
+from eqmcli.recipe import ImageFolderSource, Recipe, RecordSource, load_recipe
+from eqmcli.train.setup import resolve_input_size
 from tests.test_record import png
 
 
@@ -127,3 +128,18 @@ def test_eqm_train_on_a_folder_of_mixed_sizes(tmp_path: Path) -> None:
     folder = folder_of_sizes(tmp_path / "f", [[(24, 24), (30, 20)] * 3, [(28, 28), (24, 26)] * 3])
     result = train_on_folder(folder, tmp_path / "run")
     assert result.exit_code == 0, result.output
+
+
+def test_one_rule_resolves_the_input_size_of_cli_and_trainer() -> None:
+    """`model.input_size`, else the data's size (read, else the recipe's side or [H, W]),
+    else the backbone's default: always a flat (height, width) of ints."""
+    def recipe(model: dict, train: dict) -> Recipe:
+        return Recipe.model_validate({"model": model, "data": {"train": train}})
+
+    folder = {"kind": "image-folder", "root": "faces"}
+    assert resolve_input_size(recipe({"input_size": [64, 48]}, folder), (112, 96)) == (64, 48)
+    assert resolve_input_size(recipe({}, folder), (112, 96)) == (112, 96)
+    assert resolve_input_size(recipe({}, {**folder, "image_size": [112, 96]})) == (112, 96)
+    assert resolve_input_size(recipe({}, {**folder, "image_size": 40})) == (40, 40)
+    assert resolve_input_size(recipe({"backbone": "sphere20"}, folder)) == (112, 96)
+    assert resolve_input_size(recipe({}, {"kind": "synthetic", "image_size": 32})) == (32, 32)

@@ -7,13 +7,16 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 import eqmcli.devices
 import eqmcli.perf.training
+import eqmcli.train.setup
 import eqmcli.train.step
 import eqmcli.train.trainer
 from eqmcli.devices import autocast_dtype
+from eqmcli.errors import UserError
 from eqmcli.losses import EqMHead, build_head
 from eqmcli.perf.training import TrainConfig, benchmark_training
 from eqmcli.recipe import load_recipe
@@ -107,3 +110,14 @@ def test_native_bf16_probe_follows_torchs_cpu_capabilities(monkeypatch):
     assert eqmcli.devices.cpu_has_native_bf16()
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert not eqmcli.devices.cpu_has_native_bf16()
+
+
+def test_fp16_on_the_cpu_is_refused_before_the_data_is_read(tiny_recipe_path, tmp_path,
+                                                            monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the training data was read before the precision was checked")
+
+    monkeypatch.setattr(eqmcli.train.setup, "build_train_data", never)
+    recipe = load_recipe(tiny_recipe_path, ["train.precision=fp16", "train.device=cpu"])
+    with pytest.raises(UserError, match="precision 'fp16' needs a CUDA device"):
+        train(recipe, tmp_path / "run", progress=False)

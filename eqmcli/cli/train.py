@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from eqmcli.backbones import build_backbone, default_input_size
+from eqmcli.backbones import build_backbone
 from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.data import build_train_data
 from eqmcli.errors import TrainingStopped
@@ -20,7 +20,12 @@ from eqmcli.train import TrainSummary, train
 from eqmcli.train.evaluation import verification_sets
 from eqmcli.train.progress import say
 from eqmcli.train.run_state import check_output_path, resume_command
-from eqmcli.train.setup import infeasible_t2_warning, steps_per_epoch, training_data_roots
+from eqmcli.train.setup import (
+    infeasible_t2_warning,
+    resolve_input_size,
+    steps_per_epoch,
+    training_data_roots,
+)
 
 
 def loss_defaults() -> str:
@@ -32,16 +37,6 @@ def loss_defaults() -> str:
     return "; ".join(parts)
 
 
-def _fallback_input_size(recipe: Recipe) -> tuple[int, int]:
-    """(height, width) in pixels when the data is not read: the recipe's own sizes."""
-    if recipe.model.input_size:
-        return tuple(recipe.model.input_size)
-    data_size = recipe.data.train.image_size
-    if isinstance(data_size, int):
-        return (data_size, data_size)
-    return tuple(data_size) if data_size else default_input_size(recipe.model.backbone)
-
-
 def _describe_data(recipe: Recipe, table: Table) -> tuple[tuple[int, int], str | None]:
     """Rows for the training data and verification sets; the input size (height, width)
     and the infeasible-t2 warning. A file-backed source whose folder is missing is not
@@ -51,7 +46,7 @@ def _describe_data(recipe: Recipe, table: Table) -> tuple[tuple[int, int], str |
     if root is not None and not Path(root).exists():
         table.add_row("data", f"{source.kind}: not checked: {root} does not exist "
                       "(training needs it)")
-        return _fallback_input_size(recipe), infeasible_t2_warning(recipe)
+        return resolve_input_size(recipe), infeasible_t2_warning(recipe)
     data = build_train_data(source, strict=recipe.data.strict, bad_images_path=None,
                             input_size=recipe.model.input_size)
     held_out = len(data.test_dataset) if data.test_dataset is not None else 0
@@ -62,8 +57,8 @@ def _describe_data(recipe: Recipe, table: Table) -> tuple[tuple[int, int], str |
                       f"{vset.folds} folds")
     steps = steps_per_epoch(recipe, len(data.dataset), world_size=1)
     table.add_row("steps", f"{steps:,} per epoch on one process")
-    input_size = tuple(recipe.model.input_size or data.image_size)
-    return input_size, infeasible_t2_warning(recipe, data.num_classes)
+    warning = infeasible_t2_warning(recipe, data.num_classes)
+    return resolve_input_size(recipe, data.image_size), warning
 
 
 def _describe_run(recipe: Recipe) -> tuple[Table, str | None]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from eqmcli.backbones import build_backbone
+from eqmcli.backbones import build_backbone, default_input_size
 from eqmcli.data import TrainData, build_train_data
 from eqmcli.data.augment import AugmentedDataset
 from eqmcli.data.loader import make_loader
@@ -71,6 +71,18 @@ class Run:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.recipe.train.epochs
+
+
+def resolve_input_size(
+    recipe: Recipe, data_image_size: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """The model's input (height, width) in pixels: `model.input_size`, else the data's
+    image size (`data_image_size` once the data is read, else `data.train.image_size`, a
+    side or [height, width]), else the backbone's default."""
+    size = recipe.model.input_size or data_image_size or recipe.data.train.image_size
+    if not size:
+        return default_input_size(recipe.model.backbone)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def training_data_roots(recipe: Recipe) -> list[Path]:
@@ -155,13 +167,14 @@ def set_up(
 
     A `fresh` run (not a resume) may start from another run's weights (`model.init_from`).
     """
+    amp_dtype = autocast_dtype(recipe.train.precision, device, training=True)  # refused first
     torch.manual_seed(recipe.seed)
     data = build_train_data(
         recipe.data.train, strict=recipe.data.strict,
         bad_images_path=paths.bad_images if context.is_main else None,
         input_size=recipe.model.input_size,
     )
-    height, width = recipe.model.input_size or data.image_size
+    height, width = resolve_input_size(recipe, data.image_size)
     sets = verification_sets(recipe)
     steps = steps_per_epoch(recipe, len(data.dataset), context.world_size)
     backbone = build_backbone(
@@ -178,7 +191,7 @@ def set_up(
     parts = StepParts(
         backbone=backbone, head=head, optimizer=optimizer,
         schedule=LrSchedule(recipe.optim, steps, steps * recipe.train.epochs),
-        device=device, amp_dtype=autocast_dtype(recipe.train.precision, device, training=True),
+        device=device, amp_dtype=amp_dtype,
         channels_last=recipe.train.channels_last, input_size=(height, width),
         grad_clip=recipe.optim.grad_clip, micro_batches=recipe.train.grad_accumulation,
     )
