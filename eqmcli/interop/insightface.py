@@ -29,6 +29,7 @@ import datetime
 import glob
 import hashlib
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,21 @@ def _empty_output(out: Path) -> RunPaths:
     return RunPaths(out)
 
 
+def _remove_contents(folder: Path, *, keep_folder: bool) -> None:
+    """Remove what a failed import wrote into ``folder`` (and ``folder`` itself unless
+    ``keep_folder``)."""
+    if not folder.is_dir():
+        return
+    if not keep_folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
 def _import_note(
     weights: Path, arch: str, recipe: Recipe, tensors: int, head_files: list[Path],
     num_classes: int | None,
@@ -336,11 +352,16 @@ def import_insightface(
         state["head"] = classifier.state_dict()
         state["num_classes"] = int(centres.shape[0])
     note = _import_note(weights, arch, recipe, len(mapped), files, state.get("num_classes"))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.mark("eqm import insightface")
-    save_checkpoint(state, paths.last)
-    write_json(paths.root / IMPORT_NOTE, note)
-    atomic_write_text(paths.recipe, recipe.to_yaml())
+    existed = paths.root.exists()  # then empty (`_empty_output`)
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.mark("eqm import insightface")
+        save_checkpoint(state, paths.last)
+        write_json(paths.root / IMPORT_NOTE, note)
+        atomic_write_text(paths.recipe, recipe.to_yaml())
+    except BaseException:  # e.g. a full disk: no half-made run directory stays behind
+        _remove_contents(paths.root, keep_folder=existed)
+        raise
     return ImportResult(
         run_dir=out, checkpoint=paths.last, backbone=backbone_name, tensors=len(mapped),
         num_classes=state.get("num_classes"), head_files=files,
