@@ -38,6 +38,7 @@ from eqmcli.data import TrainData, build_train_data
 from eqmcli.devices import resolve_device
 from eqmcli.embed import extract_embeddings
 from eqmcli.errors import UserError
+from eqmcli.losses import cosine_thresholds
 from eqmcli.nearest import nearest_centers_cosine
 from eqmcli.recipe import Recipe
 from eqmcli.rundir import CHECKPOINT_DIR, RunPaths, Trained, checkpoint_folder, load_trained
@@ -436,16 +437,15 @@ def sample_per_class(labels: np.ndarray, max_per_class: int | None, seed: int = 
 
 
 def _run_t1(trained: Any) -> float | None:
-    """The run's EqM t1 (cosine), or None when the run is not EqM."""
+    """The run's EqM t1 (cosine): its head's, else its recipe's; None when the run is not
+    EqM (`cosine_thresholds`)."""
     head = trained.head
-    if getattr(head, "name", None) == "eqm":
-        value = getattr(head, "hyperparameters", {}).get("t1")
-        if value is not None:
-            return float(value)
-    loss = getattr(trained.recipe, "loss", None)
-    if loss is not None and getattr(loss, "name", None) == "eqm" and loss.t1 is not None:
-        return float(loss.t1)
-    return None
+    if head is not None:
+        t1 = cosine_thresholds(head.name, head.hyperparameters).get("t1")
+        if t1 is not None:
+            return t1
+    loss = trained.recipe.loss
+    return cosine_thresholds(loss.name, {"t1": loss.t1}).get("t1")
 
 
 def resolve_t1(trained: Any, t1: float | None) -> tuple[float, str]:

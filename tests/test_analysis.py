@@ -24,6 +24,7 @@ from eqmcli.analysis import (
 )
 from eqmcli.data import TrainData
 from eqmcli.errors import UserError
+from eqmcli.recipe import SyntheticSource
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -177,7 +178,7 @@ def _stand_in_run(tmp_path, *, dim=3, classes=5, head=True, loss="eqm", test=Tru
     )
     recipe = SimpleNamespace(
         loss=SimpleNamespace(name=loss, t1=0.4 if loss == "eqm" else None),
-        data=SimpleNamespace(train=None),
+        data=SimpleNamespace(train=SyntheticSource()),
     )
     trained = SimpleNamespace(
         backbone=backbone,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from eqmcli.losses import (
     CosFaceHead,
     EqMHead,
     build_head,
+    cosine_thresholds,
     resolve_hyperparameters,
 )
 from eqmcli.recipe import recipe_from_mapping
@@ -140,3 +143,25 @@ def test_recipe_loss_section_fills_defaults_and_rejects_bad_values() -> None:
     assert section.hyperparameters() == {"scale": 64.0, "margin": 0.3}
     with pytest.raises(ValidationError, match="t1"):
         LossSection(name="eqm", t1=0.1, t2=0.5)
+
+
+def test_cosine_thresholds_are_eqms_t1_and_t2_and_empty_for_other_losses():
+    eqm = resolve_hyperparameters("eqm", t1=0.6)
+    assert cosine_thresholds("EqM", eqm) == {"t1": 0.6, "t2": 0.1}
+    assert cosine_thresholds("eqm", {"t1": 0.4}) == {"t1": 0.4}
+    assert cosine_thresholds("arcface", resolve_hyperparameters("arcface")) == {}
+    with pytest.raises(UserError, match="unknown loss"):
+        cosine_thresholds("eqn", {})
+
+
+def test_no_module_outside_the_losses_decides_on_a_loss_name():
+    """`canonical_name(x) == "eqm"`, `head.name != "eqm"`, ...: such decisions live in
+    `eqmcli/losses/` (e.g. `cosine_thresholds`), so a new loss changes one package."""
+    names = "|".join(re.escape(name) for name in LOSS_NAMES)
+    pattern = re.compile(rf"""name\)?\s*[=!]=\s*["']({names})["']""")
+    package = Path(__file__).resolve().parents[1] / "eqmcli"
+    offenders = [
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if package / "losses" not in path.parents and pattern.search(path.read_text())
+    ]
+    assert offenders == []

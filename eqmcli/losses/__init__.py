@@ -22,7 +22,12 @@ from eqmcli.losses.base import (
     replace_target,
     target_cosine,
 )
-from eqmcli.losses.hyperparameters import LOSS_NAMES, canonical_name, resolve_hyperparameters
+from eqmcli.losses.hyperparameters import (
+    LOSS_NAMES,
+    canonical_name,
+    cosine_thresholds,
+    resolve_hyperparameters,
+)
 from eqmcli.losses.margins import (
     ArcFaceHead,
     CombinedMarginHead,
@@ -82,6 +87,7 @@ __all__ = [
     "a_softmax_psi",
     "build_head",
     "canonical_name",
+    "cosine_thresholds",
     "cosine_matrix",
     "eqm_stats",
     "margin_loss",

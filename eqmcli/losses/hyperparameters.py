@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from eqmcli.errors import UserError, shown
@@ -171,3 +171,13 @@ def resolve_hyperparameters(name: str, **given: Any) -> dict[str, Any]:
             f"({resolved['t2']:g}): t1 is the intra-class lower limit, t2 the inter-class upper one"
         )
     return resolved
+
+
+def cosine_thresholds(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, float]:
+    """EqM's thresholds (cosines) among the already validated `hyperparameters` of loss
+    `name`: `t1` (the intra-class lower limit, what makes a sample hard) and `t2` (the
+    inter-class upper limit), each where given; {} for every other loss."""
+    if canonical_name(name) != "eqm":
+        return {}
+    return {key: float(hyperparameters[key]) for key in ("t1", "t2")
+            if hyperparameters.get(key) is not None}

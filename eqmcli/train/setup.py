@@ -23,7 +23,7 @@ from eqmcli.devices import autocast_dtype, set_training_speed
 from eqmcli.distributed import DistributedContext, ShardedHead
 from eqmcli.errors import UserError
 from eqmcli.interop.pretrained import initialize_from
-from eqmcli.losses import Head, build_head, canonical_name
+from eqmcli.losses import Head, build_head, cosine_thresholds
 from eqmcli.losses.feasibility import infeasible_t2_message
 from eqmcli.perf.timing import environment
 from eqmcli.recipe import Recipe
@@ -132,13 +132,14 @@ def infeasible_t2_warning(recipe: Recipe, num_classes: int | None = None) -> str
     Without `num_classes`, the count the recipe states itself (synthetic data); None where
     only the data knows it (image folders, records), as for every loss but EqM.
     """
-    if canonical_name(recipe.loss.name) != "eqm":
+    t2 = cosine_thresholds(recipe.loss.name, recipe.loss.hyperparameters()).get("t2")
+    if t2 is None:
         return None
     if num_classes is None:
         num_classes = getattr(recipe.data.train, "num_classes", None)
         if num_classes is None:
             return None
-    return infeasible_t2_message(recipe.loss.t2, num_classes, recipe.model.embedding_dim)
+    return infeasible_t2_message(t2, num_classes, recipe.model.embedding_dim)
 
 
 def step_batch(recipe: Recipe) -> int:
