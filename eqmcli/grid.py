@@ -21,10 +21,10 @@ from typing import Any
 
 from eqmcli.errors import UserError, shown
 from eqmcli.recipe import Recipe, load_recipe, parse_override
+from eqmcli.rundir import NAME_MAX
 
 SEED_KEY = "seed"
 MAX_MEMBERS = 10_000
-NAME_MAX = 255  # bytes per file name on the usual Linux file systems
 LOG_SUFFIX = ".log"  # a member's log is OUT/logs/<name>.log, the longest name it gets
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 
