@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -41,7 +40,14 @@ from eqmcli.errors import UserError
 from eqmcli.losses import cosine_thresholds
 from eqmcli.nearest import nearest_centers_cosine
 from eqmcli.recipe import Recipe
-from eqmcli.rundir import CHECKPOINT_DIR, RunPaths, Trained, checkpoint_folder, load_trained
+from eqmcli.rundir import (
+    CHECKPOINT_DIR,
+    SUMMARY,
+    RunPaths,
+    Trained,
+    checkpoint_folder,
+    load_trained,
+)
 
 DEFAULT_T1 = 0.5
 """Hard-sample threshold (cosine) used when the run is not EqM and no --t1 is given."""
@@ -513,7 +519,7 @@ def _write_outputs(
 ) -> tuple[Path, Path, Path | None]:
     """per_class.csv, summary.json and (when given) features.npz, each renamed into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, summary_path = out_dir / "per_class.csv", out_dir / "summary.json"
+    csv_path, summary_path = out_dir / "per_class.csv", out_dir / SUMMARY
     table.to_csv(csv_path, class_names)
     write_json(summary_path, summary)
     if features is None:
@@ -673,21 +679,12 @@ def analyze_run(
     )
 
 
-def load_summary(run: str | Path) -> dict[str, Any]:
-    """Read `RUN/analysis/summary.json` (a `UserError` naming the file when missing)."""
-    path = RunPaths(Path(run)).analysis_dir / "summary.json"
-    if not path.is_file():
-        raise UserError(f"analysis summary not found: {path}; run 'eqm analyze {run}' first")
-    return json.loads(path.read_text())
-
-
 __all__: Sequence[str] = (
     "AnalysisResult",
     "PerClassTable",
     "analyze_run",
     "analyze_trained",
     "group_statistics",
-    "load_summary",
     "nearest_centers",
     "per_class_statistics",
     "predict_classes",

@@ -17,7 +17,6 @@ the Agg canvas), and saved as PNG and PDF.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 from eqmcli.analysis import PerClassTable, size_bin_edges
 from eqmcli.atomic import atomic_write
 from eqmcli.errors import UserError, shown
-from eqmcli.rundir import RunPaths
+from eqmcli.rundir import RunPaths, read_analysis_summary, read_json_object
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
 FIGURES = ("fig5", "fig6", "curves", "roc", "sphere")
 DEFAULT_HEAD_CLASSES = 80
+CURVE_KINDS = ("step", "epoch", "eval")  # the metrics.jsonl records the curves draw
 DPI = 150
 
 
@@ -67,14 +67,14 @@ def _missing(figure: str, run: Path) -> str | None:
         path = RunPaths(run).analysis_dir / "per_class.csv"
         return None if path.is_file() else f"{path} (run 'eqm analyze {run}')"
     if figure == "curves":
-        path = RunPaths(run).metrics
-        if not path.is_file():
-            return f"{path} (written by 'eqm train')"
-        if not _read_metrics(path):
-            return f"{path} holds no step, epoch or eval records"
+        paths = RunPaths(run)
+        if not paths.metrics.is_file():
+            return f"{paths.metrics} (written by 'eqm train')"
+        if not paths.metric_records(CURVE_KINDS):
+            return f"{paths.metrics} holds no step, epoch or eval records"
         return None
     if figure == "roc":
-        found = [p for p in _eval_files(run) if _roc_points(_read_json(p)) is not None]
+        found = [p for p in _eval_files(run) if _roc_points(_eval_result(p)) is not None]
         wanted = RunPaths(run).eval_dir / "*.json"
         return None if found else f"{wanted} with ROC points (run 'eqm eval')"
     if figure == "sphere":
@@ -87,25 +87,9 @@ def _missing(figure: str, run: Path) -> str | None:
     raise UserError(f"unknown figure {figure!r}; choose from {', '.join(FIGURES)}")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable JSON file: {exc}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (a torn last line from a crash is ignored)."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("kind") in ("step", "epoch", "eval"):
-            records.append(record)
-    return records
+def _eval_result(path: Path) -> dict[str, Any]:
+    """An `eval/<set>.json` result ({} when it vanished since it was listed)."""
+    return read_json_object(path) or {}
 
 
 def _eval_files(run: Path) -> list[Path]:
@@ -126,15 +110,12 @@ def _roc_points(result: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
 def _head_classes(run: Path, override: int | None) -> int:
     if override is not None:
         return override
-    path = RunPaths(Path(run)).analysis_dir / "summary.json"
-    if path.is_file():
-        return int(_read_json(path).get("head_classes", DEFAULT_HEAD_CLASSES))
-    return DEFAULT_HEAD_CLASSES
+    return int(_summary(run).get("head_classes", DEFAULT_HEAD_CLASSES))
 
 
 def _summary(run: Path) -> dict[str, Any]:
-    path = RunPaths(Path(run)).analysis_dir / "summary.json"
-    return _read_json(path) if path.is_file() else {}
+    """The run's `analysis/summary.json`, {} when it has none."""
+    return read_analysis_summary(RunPaths(Path(run)).analysis_dir) or {}
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -298,10 +279,7 @@ def figure_fig6(runs: Sequence[Path], *, head_classes: int | None = None) -> Fig
     names = _labels(runs)
     folders = [accuracy_analysis_dir(Path(r)) for r in runs]
     tables = [PerClassTable.from_csv(folder / "per_class.csv") for folder in folders]
-    summaries = [
-        _read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
-        for folder in folders
-    ]
+    summaries = [read_analysis_summary(folder) or {} for folder in folders]
     head = _head_classes(runs[0], head_classes)
     all_sizes = np.concatenate([t.n_images for t in tables])
     edges = size_bin_edges(all_sizes, head)
@@ -371,7 +349,7 @@ def figure_curves(runs: Sequence[Path]) -> Figure:
     (run, benchmark).
     """
     names = _labels(runs)
-    records = [_read_metrics(RunPaths(Path(r)).metrics) for r in runs]
+    records = [RunPaths(Path(r)).metric_records(CURVE_KINDS) for r in runs]
     has_eval = any(rec.get("kind") == "eval" for recs in records for rec in recs)
     fig = _new_figure(12.0 if has_eval else 6.5, 4.4)
     axes = fig.subplots(1, 2 if has_eval else 1, squeeze=False)[0]
@@ -495,7 +473,7 @@ def select_rocs(runs: Sequence[Path], sets: Sequence[str] | None = None) -> RocS
     found: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
     for i, (run, name) in enumerate(zip(runs, names, strict=True)):
         for path in _eval_files(run):
-            result = _read_json(path)
+            result = _eval_result(path)
             if _roc_points(result) is not None:
                 found.setdefault(str(result.get("benchmark") or path.stem), []).append(
                     (name, i, result)

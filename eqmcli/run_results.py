@@ -19,13 +19,19 @@ A statistic a file reports as unavailable (null) is left out.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eqmcli.errors import UserError
-from eqmcli.rundir import LAST, RunPaths, checkpoint_folder
+from eqmcli.rundir import (
+    LAST,
+    SUMMARY,
+    RunPaths,
+    checkpoint_folder,
+    read_analysis_summary,
+    read_json_object,
+)
 
 GROUPS = ("all", "few", "many")
 VERIFICATION_KEYS = ("accuracy", "accuracy_std", "auc", "eer")
@@ -63,31 +69,11 @@ def axis_label(metric: str) -> str:
     return metric
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from `path`, None when the file is absent; unreadable: `UserError`."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not readable JSON ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return data
-
-
-def primary_set(metrics_path: Path) -> str | None:
+def primary_set(paths: RunPaths) -> str | None:
     """The benchmark of the first `eval` record of the last evaluated epoch in metrics.jsonl."""
-    if not metrics_path.is_file():
-        return None
     last_epoch, primary = None, None
-    for line in metrics_path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a cut-off last line
-        is_eval = isinstance(record, dict) and record.get("kind") == "eval"
-        if is_eval and record.get("epoch") != last_epoch:
+    for record in paths.metric_records(("eval",)):
+        if record.get("epoch") != last_epoch:
             last_epoch, primary = record.get("epoch"), record.get("benchmark")
     return primary
 
@@ -148,13 +134,13 @@ def read_run_results(run_dir: str | Path, checkpoint: str | None = None) -> RunR
     if checkpoint is not None and not folder.is_dir():
         raise UserError(f"{folder} does not exist: evaluate that checkpoint first with "
                         f"'eqm eval {paths.checkpoints / checkpoint}'")
-    results = RunResults(run_dir=paths.root, primary_set=primary_set(paths.metrics),
+    results = RunResults(run_dir=paths.root, primary_set=primary_set(paths),
                          results_dir=folder)
     evaluations = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if results.primary_set is None and len(evaluations) == 1:
         results.primary_set = evaluations[0].stem  # evaluated after training, one set
     for path in evaluations:
-        result = _read_json(path) or {}
+        result = read_json_object(path) or {}
         name = str(result.get("benchmark") or path.stem)
         results.sets.append(name)
         fingerprint = result.get("pairs_fingerprint")
@@ -164,10 +150,10 @@ def read_run_results(run_dir: str | Path, checkpoint: str | None = None) -> RunR
             results.metrics[f"{name}/{key}"] = value
             if name == results.primary_set:
                 results.metrics[key] = value
-    train_summary = _for(checkpoint, _read_json(analysis_dir / "summary.json"))
-    test_summary = _for(checkpoint, _read_json(analysis_dir / "test" / "summary.json"))
-    for summary, path in ((train_summary, analysis_dir / "summary.json"),
-                          (test_summary, analysis_dir / "test" / "summary.json")):
+    train_summary = _for(checkpoint, read_analysis_summary(analysis_dir))
+    test_summary = _for(checkpoint, read_analysis_summary(analysis_dir / "test"))
+    for summary, path in ((train_summary, analysis_dir / SUMMARY),
+                          (test_summary, analysis_dir / "test" / SUMMARY)):
         _note_checkpoint(results, path, summary or {})
     try:
         results.metrics.update(analysis_metrics(train_summary, test_summary))

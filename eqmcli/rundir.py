@@ -12,8 +12,11 @@ A folder is recognisably a run directory when it holds the marker and `recipe.ya
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +35,7 @@ MARKER = ".eqm-run"
 LOCK = ".eqm-lock"
 RUNS_FOLDER = "runs"
 NAME_MAX = 255  # bytes per path component on the usual Linux file systems
+SUMMARY = "summary.json"  # an analysis folder's summary (RUN/analysis/, its test/, ...)
 
 
 @dataclass
@@ -95,6 +99,52 @@ class RunPaths:
         if not self.recipe.is_file():
             return False
         return self.marker.is_file() or self.checkpoints.is_dir()
+
+    def metric_records(
+        self, kinds: Collection[str] | None = None, *, tail_bytes: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The records of `metrics.jsonl` in file order ([] when it is absent), those of
+        `kinds` only when given; with `tail_bytes`, only the lines within the file's last
+        `tail_bytes` bytes. Lines that are not a JSON object (cut off by a crash, or the
+        first line of a tail) are skipped (`metrics_record`)."""
+        if not self.metrics.is_file():
+            return []
+        with self.metrics.open("rb") as stream:
+            if tail_bytes is not None:
+                stream.seek(max(0, stream.seek(0, 2) - tail_bytes))
+            lines = stream.read().splitlines()
+        records = (metrics_record(line) for line in lines)
+        return [r for r in records if r is not None and (kinds is None or r.get("kind") in kinds)]
+
+
+def metrics_record(line: bytes | str) -> dict[str, Any] | None:
+    """One line of `metrics.jsonl` as its record; None for a line that is not a JSON object
+    (blank, or cut off by a crash or a full disk)."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # includes UnicodeDecodeError
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in the result file `path` (eval/, analysis/), None when the file is
+    absent; an unreadable file or one that holds no JSON object is a `UserError`."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data
+
+
+def read_analysis_summary(folder: Path) -> dict[str, Any] | None:
+    """The `summary.json` that `eqm analyze` wrote in `folder` (`RunPaths.analysis_dir`, a
+    checkpoint's or the test split's folder under it); None when there is none."""
+    return read_json_object(folder / SUMMARY)
 
 
 def default_run_dir(name: str) -> Path:

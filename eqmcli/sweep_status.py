@@ -14,7 +14,6 @@ unless a sweep holds the folder's lock at that moment.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,21 +59,8 @@ class Progress:
 
 def run_progress(run_dir: Path) -> Progress:
     """Read the end of `RUN/metrics.jsonl` (a cut-off first or last line is skipped)."""
-    path = RunPaths(run_dir).metrics
     progress = Progress()
-    if not path.is_file():
-        return progress
-    with path.open("rb") as stream:
-        size = stream.seek(0, 2)
-        stream.seek(max(0, size - TAIL_BYTES))
-        lines = stream.read().splitlines()
-    for raw in lines:
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        if not isinstance(record, dict):
-            continue
+    for record in RunPaths(run_dir).metric_records(tail_bytes=TAIL_BYTES):
         if record.get("kind") in ("step", "epoch", "eval") and "step" in record:
             progress.step = int(record["step"])
             progress.epoch = record.get("epoch", progress.epoch)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from eqmcli.atomic import atomic_write_text, stale_temporaries
 from eqmcli.errors import UserError, shown
 from eqmcli.recipe import Recipe
-from eqmcli.rundir import LOCK, MARKER, NAME_MAX, RunPaths
+from eqmcli.rundir import LOCK, MARKER, NAME_MAX, RunPaths, metrics_record
 
 #: Recipe keys (dotted prefixes) that define the experiment: a resume may not change them.
 FROZEN_ON_RESUME = ("data.train", "model", "loss", "seed", "optim.name")
@@ -370,12 +370,8 @@ class MetricsLog:
         for raw in path.read_bytes().splitlines():
             if not raw.strip():
                 continue
-            try:
-                record = json.loads(raw)
-            except ValueError:  # includes UnicodeDecodeError
-                broken += 1
-                continue
-            if not isinstance(record, dict):
+            record = metrics_record(raw)
+            if record is None:
                 broken += 1
             elif not isinstance(record.get("step", 0), int) or record.get("step", 0) <= step:
                 kept.append(raw.decode("utf-8"))
