@@ -1,7 +1,11 @@
-"""Shared fixtures: a tiny synthetic recipe that trains in seconds on a 2-core CPU."""
+"""Shared fixtures: a tiny synthetic recipe that trains in seconds on a 2-core CPU, and a
+disk that fills up."""
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +57,62 @@ def one_epoch_run(tiny_recipe_path: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def straight_and_resumed(tiny_recipe_path: Path, tmp_path: Path) -> Callable[[list[str]], tuple]:
+    """`run(overrides)`: the tiny recipe with `overrides` trained straight through, and again
+    stopped after epoch 1 and resumed; returns the two final `last.pt` states."""
+    from eqmcli.checkpoint import load_checkpoint
+
+    def run(overrides: list[str]) -> tuple[dict, dict]:
+        straight, split = tmp_path / "straight", tmp_path / "split"
+        train(load_recipe(tiny_recipe_path, overrides), straight, progress=False)
+        train(load_recipe(tiny_recipe_path, [*overrides, "train.epochs=1"]), split,
+              progress=False)
+        train(load_recipe(tiny_recipe_path, overrides), split, resume=True, progress=False)
+        return tuple(load_checkpoint(r / "checkpoints" / "last.pt") for r in (straight, split))
+
+    return run
+
+
+@pytest.fixture
 def skimage_installed() -> None:
     """Skip the test, saying why, when scikit-image (the `[align]` extra) is not installed."""
     pytest.importorskip("skimage", reason="needs scikit-image: pip install 'eqmcli[align]'")
+
+
+class FillingFile:
+    """A file object that takes `room` bytes, then fails as a full disk does (ENOSPC)."""
+
+    def __init__(self, stream, room: int) -> None:
+        self.stream, self.room = stream, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.stream.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stream.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """`full_disk(marker="", room=0)`: from then on, every file the atomic writer opens whose
+    path contains `marker` takes `room` bytes and then fails as a full disk does."""
+    real_fdopen = os.fdopen
+
+    def fill(marker: str = "", room: int = 0) -> None:
+        def fdopen(fd: int, mode: str, *args, **kwargs):
+            stream = real_fdopen(fd, mode, *args, **kwargs)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            return FillingFile(stream, room) if marker in path else stream
+
+        monkeypatch.setattr(os, "fdopen", fdopen)
+
+    return fill

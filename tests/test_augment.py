@@ -116,15 +116,9 @@ def test_each_epoch_draws_anew_and_the_run_records_the_section(tiny_recipe_path,
     assert stored["random_resized_crop"]["scale"] == [0.5, 1.0]
 
 
-def test_an_augmented_run_resumes_exactly(tiny_recipe_path, tmp_path):
-    overrides = [*ALL_FOUR, "eval.every_epochs=0", "optim.schedule=constant",
-                 "optim.warmup_epochs=0", "train.precision=fp32"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train(load_recipe(tiny_recipe_path, overrides), straight, progress=False)
-    train(load_recipe(tiny_recipe_path, [*overrides, "train.epochs=1"]), split, progress=False)
-    train(load_recipe(tiny_recipe_path, overrides), split, resume=True, progress=False)
-    a, b = (torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-            for run in (straight, split))
+def test_an_augmented_run_resumes_exactly(straight_and_resumed):
+    a, b = straight_and_resumed([*ALL_FOUR, "eval.every_epochs=0", "optim.schedule=constant",
+                                 "optim.warmup_epochs=0", "train.precision=fp32"])
     assert all(torch.equal(a["backbone"][k], b["backbone"][k]) for k in a["backbone"])
     assert torch.equal(a["head"]["weight"], b["head"]["weight"])
 

@@ -143,38 +143,11 @@ def test_rows_and_paths_pair_up_and_unreadable_rows_are_dropped(
 
 
 def test_a_full_disk_leaves_no_features_without_their_paths(
-    tmp_path: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_run: Path, full_disk
 ) -> None:
     """The features used to be renamed into place before the paths file failed to write."""
-    import errno
-
-    import eqmcli.atomic
-
     write_images(tmp_path / "faces", 2, size=24)
-    real_fdopen = os.fdopen
-
-    class FullDisk:
-        def __init__(self, stream) -> None:
-            self.stream = stream
-
-        def write(self, data) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name: str):
-            return getattr(self.stream, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self.stream.close()
-
-    def fdopen(fd: int, mode: str):
-        stream = real_fdopen(fd, mode)
-        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else ""
-        return FullDisk(stream) if ".paths.txt." in name else stream
-
-    monkeypatch.setattr(eqmcli.atomic.os, "fdopen", fdopen)
+    full_disk(".paths.txt.")
     out = tmp_path / "features.npy"
     code, text = invoke("embed", tiny_run, tmp_path / "faces", "--out", out, "--device", "cpu")
     said = " ".join(text.split())

@@ -64,15 +64,9 @@ def test_two_micro_batches_of_b_train_like_one_batch_of_2b(tiny_recipe_path, tmp
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), "the logged loss is the batch's"
 
 
-def test_a_resume_with_accumulation_continues_exactly(tiny_recipe_path, tmp_path):
-    overrides = [*FP32, "train.batch_size=8", "train.grad_accumulation=2",
-                 "optim.schedule=constant", "optim.warmup_epochs=0"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train(load_recipe(tiny_recipe_path, overrides), straight, progress=False)
-    train(load_recipe(tiny_recipe_path, [*overrides, "train.epochs=1"]), split, progress=False)
-    train(load_recipe(tiny_recipe_path, overrides), split, resume=True, progress=False)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(split / "checkpoints" / "last.pt")
+def test_a_resume_with_accumulation_continues_exactly(straight_and_resumed):
+    a, b = straight_and_resumed([*FP32, "train.batch_size=8", "train.grad_accumulation=2",
+                                 "optim.schedule=constant", "optim.warmup_epochs=0"])
     assert a["step"] == b["step"]
     assert all(torch.equal(a["backbone"][k], b["backbone"][k]) for k in a["backbone"])
     assert torch.equal(a["head"]["weight"], b["head"]["weight"])
@@ -88,18 +82,13 @@ def test_accumulation_is_validated_and_the_batch_error_names_it(tiny_recipe_path
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_partial_fc_draws_resume_after_steps_times_micro_batches(tiny_recipe_path, tmp_path):
+def test_partial_fc_draws_resume_after_steps_times_micro_batches(straight_and_resumed):
     """Partial FC draws once per forward pass: a resumed run continues the draws at
     steps x K, so it ends bitwise where an uninterrupted run ends."""
     overrides = [*FP32, "train.batch_size=8", "train.grad_accumulation=2",
                  "train.distributed=sharded", "train.sample_rate=0.5",
                  "data.train.num_classes=40", "data.train.max_images=6",  # 20 of 40 centres drawn
                  "optim.schedule=constant", "optim.warmup_epochs=0"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train(load_recipe(tiny_recipe_path, overrides), straight, progress=False)
-    train(load_recipe(tiny_recipe_path, [*overrides, "train.epochs=1"]), split, progress=False)
-    train(load_recipe(tiny_recipe_path, overrides), split, resume=True, progress=False)
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(split / "checkpoints" / "last.pt")
+    a, b = straight_and_resumed(overrides)
     assert torch.equal(a["head"]["weight"], b["head"]["weight"])
     assert all(torch.equal(a["backbone"][k], b["backbone"][k]) for k in a["backbone"])

@@ -263,42 +263,15 @@ def test_input_size_mismatch_names_the_tensor_and_export_needs_a_target(tmp_path
 
 @pytest.mark.parametrize("out_exists", [False, True])
 def test_a_full_disk_during_the_import_leaves_no_half_made_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out_exists: bool
+    tmp_path: Path, full_disk, out_exists: bool
 ) -> None:
     """Found on a 1 MiB tmpfs: the marker and checkpoints/ stayed behind without a
     checkpoint."""
-    import errno
-    import os
-
-    import eqmcli.atomic
-
     torch.save(ArcMobileFaceNet().state_dict(), tmp_path / "mbf.pth")
     out = tmp_path / "run"
     if out_exists:
         out.mkdir()
-    real_fdopen = os.fdopen
-
-    class FullDisk:
-        def __init__(self, stream) -> None:
-            self.stream = stream
-
-        def write(self, data) -> int:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name: str):
-            return getattr(self.stream, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self.stream.close()
-
-    def fdopen(fd: int, mode: str):
-        stream = real_fdopen(fd, mode)
-        return FullDisk(stream) if ".last.pt." in os.readlink(f"/proc/self/fd/{fd}") else stream
-
-    monkeypatch.setattr(eqmcli.atomic.os, "fdopen", fdopen)
+    full_disk(".last.pt.")
     code, text = invoke("import", "insightface", tmp_path / "mbf.pth", "--arch", "mbf",
                         "--out", out)
     said = " ".join(text.split())

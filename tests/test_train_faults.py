@@ -108,31 +108,9 @@ def test_disk_full_while_checkpointing_is_one_sentence_and_keeps_the_last_one(
     assert not list((out / "checkpoints").glob("*.tmp")), "the partial file is removed"
 
 
-class FullDisk:
-    """A file object that takes ``room`` bytes, then fails as a full disk does."""
-
-    def __init__(self, stream, room: int) -> None:
-        self.stream, self.room = stream, room
-
-    def write(self, data) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.stream.write(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.stream, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stream.close()
-
-
 @pytest.mark.parametrize("failure", ["no space", "torch's message only"])
 def test_disk_full_inside_torch_save_is_one_sentence_and_keeps_the_last_one(
-    tiny_recipe_path, tmp_path, monkeypatch, failure
+    tiny_recipe_path, tmp_path, monkeypatch, full_disk, failure
 ):
     """The disk fills while torch's zip writer writes the checkpoint (it raises
     "[enforce fail at inline_container.cc ...] unexpected pos ...", a RuntimeError, which
@@ -141,10 +119,8 @@ def test_disk_full_inside_torch_save_is_one_sentence_and_keeps_the_last_one(
 
     out = tmp_path / "run"
     good = one_epoch(tiny_recipe_path, out)
-    real_fdopen = os.fdopen
     if failure == "no space":  # the real writer meets the full disk 4 KiB into the file
-        monkeypatch.setattr(eqmcli.atomic.os, "fdopen",
-                            lambda fd, mode: FullDisk(real_fdopen(fd, mode), 4096))
+        full_disk(room=4096)
         expected = "no space left on device on the device holding"
     else:  # torch's RuntimeError with no OSError behind it
 
