@@ -69,10 +69,23 @@ def test_head_cosines_are_float32_exact_under_autocast(dtype):
     assert (cos.double() - exact).abs().max() < 1e-5
 
 
-def test_training_turns_on_tf32_and_cudnn_benchmark_on_cuda(monkeypatch):
-    for flag in ("benchmark", "allow_tf32"):
-        monkeypatch.setattr(torch.backends.cudnn, flag, False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+SPEED_FLAGS = ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "allow_tf32"),
+               (torch.backends.cuda.matmul, "allow_tf32"))
+
+
+@pytest.fixture
+def speed_flags_restored():
+    """Put torch's global speed flags back afterwards. (Not `monkeypatch`: the cuBLAS flag
+    is served by the module's `__getattr__`, and pytest >= 9.2 then deletes it on undo.)"""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in SPEED_FLAGS]
+    yield
+    for owner, name, value in saved:
+        setattr(owner, name, value)
+
+
+def test_training_turns_on_tf32_and_cudnn_benchmark_on_cuda(speed_flags_restored):
+    for owner, name in SPEED_FLAGS:
+        setattr(owner, name, False)
     assert set_training_speed(torch.device("cpu")) == {
         "cudnn_benchmark": False, "tf32_matmul": False, "tf32_cudnn": False,
     }, "nothing changes off CUDA"
