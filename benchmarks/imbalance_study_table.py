@@ -33,8 +33,8 @@ from pathlib import Path
 
 from scipy import stats
 
-from eqmcli.compare import holm_adjust, welch_contrast_of_moments
-from eqmcli.run_results import is_fraction, read_run_results
+from eqmcli.experiments.compare import holm_adjust, welch_contrast_of_moments
+from eqmcli.experiments.results import is_fraction, read_run_results
 
 COLUMNS = (
     ("accuracy", "verification %"),

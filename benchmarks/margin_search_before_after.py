@@ -2,10 +2,10 @@
 
 "Before" is `nearest_centers` of eqmcli/analysis.py at commit 88581db (chunked float32
 rows, argmax, float64 copies), read with `git show`; "after" is today's
-`eqmcli.analysis.nearest_centers` (`eqmcli.nearest`). Both run on the same random centres
-(`eqm bench analysis` uses the same ones); wall and CPU seconds and the peak extra RSS of
-each are printed, then how many classes the two answers differ on. `--check` also runs the
-plain float64 search (several minutes at C = 85,742).
+`eqmcli.analysis.statistics.nearest_centers` (`eqmcli.analysis.nearest`). Both run on the
+same random centres (`eqm bench analysis` uses the same ones); wall and CPU seconds and the
+peak extra RSS of each are printed, then how many classes the two answers differ on.
+`--check` also runs the plain float64 search (several minutes at C = 85,742).
 
     python benchmarks/margin_search_before_after.py --classes 85742 [--check]
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eqmcli.analysis import nearest_centers
-from eqmcli.nearest import exact_nearest
-from eqmcli.perf.analysis import random_centers
-from eqmcli.perf.memory import peak_memory
+from eqmcli.analysis.nearest import exact_nearest
+from eqmcli.analysis.statistics import nearest_centers
+from eqmcli.bench.memory import peak_memory
+from eqmcli.bench.nearest_search import random_centers
 
 BEFORE = "88581db"
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Embedding throughput on the CPU: onnxruntime (the exported ONNX graph) vs torch, same run.
 
-Both go through `eqmcli.embed.extract_embeddings` (uint8 images -> normalized float ->
+Both go through `eqmcli.evaluation.features.extract_embeddings` (uint8 images -> normalized float ->
 backbone) on the same random 112x112 images, with the same batch size and thread count,
 in interleaved rounds so that both see the same machine load; the median of the rounds is
 reported. The ONNX file is made by `eqmcli.interop.onnx.export_backbone` (the code behind
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from eqmcli.backbones import build_backbone
-from eqmcli.embed import extract_embeddings
+from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.interop.onnx import OnnxBackbone, export_backbone
 
 

@@ -4,7 +4,7 @@ Reads `OUT/sweep.json` of a sweep over `loss.name` x `loss.scale` (docs/imbalanc
 "The scale claim") and prints, per loss, the drop mean(metric at the smallest s) −
 mean(metric at the largest s) with its 95% Welch interval, then every pair of losses'
 difference of drops (a contrast of four independent group means,
-`eqmcli.compare.welch_contrast`). Fractions are printed in percentage points.
+`eqmcli.experiments.compare.welch_contrast`). Fractions are printed in percentage points.
 
     python benchmarks/scale_spread.py runs/study/scale [--metric accuracy]
 """
@@ -16,9 +16,9 @@ import itertools
 import sys
 from pathlib import Path
 
-from eqmcli.compare import welch_contrast
 from eqmcli.errors import UserError
-from eqmcli.sweep_figure import load_summary
+from eqmcli.experiments.compare import welch_contrast
+from eqmcli.plotting.sweeps import load_summary
 
 
 def drops(sweep: dict, metric: str) -> dict[str, tuple[float, float, list[tuple[float, list]]]]:

@@ -1,10 +1,14 @@
-"""Device and precision choices: `--device auto|cpu|cuda|cuda:N`, autocast dtype."""
+"""Device and precision choices (`--device auto|cpu|cuda|cuda:N`, autocast dtype, speed
+settings) and the description of the machine a measurement or run used (`environment`)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -125,4 +129,58 @@ def set_training_speed(device: torch.device) -> dict[str, bool]:
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
         "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+    }
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
+
+
+def machine() -> dict[str, Any]:
+    """The host a measurement ran on: CPU model, the ISA flags that decide torch's kernels
+    (AVX2/AVX-512/BF16/AMX on x86, ASIMD/SVE on ARM), logical CPUs, memory (GiB) and the
+    1-minute load average at the time (a loaded host slows every figure)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())  # the first CPU's values
+    except OSError:
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    memory = None
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return {
+        "cpu_model": model,
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": memory,
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def describe_machine(found: dict[str, Any]) -> str:
+    """One line for the console: "AMD EPYC, 2 CPUs (avx2, avx512_bf16), 23.4 GiB, load 1.6"."""
+    flags = f" ({', '.join(found['cpu_flags'])})" if found["cpu_flags"] else ""
+    memory = f", {found['memory_gib']} GiB" if found["memory_gib"] is not None else ""
+    load = (f", load {found['load_average_1min']}"
+            if found["load_average_1min"] is not None else "")
+    return f"{found['cpu_model']}, {found['logical_cpus']} CPUs{flags}{memory}{load}"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device name, torch version, CPU threads and the host (`machine()`): what makes runs
+    comparable."""
+    host = machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else host["cpu_model"]
+    return {
+        "device": str(device),
+        "device_name": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": host,
     }

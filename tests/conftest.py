@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eqmcli.recipe import load_recipe
+from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
 
 TINY_RECIPE = {
@@ -60,7 +60,7 @@ def one_epoch_run(tiny_recipe_path: Path, tmp_path: Path) -> Path:
 def straight_and_resumed(tiny_recipe_path: Path, tmp_path: Path) -> Callable[[list[str]], tuple]:
     """`run(overrides)`: the tiny recipe with `overrides` trained straight through, and again
     stopped after epoch 1 and resumed; returns the two final `last.pt` states."""
-    from eqmcli.checkpoint import load_checkpoint
+    from eqmcli.run.checkpoint import load_checkpoint
 
     def run(overrides: list[str]) -> tuple[dict, dict]:
         straight, split = tmp_path / "straight", tmp_path / "split"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqmcli.checkpoint import load_checkpoint
 from eqmcli.devices import autocast, autocast_dtype, gpu_has_native_bf16, resolve_device
-from eqmcli.recipe import load_recipe
+from eqmcli.run.checkpoint import load_checkpoint
+from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -107,8 +107,8 @@ def test_fp16_training_uses_a_grad_scaler_and_stays_finite(tiny_recipe_path, tmp
 def test_fp16_grad_scaler_skips_an_overflowing_step_and_no_other():
     from eqmcli.backbones import build_backbone
     from eqmcli.losses import build_head
-    from eqmcli.recipe import OptimSection
-    from eqmcli.schedule import LrSchedule
+    from eqmcli.run.recipe import OptimSection
+    from eqmcli.train.schedule import LrSchedule
     from eqmcli.train.step import StepParts, build_optimizer, place_model, train_step
 
     device, steps, overflow = torch.device("cuda"), 6, 3

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from eqmcli.backbones import build_backbone
-from eqmcli.data.synthetic import synthetic_verification_set
-from eqmcli.recipe import load_recipe
+from eqmcli.evaluation.pair_sets import synthetic_verification_set
+from eqmcli.evaluation.verification import evaluate_set
+from eqmcli.run.recipe import load_recipe
 from eqmcli.train import TrainSummary, train
-from eqmcli.verification import evaluate_set
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 

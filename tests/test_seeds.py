@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from eqmcli.distributed import ShardedHead
-from eqmcli.recipe import MAX_SEED, load_recipe
+from eqmcli.run.recipe import MAX_SEED, load_recipe
 from eqmcli.seeds import generator_seed, seeded_generator
 from eqmcli.train import train
 

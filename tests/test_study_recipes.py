@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.data.synthetic import class_sizes
-from eqmcli.recipe import load_recipe
+from eqmcli.run.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

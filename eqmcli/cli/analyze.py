@@ -11,7 +11,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from eqmcli.analysis import analyze_run
+from eqmcli.analysis.study import analyze_run
 from eqmcli.cli.common import console, user_errors
 from eqmcli.errors import UserError
 

@@ -1,4 +1,4 @@
-"""`eqm bench ...`: parse options, call one `eqmcli.perf` function, render its tables here."""
+"""`eqm bench ...`: parse options, call one `eqmcli.bench` function, render its tables here."""
 
 from __future__ import annotations
 
@@ -10,19 +10,18 @@ import typer
 from rich.table import Table
 
 from eqmcli.atomic import write_json
+from eqmcli.bench.extraction import benchmark_extraction
+from eqmcli.bench.head_cost import HeadCostResult, benchmark_head_cost
+from eqmcli.bench.head_memory import HeadMemoryRow, measure_head_memory
+from eqmcli.bench.heads import benchmark_heads
+from eqmcli.bench.nearest_search import benchmark_nearest_centers
+from eqmcli.bench.pipeline import pipeline_benchmark, results_to_dict
+from eqmcli.bench.protocols import benchmark_ijb_scale, benchmark_megaface_scale
+from eqmcli.bench.suite import PartResult, run_all
+from eqmcli.bench.training import TrainBenchResult, benchmark_training
 from eqmcli.cli.common import comma_separated_ints, console, user_errors
-from eqmcli.devices import resolve_device
+from eqmcli.devices import describe_machine, machine, resolve_device
 from eqmcli.errors import UserError, shown
-from eqmcli.perf.analysis import benchmark_nearest_centers
-from eqmcli.perf.extraction import benchmark_extraction
-from eqmcli.perf.head_cost import HeadCostResult, benchmark_head_cost
-from eqmcli.perf.head_memory import HeadMemoryRow, measure_head_memory
-from eqmcli.perf.heads import benchmark_heads
-from eqmcli.perf.pipeline import pipeline_benchmark, results_to_dict
-from eqmcli.perf.protocols import benchmark_ijb_scale, benchmark_megaface_scale
-from eqmcli.perf.suite import PartResult, run_all
-from eqmcli.perf.timing import describe_machine, machine
-from eqmcli.perf.training import TrainBenchResult, benchmark_training
 
 app = typer.Typer(help="Micro-benchmarks: time the building blocks.", no_args_is_help=True)
 

@@ -8,9 +8,9 @@ from rich import box
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from eqmcli.protocols.ijb import IjbResult
-    from eqmcli.protocols.megaface import MegafaceResult
-    from eqmcli.protocols.ytf import YtfResult
+    from eqmcli.evaluation.ijb.protocol import IjbResult
+    from eqmcli.evaluation.megaface.protocol import MegafaceResult
+    from eqmcli.evaluation.ytf.protocol import YtfResult
 
 NOT_REPORTED = "—"
 

@@ -14,7 +14,7 @@ from eqmcli.cli.experiment_tables import (
     describe_comparison,
     group_labels,
 )
-from eqmcli.compare import compare
+from eqmcli.experiments.compare import compare
 
 
 @user_errors

@@ -12,7 +12,7 @@ from eqmcli.cli.align import align_command
 from eqmcli.cli.common import console, user_errors
 from eqmcli.data.record import convert
 from eqmcli.data.stats import DataStats, data_stats
-from eqmcli.data.verification import write_bin
+from eqmcli.evaluation.pair_sets import write_bin
 
 app = typer.Typer(help="Inspect, convert and package data sets.", no_args_is_help=True)
 app.command("align")(align_command)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from eqmcli.cli.common import Bgr, Mean, Std, console, err_console, user_errors
-from eqmcli.embed import embed_images
+from eqmcli.evaluation.embed import embed_images
 
 SHOWN_UNREADABLE = 10
 

@@ -20,10 +20,10 @@ from eqmcli.cli.common import (
     err_console,
     user_errors,
 )
-from eqmcli.evaluate import EvalReport, run_evaluation
-from eqmcli.protocols.ijb import IjbOptions
-from eqmcli.protocols.run import ProtocolOptions
-from eqmcli.verification import SetEvaluation
+from eqmcli.evaluation.evaluate import EvalReport, run_evaluation
+from eqmcli.evaluation.ijb.protocol import IjbOptions
+from eqmcli.evaluation.protocols import ProtocolOptions
+from eqmcli.evaluation.verification import SetEvaluation
 
 NOT_REPORTED = "—"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from eqmcli.compare import CompareReport, Comparison
-from eqmcli.run_results import is_fraction
-from eqmcli.sweep import MetricStats, SweepResult
+from eqmcli.experiments.compare import CompareReport, Comparison
+from eqmcli.experiments.results import is_fraction
+from eqmcli.experiments.sweep import MetricStats, SweepResult
 
 TABLE_METRICS = (
     "accuracy",

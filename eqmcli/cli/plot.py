@@ -8,8 +8,8 @@ import typer
 
 from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.errors import UserError
-from eqmcli.plots import make_figures
-from eqmcli.sweep_figure import draw_sweeps, is_sweep
+from eqmcli.plotting.figures import make_figures
+from eqmcli.plotting.sweeps import draw_sweeps, is_sweep
 
 
 @user_errors

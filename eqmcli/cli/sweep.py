@@ -17,18 +17,18 @@ from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.cli.experiment_tables import sweep_table
 from eqmcli.devices import validate_device_string
 from eqmcli.errors import UserError
-from eqmcli.grid import parse_grid
-from eqmcli.launchers import (
+from eqmcli.experiments.grid import parse_grid
+from eqmcli.experiments.launchers import (
     LAUNCHERS,
     LauncherConfig,
     SlurmSettings,
     parse_slurm_options,
     read_launcher_config,
 )
-from eqmcli.recipe import load_recipe
-from eqmcli.rundir import default_run_dir
-from eqmcli.sweep import MemberOutcome, SweepOptions, run_sweep
-from eqmcli.sweep_status import MemberStatus, sweep_status
+from eqmcli.experiments.status import MemberStatus, sweep_status
+from eqmcli.experiments.sweep import MemberOutcome, SweepOptions, run_sweep
+from eqmcli.run.recipe import load_recipe
+from eqmcli.run.rundir import default_run_dir
 
 SUMMARY = "Train a grid of recipe overrides x seeds, each a run directory; summarize over seeds."
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "red", "interrupted": "yellow",

@@ -14,8 +14,8 @@ from eqmcli.cli.common import console, err_console, user_errors
 from eqmcli.data import build_train_data
 from eqmcli.errors import TrainingStopped
 from eqmcli.losses import LOSS_NAMES, resolve_hyperparameters
-from eqmcli.recipe import Recipe, load_recipe
-from eqmcli.rundir import default_run_dir
+from eqmcli.run.recipe import Recipe, load_recipe
+from eqmcli.run.rundir import default_run_dir
 from eqmcli.train import TrainSummary, train
 from eqmcli.train.evaluation import verification_sets
 from eqmcli.train.progress import say

@@ -16,7 +16,7 @@ from eqmcli.data.trainset import TrainData
 from eqmcli.errors import UserError
 
 if TYPE_CHECKING:
-    from eqmcli.recipe import ImageFolderSource, RecordSource, SyntheticSource
+    from eqmcli.run.recipe import ImageFolderSource, RecordSource, SyntheticSource
 
 __all__ = ["TrainData", "build_train_data"]
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from eqmcli.errors import UserError
-from eqmcli.recipe import AugmentSection, ColorJitter, GaussianBlur, RandomResizedCrop
+from eqmcli.run.recipe import AugmentSection, ColorJitter, GaussianBlur, RandomResizedCrop
 from eqmcli.seeds import seeded_generator
 
 #: torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma)

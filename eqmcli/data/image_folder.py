@@ -28,7 +28,7 @@ from eqmcli.data.trainset import TrainData
 from eqmcli.errors import UserError, shown
 
 if TYPE_CHECKING:
-    from eqmcli.recipe import ImageFolderSource
+    from eqmcli.run.recipe import ImageFolderSource
 
 Item = TypeVar("Item")
 # every still-image format of PIL that face crops come in (PGM: e.g. grey AT&T/Yale crops):

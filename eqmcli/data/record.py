@@ -49,7 +49,7 @@ from eqmcli.data.trainset import TrainData
 from eqmcli.errors import UserError, shown
 
 if TYPE_CHECKING:
-    from eqmcli.recipe import RecordSource
+    from eqmcli.run.recipe import RecordSource
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)

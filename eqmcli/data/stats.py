@@ -16,7 +16,7 @@ from eqmcli.data import build_train_data
 from eqmcli.data.image_folder import scan_image_folder, split_holdout
 from eqmcli.data.record import RecordFile, is_record_source, read_layout, record_paths
 from eqmcli.errors import UserError
-from eqmcli.recipe import ImageFolderSource, RecordSource, load_recipe
+from eqmcli.run.recipe import ImageFolderSource, RecordSource, load_recipe
 
 HEAD_THRESHOLD = 80  # images per class: the paper's "under 80 images" group
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)

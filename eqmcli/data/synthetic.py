@@ -42,14 +42,13 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from eqmcli.data.verification import VerificationSet
 from eqmcli.errors import UserError
 
 #: Identity ids of the held-out verification identities start here (training ids are
@@ -656,8 +655,19 @@ def synthetic_train_data(source: Any) -> tuple[SyntheticFaces, SyntheticFaces | 
     return train, test, sizes
 
 
-def synthetic_verification_set(source: Any) -> VerificationSet:
-    """Open-set pairs on held-out identities in the LFW layout, deterministic from the seed.
+class SyntheticPairs(NamedTuple):
+    """The held-out pairs: `images` (a dataset of uint8 (3, H, W)), `pairs` int64 (P, 2)
+    indices into it, `issame` bool (P,), and the number of contiguous `folds`."""
+
+    images: SyntheticFaces
+    pairs: np.ndarray
+    issame: np.ndarray
+    folds: int
+
+
+def synthetic_pairs(source: Any) -> SyntheticPairs:
+    """Open-set pairs on held-out identities in the LFW layout, deterministic from the seed
+    (`eqmcli.evaluation.pair_sets.synthetic_verification_set` makes them a verification set).
 
     `verification_identities` identities with ids `VERIFICATION_ID_OFFSET + j` (disjoint
     from every training id). `verification_folds` contiguous folds, each of
@@ -698,4 +708,4 @@ def synthetic_verification_set(source: Any) -> VerificationSet:
     )
     pairs = np.arange(2 * total, dtype=np.int64).reshape(total, 2)
     issame = np.tile(np.repeat([True, False], per_fold), folds)
-    return VerificationSet(name="synthetic", images=images, pairs=pairs, issame=issame, folds=folds)
+    return SyntheticPairs(images, pairs, issame, folds)

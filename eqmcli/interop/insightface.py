@@ -40,12 +40,12 @@ import torch
 from eqmcli.atomic import atomic_write, atomic_write_text, check_output_file, write_json
 from eqmcli.backbones import build_backbone
 from eqmcli.backbones.iresnet import IRESNET_LAYERS
-from eqmcli.checkpoint import read_torch_file, save_checkpoint, torch_save
 from eqmcli.data.record import is_record_source
 from eqmcli.errors import UserError
 from eqmcli.interop.tensors import remap_tensors
 from eqmcli.losses import build_head
-from eqmcli.recipe import (
+from eqmcli.run.checkpoint import read_torch_file, save_checkpoint, torch_save
+from eqmcli.run.recipe import (
     DataSection,
     EvalSection,
     ImageFolderSource,
@@ -54,7 +54,7 @@ from eqmcli.recipe import (
     Recipe,
     RecordSource,
 )
-from eqmcli.rundir import RunPaths, find_checkpoint, load_trained
+from eqmcli.run.rundir import RunPaths, find_checkpoint, load_trained
 
 #: ``--arch`` -> eqm backbone
 ARCHS: dict[str, str] = {
@@ -304,7 +304,7 @@ def import_insightface(
 ) -> ImportResult:
     """Turn an arcface_torch backbone (+ optional Partial FC shards) into an eqm run directory.
 
-    ``input_size`` (pixels, square). ``data`` (a `eqmcli.recipe` training source, optional)
+    ``input_size`` (pixels, square). ``data`` (a `eqmcli.run.recipe` training source, optional)
     is recorded as ``data.train`` so that ``eqm analyze RUN`` reads the model's training data.
     Nothing is written unless every tensor maps with the right shape.
     """

@@ -8,8 +8,8 @@ import torch
 
 from eqmcli.errors import UserError
 from eqmcli.interop.onnx import RECIPE_KEY, InputPreprocessing, OnnxBackbone, load_onnx
-from eqmcli.recipe import Recipe
-from eqmcli.rundir import Trained, load_trained
+from eqmcli.run.recipe import Recipe
+from eqmcli.run.rundir import Trained, load_trained
 
 
 def load_model(

@@ -26,8 +26,8 @@ from torch import nn
 from eqmcli.atomic import check_output_file, storage_error, temporary_sibling
 from eqmcli.data.transforms import to_model_input
 from eqmcli.errors import UserError
-from eqmcli.recipe import EvalSection, Recipe
-from eqmcli.rundir import Trained, find_checkpoint, load_trained, recipe_from_state
+from eqmcli.run.recipe import EvalSection, Recipe
+from eqmcli.run.rundir import Trained, find_checkpoint, load_trained, recipe_from_state
 
 INSTALL_HINT = 'pip install "eqmcli[onnx]" (or pip install -e ".[onnx]" in a checkout)'
 INPUT_NAME = "input"

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from eqmcli.checkpoint import refuse_non_finite
 from eqmcli.errors import UserError
+from eqmcli.run.checkpoint import refuse_non_finite
 
 #: BatchNorm's update counter: no effect on the function, absent from some exported files
 OPTIONAL_SUFFIX = "num_batches_tracked"

@@ -102,7 +102,7 @@ _SPECS: dict[str, dict[str, tuple[float, Check]]] = {
         # The target logit cos(θ+m), with the fallback cos θ − m·sin m where θ + m > π, is
         # non-increasing in θ on [0, π] for every m with cos m + m·sin m >= 1, i.e. up to
         # m ≈ 2.33 rad (at θ = π − m it steps down from −1 to −cos m − m·sin m); checked
-        # numerically in tests/test_losses_hyperparameters.py. The bound π/2 is a sane
+        # numerically in tests/losses/test_losses_hyperparameters.py. The bound π/2 is a sane
         # range for an additive angular margin (published ones are 0.3-0.7), not that limit.
         "margin": (0.5, _interval(0.0, math.pi / 2, why="radians")),
     },

@@ -2,7 +2,9 @@
 
     step.py        train_step: the one optimizer step both commands run
     setup.py       Run: data, model, optimizer, schedule, built once (set_up, start)
-    checkpoints.py what last.pt/best.pt hold; saving; restoring a run from one
+    resume.py      what last.pt/best.pt hold; saving; restoring a run from one
+    pretrained.py  model.init_from: a start from another run's weights (fine-tuning)
+    schedule.py    learning-rate schedules
     run_state.py   the run directory (lock, --force, --resume checks) and metrics.jsonl
     trainer.py     train(): set up -> restore -> epochs -> evaluate -> checkpoint
     evaluation.py  verification during training; sampler.py the per-epoch sample order;

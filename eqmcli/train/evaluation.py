@@ -1,5 +1,5 @@
 """Verification during training: the recipe's `eval.sets`, scored by the one routine
-(`eqmcli.verification.evaluate_set`) that `eqm eval` uses too."""
+(`eqmcli.evaluation.verification.evaluate_set`) that `eqm eval` uses too."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqmcli.data.verification import VerificationSet
-from eqmcli.evaluate import load_training_sets, write_result
-from eqmcli.recipe import Recipe
-from eqmcli.rundir import RunPaths
-from eqmcli.verification import evaluate_set
+from eqmcli.evaluation.evaluate import load_training_sets, write_result
+from eqmcli.evaluation.pair_sets import VerificationSet
+from eqmcli.evaluation.verification import evaluate_set
+from eqmcli.run.recipe import Recipe
+from eqmcli.run.rundir import RunPaths
 
 
 def verifies(recipe: Recipe) -> bool:

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 from eqmcli.atomic import atomic_write_text, stale_temporaries
 from eqmcli.errors import UserError, shown
-from eqmcli.recipe import Recipe
-from eqmcli.rundir import LOCK, MARKER, NAME_MAX, RunPaths, metrics_record
+from eqmcli.run.recipe import Recipe
+from eqmcli.run.rundir import LOCK, MARKER, NAME_MAX, RunPaths, metrics_record
 
 #: Recipe keys (dotted prefixes) that define the experiment: a resume may not change them.
 FROZEN_ON_RESUME = ("data.train", "model", "loss", "seed", "optim.name")

@@ -18,20 +18,19 @@ from eqmcli.backbones import build_backbone, default_input_size
 from eqmcli.data import TrainData, build_train_data
 from eqmcli.data.augment import AugmentedDataset
 from eqmcli.data.loader import make_loader
-from eqmcli.data.verification import VerificationSet
-from eqmcli.devices import autocast_dtype, set_training_speed
+from eqmcli.devices import autocast_dtype, environment, set_training_speed
 from eqmcli.distributed import DistributedContext, ShardedHead
 from eqmcli.errors import UserError
-from eqmcli.interop.pretrained import initialize_from
+from eqmcli.evaluation.pair_sets import VerificationSet
 from eqmcli.losses import Head, build_head, cosine_thresholds
 from eqmcli.losses.feasibility import infeasible_t2_message
-from eqmcli.perf.timing import environment
-from eqmcli.recipe import Recipe
-from eqmcli.rundir import RunPaths
-from eqmcli.schedule import LrSchedule
+from eqmcli.run.recipe import Recipe
+from eqmcli.run.rundir import RunPaths
 from eqmcli.train.evaluation import verification_sets
+from eqmcli.train.pretrained import initialize_from
 from eqmcli.train.run_state import MetricsLog
 from eqmcli.train.sampler import EpochSampler
+from eqmcli.train.schedule import LrSchedule
 from eqmcli.train.step import StepParts, build_optimizer, compiled, place_model
 
 

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from eqmcli.data.transforms import to_model_input
 from eqmcli.devices import autocast
 from eqmcli.losses import Head
-from eqmcli.recipe import OptimSection
-from eqmcli.schedule import LrSchedule
+from eqmcli.run.recipe import OptimSection
+from eqmcli.train.schedule import LrSchedule
 
 Forward = Callable[..., Tensor]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from eqmcli.atomic import check_writable_folder
 from eqmcli.errors import UserError
-from eqmcli.recipe import Recipe
-from eqmcli.rundir import RunPaths
+from eqmcli.run.recipe import Recipe
+from eqmcli.run.rundir import RunPaths
 from eqmcli.train.run_state import MetricsSink
 
 TB_DIR = "tb"

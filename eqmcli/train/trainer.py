@@ -21,13 +21,13 @@ from eqmcli.atomic import atomic_write_text
 from eqmcli.data.transforms import random_flip_mask
 from eqmcli.distributed import init_distributed
 from eqmcli.errors import TrainingStopped
-from eqmcli.recipe import Recipe
-from eqmcli.rundir import RunPaths
+from eqmcli.run.recipe import Recipe
+from eqmcli.run.rundir import RunPaths
 from eqmcli.seeds import seeded_generator
-from eqmcli.train.checkpoints import read_resume_state, restore, save
 from eqmcli.train.evaluation import evaluate_epoch, evaluation_due, step_evaluation_due
 from eqmcli.train.interrupts import StopRequest, stop_on_signals
 from eqmcli.train.progress import log_line_sinks, say, stats_fields, training_progress
+from eqmcli.train.resume import read_resume_state, restore, save
 from eqmcli.train.run_state import (
     Change,
     MetricsLog,

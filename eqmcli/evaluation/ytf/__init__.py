@@ -1,0 +1,2 @@
+"""YouTube Faces: `files` reads the frame folders and ``splits.txt``, `protocol` scores the
+video pairs (10 splits)."""
