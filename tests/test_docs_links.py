@@ -35,6 +35,6 @@ def test_every_test_named_in_the_reliability_page_exists():
     """docs/reliability.md cites a test for each case; each must be a test of the suite."""
     named = set(re.findall(r"`(test_[a-z0-9_]+)`", (ROOT / "docs" / "reliability.md").read_text()))
     defined = set()
-    for path in (ROOT / "tests").glob("test_*.py"):
+    for path in (ROOT / "tests").rglob("test_*.py"):
         defined |= set(re.findall(r"^def (test_[a-z0-9_]+)", path.read_text(), re.MULTILINE))
     assert named and sorted(named - defined) == []

@@ -52,7 +52,7 @@ def test_the_page_s_welch_tests_and_their_holm_adjustment_come_from_the_kept_sum
 
 
 def test_per_seed_rows_are_written_for_every_run_and_metric(tmp_path):
-    from tests.test_compare import _fake_run
+    from tests.experiments.test_compare import _fake_run
 
     runs = [_fake_run(tmp_path / f"seed={s}", a, closed_few=c)
             for s, (a, c) in enumerate([(0.97, 0.9), (0.975, None), (0.972, 0.95)])]

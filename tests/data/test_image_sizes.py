@@ -11,7 +11,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tests.test_record import png
 from typer.testing import CliRunner, Result
 
 from eqmcli.backbones import build_backbone
@@ -25,6 +24,7 @@ from eqmcli.data.transforms import to_model_input
 from eqmcli.errors import UserError
 from eqmcli.run.recipe import ImageFolderSource, Recipe, RecordSource, load_recipe
 from eqmcli.train.setup import resolve_input_size
+from tests.data.test_record import png
 
 
 def folder_of_sizes(root: Path, sizes: list[list[tuple[int, int]]], suffix: str = ".png") -> Path:

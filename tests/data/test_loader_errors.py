@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_image_sizes import train_on_folder
 
 from eqmcli.data.decode import BadImageLog
 from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder
 from eqmcli.data.loader import make_loader
 from eqmcli.errors import UserError
+from tests.data.test_image_sizes import train_on_folder
 
 
 def folder_with_broken_class(root: Path) -> Path:

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.test_eval_cli import make_checkpoint_run
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
+from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from tests.test_eval_cli import make_checkpoint_run
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
@@ -18,6 +17,7 @@ from eqmcli.evaluation.verification import verify
 from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
 from tests.conftest import TINY_RECIPE
+from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 
 def _faces(root: Path, classes: int = 4, per_class: int = 6, size: int = 24) -> Path:

@@ -7,12 +7,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from tests.test_eval_cli import _write_bin, make_checkpoint_run
-from tests.test_missing_pairs import LACKING, PAIRS, pairs_file  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.evaluation.pair_outcomes import pair_correctness
+from tests.evaluation.test_eval_cli import _write_bin, make_checkpoint_run
+from tests.evaluation.test_missing_pairs import LACKING, PAIRS, pairs_file  # noqa: F401 (fixture)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.test_eval_cli import make_checkpoint_run
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.data.align import TEMPLATES, align_face, warp_to_template
 from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.run.rundir import load_trained
+from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 # every test builds its IJB fixture by warping faces, which needs the [align] extra
 pytestmark = pytest.mark.usefixtures("skimage_installed")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_eval_cli import make_checkpoint_run
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.evaluation.pair_outcomes import pair_correctness
+from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 PAIRS = 20
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tests.test_eval_cli import make_checkpoint_run
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
@@ -18,6 +17,7 @@ from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.evaluation.pair_sets import ImageFiles
 from eqmcli.evaluation.verification import verify
 from eqmcli.run.rundir import load_trained
+from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 PEOPLE = ["Ann_A", "Bob_B", "Cid_C", "Dee_D", "Eve_E", "Fay_F"]
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.test_compare import _fake_run
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.evaluation.pair_sets import read_bin, read_pairs, write_bin
 from eqmcli.experiments.compare import compare
 from tests.conftest import TINY_RECIPE
+from tests.experiments.test_compare import _fake_run
 
 
 def _eqm(*args: object, **env: str):
