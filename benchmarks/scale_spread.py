@@ -18,7 +18,7 @@ from pathlib import Path
 
 from eqmcli.errors import UserError
 from eqmcli.experiments.compare import welch_contrast
-from eqmcli.plotting.sweeps import load_summary
+from eqmcli.experiments.sweep import require_sweep_file
 
 
 def drops(sweep: dict, metric: str) -> dict[str, tuple[float, float, list[tuple[float, list]]]]:
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
     try:
-        found = drops(load_summary(args.sweep), args.metric)
+        found = drops(require_sweep_file(args.sweep), args.metric)
     except UserError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)

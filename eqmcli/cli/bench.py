@@ -219,7 +219,7 @@ def pipeline_command(
 
 @app.command("train")
 @user_errors
-def train_command(
+def bench_train_command(
     backbone: str | None = typer.Option(
         None, "--backbone", help="backbone (default: iresnet50 on CUDA, tiny on the CPU)"
     ),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
 from eqmcli.errors import UserError
 
@@ -156,3 +158,32 @@ def read_bad_images(path: str | Path) -> list[str]:
         return []
     names = (line.split("\t", 1)[0] for line in path.read_text().splitlines())
     return list(dict.fromkeys(name for name in names if name))
+
+
+class ImageFiles(Dataset):
+    """Image files decoded lazily: item i -> (uint8 ``(3, H, W)``, 0).
+
+    An undecodable file raises a `UserError` naming it; with ``bad_log`` it is recorded
+    there under its index instead (worker-safe) and stands in as a black image of
+    ``placeholder_size`` (H, W), so one broken file never stops a loop over thousands (the
+    caller drops those rows afterwards, `eqm embed`)."""
+
+    def __init__(
+        self, paths: Sequence[str | Path], *, bad_log: BadImageLog | None = None,
+        placeholder_size: tuple[int, int] = (112, 112),
+    ) -> None:
+        self.paths = [str(p) for p in paths]
+        self.bad_log = bad_log
+        self.placeholder_size = placeholder_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        try:
+            return decode_file(self.paths[index]), 0
+        except DecodeError as exc:
+            if self.bad_log is None:
+                raise UserError(f"{self.paths[index]}: cannot be decoded ({exc})") from None
+            self.bad_log.record(str(index), str(exc))
+            return torch.zeros((3, *self.placeholder_size), dtype=torch.uint8), 0

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from eqmcli.atomic import atomic_write_all, make_folder, temporary_sibling
-from eqmcli.data.decode import BadImageLog, DecodeError, decode_file
+from eqmcli.data.decode import BadImageLog, ImageFiles
 from eqmcli.data.image_folder import IMAGE_SUFFIXES
 from eqmcli.devices import resolve_device
 from eqmcli.errors import UserError, shown
@@ -67,29 +65,6 @@ def check_listable(paths: list[Path]) -> None:
             f"that are not UTF-8, which the one-path-per-line .paths.txt cannot hold: {named}"
             f"{more}; rename them, or list the other images in a text file"
         )
-
-
-class ImageFiles(Dataset):
-    """uint8 ``(3, H, W)`` images decoded from files. An unreadable file is recorded in
-    ``bad_log`` (worker-safe) under its index and stands in as a black ``placeholder_size``
-    image, so one broken file never stops the loop; the caller drops those rows afterwards."""
-
-    def __init__(
-        self, paths: list[Path], placeholder_size: tuple[int, int], bad_log: BadImageLog
-    ) -> None:
-        self.paths = paths
-        self.placeholder_size = placeholder_size
-        self.bad_log = bad_log
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        try:
-            return decode_file(self.paths[index])
-        except DecodeError as exc:
-            self.bad_log.record(str(index), str(exc))
-            return torch.zeros((3, *self.placeholder_size), dtype=torch.uint8)
 
 
 @dataclass
@@ -155,7 +130,8 @@ def embed_images(
     log_path = temporary_sibling(out.with_suffix(".unreadable"))
     started = time.perf_counter()
     try:
-        dataset = ImageFiles(paths, loaded.input_size, BadImageLog(log_path))
+        dataset = ImageFiles(paths, bad_log=BadImageLog(log_path),
+                             placeholder_size=loaded.input_size)
         emb = extract_embeddings(
             loaded.backbone, dataset, batch_size=batch_size, device=torch_device,
             input_size=loaded.input_size, flip=flip, progress=progress, normalize=not raw,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from eqmcli.atomic import atomic_write
-from eqmcli.data.decode import DecodeError, decode_file, decode_image, encode_jpeg
+from eqmcli.data.decode import DecodeError, ImageFiles, decode_file, decode_image, encode_jpeg
 from eqmcli.data.synthetic import synthetic_pairs
 from eqmcli.errors import UserError
 from eqmcli.evaluation.checksums import sha256_file
@@ -256,22 +256,6 @@ class EncodedImages(Dataset):
             return decode_image(self.blobs[index]), 0
         except DecodeError as exc:
             raise UserError(f"{self.source}: image {index} cannot be decoded ({exc})") from None
-
-
-class ImageFiles(Dataset):
-    """Image files decoded lazily: item i -> (uint8 (3,H,W), 0)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = [str(p) for p in paths]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        try:
-            return decode_file(self.paths[index]), 0
-        except DecodeError as exc:
-            raise UserError(f"{self.paths[index]}: cannot be decoded ({exc})") from None
 
 
 def load_bin_pickle(path: str | Path) -> tuple[list[bytes], np.ndarray]:

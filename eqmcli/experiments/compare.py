@@ -22,7 +22,6 @@ contents; for the synthetic set its data parameters) must agree, else the note s
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from eqmcli.errors import UserError, shown
 from eqmcli.evaluation.pair_outcomes import pair_correctness
 from eqmcli.experiments.results import VERIFICATION_KEYS, RunResults, read_run_results
-from eqmcli.experiments.sweep import SWEEP_FILE, MetricStats, metric_stats
+from eqmcli.experiments.sweep import SWEEP_FILE, MetricStats, metric_stats, require_sweep_file
 from eqmcli.run.rundir import CHECKPOINT_DIR
 
 CONFIDENCE = 0.95
@@ -248,7 +247,7 @@ def load_groups(paths: list[Path]) -> list[Group]:
             groups.append(group)
             continue
         configs: dict[str, Group] = {}
-        for member in _sweep_members(sweep_file):
+        for member in require_sweep_file(path)["members"]:
             label = str(member.get("config") or "base")
             group = configs.setdefault(label, Group(name=f"{path}:{label}", runs=[]))
             if member.get("status") in ("done", "skipped"):
@@ -257,22 +256,6 @@ def load_groups(paths: list[Path]) -> list[Group]:
     if not groups:
         raise UserError("give at least one run directory or sweep folder")
     return groups
-
-
-def _sweep_members(sweep_file: Path) -> list[dict[str, Any]]:
-    """The `members` of a `sweep.json`, each a dict with a plain folder `name`; anything
-    else is one sentence naming the file."""
-    try:
-        members = json.loads(sweep_file.read_text())["members"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"{sweep_file} is not a sweep summary (no 'members' list)") from None
-    well_formed = isinstance(members, list) and all(
-        isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]
-        and Path(m["name"]).name == m["name"] for m in members)
-    if not well_formed:
-        raise UserError(f"{sweep_file} is not a sweep summary: its 'members' must be objects "
-                        "each naming its run folder ('name'); rerun 'eqm sweep' to rewrite it")
-    return members
 
 
 def is_verification_metric(metric: str) -> bool:

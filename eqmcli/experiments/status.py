@@ -25,7 +25,7 @@ from eqmcli.experiments.sweep import (
     SWEEP_FILE,
     last_line,
     member_state,
-    read_sweep_file,
+    require_sweep_file,
     run_is_locked,
 )
 from eqmcli.run.rundir import LOCK, RunPaths
@@ -94,10 +94,8 @@ def _state(entry: dict[str, Any], run_dir: Path, slurm_state: str | None) -> tup
 
 def sweep_status(out: Path) -> list[MemberStatus]:
     """One `MemberStatus` per member of the sweep in `out` (and into `out/sweep.json`)."""
-    data = read_sweep_file(out)
-    if data is None:
-        raise UserError(f"{out} holds no {SWEEP_FILE}; is it the --out of an eqm sweep?")
-    entries = [e for e in data.get("members", []) if isinstance(e, dict) and "name" in e]
+    data = require_sweep_file(out)
+    entries = data["members"]
     jobs = job_states(sorted({str(e["job_id"]) for e in entries if e.get("job_id")}))
     rows = []
     for entry in entries:

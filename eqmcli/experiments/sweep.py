@@ -317,16 +317,35 @@ def check_sweep_folder(options: SweepOptions, members: Sequence[Member]) -> None
 
 
 def read_sweep_file(out: Path) -> dict[str, Any] | None:
-    """`OUT/sweep.json` as a dict (None when absent); a damaged one is a `UserError`."""
-    path = out / SWEEP_FILE
+    """`OUT/sweep.json` as a dict, None when absent: the one reader of the file (`eqm sweep`,
+    `eqm sweep status`, `eqm compare`, `eqm plot`). A file that is not JSON, or not in the
+    layout `SweepResult.to_dict` writes (a `grid` object, `configs` and `members` lists,
+    each member an object naming its run folder), is one `UserError`."""
+    path = Path(out) / SWEEP_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise UserError(f"{path} is not readable JSON ({error}); move it away") from None
-    if not isinstance(data, dict) or not isinstance(data.get("grid", {}), dict):
-        raise UserError(f"{path} is not a sweep.json written by eqm sweep; move it away")
+    members = data.get("members") if isinstance(data, dict) else None
+    well_formed = (
+        isinstance(data, dict) and isinstance(data.get("grid"), dict)
+        and isinstance(data.get("configs"), list) and isinstance(members, list)
+        and all(isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]
+                and Path(m["name"]).name == m["name"] for m in members)
+    )
+    if not well_formed:
+        raise UserError(f"{path} is not a sweep summary written by 'eqm sweep' (a grid, its "
+                        "configs and members each naming its run folder); move it away")
+    return data
+
+
+def require_sweep_file(out: Path) -> dict[str, Any]:
+    """`read_sweep_file` for a folder that must be a sweep's."""
+    data = read_sweep_file(out)
+    if data is None:
+        raise UserError(f"{out} holds no {SWEEP_FILE}; is it the --out of an eqm sweep?")
     return data
 
 
@@ -504,7 +523,9 @@ def _run_locked(
     for outcome in outcomes:
         if outcome.status == "waiting":
             _finish(outcome, tasks.get(outcome.member.name))
-    result = SweepResult(options, outcomes, summarize(outcomes), options.out / SWEEP_FILE, stop)
+    result = SweepResult(
+        options, outcomes, summarize_configs(outcomes), options.out / SWEEP_FILE, stop
+    )
     write_json(result.json_path, result.to_dict())
     return result
 
@@ -571,7 +592,7 @@ def _submit(
     if report is not None:
         for outcome in outcomes:
             report(outcome)
-    result = SweepResult(options, outcomes, summarize(outcomes), options.out / SWEEP_FILE)
+    result = SweepResult(options, outcomes, summarize_configs(outcomes), options.out / SWEEP_FILE)
     write_json(result.json_path, result.to_dict())
     return result
 
@@ -584,7 +605,7 @@ def metric_stats(values: list[float]) -> MetricStats:
     return MetricStats(mean=float(array.mean()), std=std, n=int(array.size), values=list(values))
 
 
-def summarize(outcomes: list[MemberOutcome]) -> list[ConfigSummary]:
+def summarize_configs(outcomes: list[MemberOutcome]) -> list[ConfigSummary]:
     """Per config, each metric over its finished members (see `eqmcli.experiments.results`)."""
     configs: dict[str, ConfigSummary] = {}
     collected: dict[str, dict[str, list[float]]] = {}

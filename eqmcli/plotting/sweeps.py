@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from eqmcli.errors import UserError, shown
 from eqmcli.experiments.results import axis_label, is_fraction
-from eqmcli.experiments.sweep import SWEEP_FILE
+from eqmcli.experiments.sweep import SWEEP_FILE, require_sweep_file
 from eqmcli.plotting.figures import save_figure
 
 if TYPE_CHECKING:
@@ -25,19 +25,6 @@ if TYPE_CHECKING:
 def is_sweep(path: Path) -> bool:
     """True for a folder written by `eqm sweep` (it holds sweep.json)."""
     return (Path(path) / SWEEP_FILE).is_file()
-
-
-def load_summary(sweep_dir: Path) -> dict[str, Any]:
-    """The `sweep.json` of `sweep_dir`; `UserError` when it is missing or not a sweep's."""
-    path = Path(sweep_dir) / SWEEP_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = None
-    if not (isinstance(data, dict) and isinstance(data.get("grid"), dict)
-            and isinstance(data.get("configs"), list)):
-        raise UserError(f"{path} is not a sweep summary written by 'eqm sweep'")
-    return data
 
 
 def _x_key(grid: dict[str, list[Any]], x_key: str | None) -> str:
@@ -98,7 +85,7 @@ def figure_sweep(
     from matplotlib.figure import Figure
 
     metrics = metrics or ["accuracy"]
-    data = load_summary(sweep_dir)
+    data = require_sweep_file(sweep_dir)
     x_key = _x_key(data["grid"], x_key)
     for metric in metrics:
         if not any(metric in c["metrics"] for c in data["configs"]):
@@ -120,7 +107,7 @@ def draw_sweeps(
     its figures/)."""
     written = {}
     for sweep_dir in sweeps:
-        key = _x_key(load_summary(sweep_dir)["grid"], x_key)
+        key = _x_key(require_sweep_file(sweep_dir)["grid"], x_key)
         stem = f"sweep-{'+'.join(metrics)}-vs-{key}".replace("/", "_")
         fig = figure_sweep(sweep_dir, metrics, key)
         written[f"sweep {sweep_dir}"] = save_figure(fig, out or Path(sweep_dir) / "figures", stem)

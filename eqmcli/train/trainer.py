@@ -332,13 +332,13 @@ def verify_and_keep_best(run: Run, epochs_done: float, checkpoint_epoch: int) ->
     `checkpoint_epoch` is the whole epochs `best.pt` records."""
     improved = False
     if run.context.is_main:
-        improved = verify(run, epochs_done)
+        improved = verify_epoch(run, epochs_done)
     improved, run.best_accuracy = run.context.broadcast((improved, run.best_accuracy))
     if improved:
         save(run, checkpoint_epoch, run.paths.best)
 
 
-def verify(run: Run, epochs_done: float) -> bool:
+def verify_epoch(run: Run, epochs_done: float) -> bool:
     """Verify on the recipe's sets (rank 0); True when the first set's accuracy improved.
 
     After the run's last step the full results also go to `RUN/eval/<set>.json`.

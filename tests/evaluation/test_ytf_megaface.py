@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
+from eqmcli.data.decode import ImageFiles
 from eqmcli.evaluation.features import extract_embeddings
-from eqmcli.evaluation.pair_sets import ImageFiles
 from eqmcli.evaluation.verification import verify
 from eqmcli.run.rundir import load_trained
 from tests.evaluation.test_eval_cli import make_checkpoint_run

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from eqmcli.atomic import json_safe
+from eqmcli.data.decode import ImageFiles
 from eqmcli.errors import UserError
 from eqmcli.evaluation.feature_cache import Embedder
-from eqmcli.evaluation.pair_sets import ImageFiles
 from eqmcli.evaluation.verification import Provenance, VerificationResult, verify
 from eqmcli.evaluation.ytf.files import YtfPairs, evenly_spaced, video_frames
 
