@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--metric", default="accuracy")
     args = parser.parse_args()
     try:
-        found = drops(require_sweep_file(args.sweep), args.metric)
+        found = drops(require_sweep_file(args.sweep, ("grid", "configs")), args.metric)
     except UserError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)

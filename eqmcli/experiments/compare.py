@@ -247,7 +247,7 @@ def load_groups(paths: list[Path]) -> list[Group]:
             groups.append(group)
             continue
         configs: dict[str, Group] = {}
-        for member in require_sweep_file(path)["members"]:
+        for member in require_sweep_file(path, ("members",))["members"]:
             label = str(member.get("config") or "base")
             group = configs.setdefault(label, Group(name=f"{path}:{label}", runs=[]))
             if member.get("status") in ("done", "skipped"):

@@ -95,7 +95,7 @@ def _state(entry: dict[str, Any], run_dir: Path, slurm_state: str | None) -> tup
 def sweep_status(out: Path) -> list[MemberStatus]:
     """One `MemberStatus` per member of the sweep in `out` (and into `out/sweep.json`)."""
     data = require_sweep_file(out)
-    entries = data["members"]
+    entries = data.get("members", [])
     jobs = job_states(sorted({str(e["job_id"]) for e in entries if e.get("job_id")}))
     rows = []
     for entry in entries:

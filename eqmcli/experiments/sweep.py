@@ -316,11 +316,15 @@ def check_sweep_folder(options: SweepOptions, members: Sequence[Member]) -> None
         )
 
 
-def read_sweep_file(out: Path) -> dict[str, Any] | None:
+#: The types of sweep.json's fields that readers use (`SweepResult.to_dict` writes them all).
+SWEEP_FIELDS: dict[str, type] = {"grid": dict, "configs": list, "members": list}
+
+
+def read_sweep_file(out: Path, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """`OUT/sweep.json` as a dict, None when absent: the one reader of the file (`eqm sweep`,
-    `eqm sweep status`, `eqm compare`, `eqm plot`). A file that is not JSON, or not in the
-    layout `SweepResult.to_dict` writes (a `grid` object, `configs` and `members` lists,
-    each member an object naming its run folder), is one `UserError`."""
+    `eqm sweep status`, `eqm compare`, `eqm plot`). A file that is not a JSON object, lacks
+    a `required` field, has a `grid`, `configs` or `members` of another type, or a member
+    that does not name its run folder, is one `UserError`."""
     path = Path(out) / SWEEP_FILE
     if not path.is_file():
         return None
@@ -328,22 +332,25 @@ def read_sweep_file(out: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise UserError(f"{path} is not readable JSON ({error}); move it away") from None
-    members = data.get("members") if isinstance(data, dict) else None
-    well_formed = (
-        isinstance(data, dict) and isinstance(data.get("grid"), dict)
-        and isinstance(data.get("configs"), list) and isinstance(members, list)
-        and all(isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]
-                and Path(m["name"]).name == m["name"] for m in members)
-    )
-    if not well_formed:
-        raise UserError(f"{path} is not a sweep summary written by 'eqm sweep' (a grid, its "
-                        "configs and members each naming its run folder); move it away")
+    if not isinstance(data, dict):
+        data = {"grid": None}
+    problems = [key for key in required if key not in data] + [
+        key for key, kind in SWEEP_FIELDS.items() if key in data and not isinstance(data[key], kind)
+    ]
+    if not problems and not all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]
+        and Path(m["name"]).name == m["name"] for m in data.get("members", [])
+    ):
+        problems = ["members (each must name its run folder)"]
+    if problems:
+        raise UserError(f"{path} is not a sweep summary written by 'eqm sweep' (no valid "
+                        f"{', '.join(problems)}); move it away or rerun 'eqm sweep'")
     return data
 
 
-def require_sweep_file(out: Path) -> dict[str, Any]:
+def require_sweep_file(out: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """`read_sweep_file` for a folder that must be a sweep's."""
-    data = read_sweep_file(out)
+    data = read_sweep_file(out, required)
     if data is None:
         raise UserError(f"{out} holds no {SWEEP_FILE}; is it the --out of an eqm sweep?")
     return data

@@ -85,7 +85,7 @@ def figure_sweep(
     from matplotlib.figure import Figure
 
     metrics = metrics or ["accuracy"]
-    data = require_sweep_file(sweep_dir)
+    data = require_sweep_file(sweep_dir, ("grid", "configs"))
     x_key = _x_key(data["grid"], x_key)
     for metric in metrics:
         if not any(metric in c["metrics"] for c in data["configs"]):
@@ -107,7 +107,7 @@ def draw_sweeps(
     its figures/)."""
     written = {}
     for sweep_dir in sweeps:
-        key = _x_key(require_sweep_file(sweep_dir)["grid"], x_key)
+        key = _x_key(require_sweep_file(sweep_dir, ("grid", "configs"))["grid"], x_key)
         stem = f"sweep-{'+'.join(metrics)}-vs-{key}".replace("/", "_")
         fig = figure_sweep(sweep_dir, metrics, key)
         written[f"sweep {sweep_dir}"] = save_figure(fig, out or Path(sweep_dir) / "figures", stem)

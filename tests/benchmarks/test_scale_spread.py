@@ -61,4 +61,4 @@ def test_script_refuses_a_folder_without_a_sweep_in_one_sentence(tmp_path, capsy
     with pytest.raises(SystemExit) as stopped:
         _module().main()
     assert stopped.value.code == 2
-    assert "is not a sweep summary written by 'eqm sweep'" in capsys.readouterr().err
+    assert "holds no sweep.json; is it the --out of an eqm sweep?" in capsys.readouterr().err
