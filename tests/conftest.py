@@ -1,42 +1,75 @@
-"""Shared fixtures: a tiny synthetic recipe that trains in seconds on a 2-core CPU, and a
-disk that fills up."""
+"""Shared fixtures: the tiny recipe (a copy per test), one tiny run trained per session (a
+copy for tests that write into it, a factory for other settings), `eqm` run in-process, and
+a disk that fills up."""
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import Result
+from tiny_runs import TINY_RECIPE, run_eqm, tiny_recipe, train_tiny_run, write_untrained_run
 
 from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
 
-TINY_RECIPE = {
-    "name": "tiny",
-    "seed": 3,
-    "data": {
-        "train": {
-            "kind": "synthetic",
-            "num_classes": 8,
-            "min_images": 6,
-            "max_images": 20,
-            "image_size": 24,
-            "test_images_per_class": 2,
-            "verification_identities": 10,
-            "verification_folds": 10,
-            "verification_pairs_per_fold": 4,
-        },
-        "num_workers": 0,
-    },
-    "model": {"backbone": "tiny", "embedding_dim": 16},
-    "loss": {"name": "eqm", "scale": 16.0},
-    "optim": {"lr": 0.05, "schedule": "cosine", "warmup_epochs": 0.5},
-    "train": {"epochs": 2, "batch_size": 16, "device": "cpu", "log_every": 1},
-    "eval": {"every_epochs": 1, "batch_size": 64},
-}
+
+@pytest.fixture(name="tiny_recipe")
+def tiny_recipe_copy() -> dict:
+    """The tiny recipe's mapping (8 classes, 24 px, 2 epochs): this test's own copy."""
+    return tiny_recipe()
+
+
+@pytest.fixture
+def eqm() -> Callable[..., Result]:
+    """`eqm(*args, env=None)`: runs `eqm ARGS...` in-process; the result's `exit_code`,
+    `output` (stdout and stderr) and `stdout`."""
+    return run_eqm
+
+
+def _file_states(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file under `folder` (relative path) -> (size, modification time in ns)."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny recipe trained for 1 epoch and verified, once per session. Read-only: a test
+    that writes into a run takes `tiny_run_copy`; the session fails at its end if a test
+    changed this one."""
+    run = train_tiny_run(tmp_path_factory.mktemp("session") / "tiny_run")
+    before = _file_states(run)
+    yield run
+    assert _file_states(run) == before, f"a test wrote into the shared {run}: use tiny_run_copy"
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    """`tmp_path/run`: this test's own copy of the session's `tiny_run`, free to change."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def train_tiny(tmp_path: Path) -> Callable[..., Path]:
+    """`train_tiny(*overrides, out="run")`: `tmp_path/out`, the tiny recipe trained for 1 epoch
+    with `overrides` ("key=value"), for a test that needs other settings than `tiny_run`'s."""
+
+    def trained(*overrides: str, out: str = "run") -> Path:
+        return train_tiny_run(tmp_path / out, *overrides)
+
+    return trained
+
+@pytest.fixture
+def untrained_run(tmp_path: Path) -> Path:
+    """`tmp_path/run`: `tiny_runs.write_untrained_run`'s run (the tiny network at its initial
+    weights, no results): for tests of what `eqm eval` and `eqm analyze` write."""
+    return write_untrained_run(tmp_path / "run")
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from conftest import TINY_RECIPE
 from PIL import Image
+from tiny_runs import TINY_RECIPE
 from torch import nn
 from typer.testing import CliRunner
 

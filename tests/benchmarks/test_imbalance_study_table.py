@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_runs import fake_run
 
 from eqmcli.experiments.compare import holm_adjust, welch_contrast, welch_contrast_of_moments
 
@@ -52,9 +53,7 @@ def test_the_page_s_welch_tests_and_their_holm_adjustment_come_from_the_kept_sum
 
 
 def test_per_seed_rows_are_written_for_every_run_and_metric(tmp_path):
-    from tests.experiments.test_compare import _fake_run
-
-    runs = [_fake_run(tmp_path / f"seed={s}", a, closed_few=c)
+    runs = [fake_run(tmp_path / f"seed={s}", a, closed_few=c)
             for s, (a, c) in enumerate([(0.97, 0.9), (0.975, None), (0.972, 0.95)])]
     report = {"groups": [{"name": "am", "runs": [str(r) for r in runs],
                           "metrics": {"accuracy": {"values": [0.97, 0.975, 0.972]}}}]}

@@ -7,12 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from interop_helpers import import_mbf_run, invoke, train_tiny_run, write_images
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("tiny"), "eval.every_epochs=0")
+from interop_helpers import import_mbf_run, invoke, write_images
 
 
 def test_embed_creates_the_folders_of_out(tmp_path: Path, tiny_run: Path) -> None:

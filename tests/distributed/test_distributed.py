@@ -201,17 +201,15 @@ def _train_worker(rank: int, world: int, port: int, recipe_path: str, out: str) 
     dist.destroy_process_group()
 
 
-def test_two_process_training_resumes_in_one_process(tmp_path):
-    from conftest import TINY_RECIPE
-
+def test_two_process_training_resumes_in_one_process(tmp_path, tiny_recipe):
     from eqmcli.run.checkpoint import load_checkpoint
     from eqmcli.run.recipe import load_recipe
     from eqmcli.run.rundir import load_trained
     from eqmcli.train import train
 
-    recipe = {**TINY_RECIPE, "train": {**TINY_RECIPE["train"], "epochs": 1}}
+    tiny_recipe["train"]["epochs"] = 1
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path.write_text(yaml.safe_dump(tiny_recipe))
     spawn(_train_worker, 2, str(path), str(tmp_path))
 
     run = tmp_path / "sharded"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from pathlib import Path
@@ -10,19 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pair_files import jpeg_bytes
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.errors import UserError
 from eqmcli.evaluation.pair_sets import load_bin_pickle, read_bin
-
-
-def _jpeg(color: tuple[int, int, int], size: int = 8) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
 
 
 def _colors(n: int) -> list[tuple[int, int, int]]:
@@ -32,7 +24,7 @@ def _colors(n: int) -> list[tuple[int, int, int]]:
 
 def _published_bin(path: Path, pairs: int = 12) -> tuple[list[tuple[int, int, int]], list[bool]]:
     colors = _colors(2 * pairs)
-    bins = [_jpeg(c) for c in colors]
+    bins = [jpeg_bytes(c, size=8, quality=95) for c in colors]
     issame = [k % 3 != 0 for k in range(pairs)]
     path.write_bytes(pickle.dumps((bins, issame), protocol=2))  # exactly as published
     return colors, issame
@@ -55,12 +47,13 @@ def test_bin_read_in_order_with_labels(tmp_path: Path) -> None:
 def test_python2_style_and_numpy_payloads_load(tmp_path: Path) -> None:
     """py2 `str` (no globals), numpy uint8 buffers (cv2.imencode) and np.bool_ labels."""
     colors = _colors(20)
-    bins = [np.frombuffer(_jpeg(c), dtype=np.uint8) for c in colors]
+    bins = [np.frombuffer(jpeg_bytes(c, size=8, quality=95), dtype=np.uint8) for c in colors]
     issame = [np.bool_(k % 2 == 0) for k in range(10)]
     path = tmp_path / "agedb_30.bin"
     path.write_bytes(pickle.dumps((bins, issame), protocol=2))
     blobs, labels = load_bin_pickle(path)
-    assert blobs[3] == _jpeg(colors[3]) and labels.tolist() == [k % 2 == 0 for k in range(10)]
+    assert blobs[3] == jpeg_bytes(colors[3], size=8, quality=95)
+    assert labels.tolist() == [k % 2 == 0 for k in range(10)]
     # Python 2 pickles bytes as BINSTRING opcodes (read back with encoding="bytes").
     py2 = b"\x80\x02]q\x00(U\x03abcq\x01U\x02xyq\x02e]q\x03\x88a\x86q\x04."
     path.write_bytes(py2)
@@ -88,7 +81,8 @@ class _OpenPayload:
 def test_malicious_bin_is_refused_and_runs_nothing(tmp_path: Path, payload: type) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "lfw.bin"
-    path.write_bytes(pickle.dumps(([_jpeg((1, 2, 3)), payload(marker)], [True]), protocol=2))
+    images = [jpeg_bytes((1, 2, 3), size=8, quality=95), payload(marker)]
+    path.write_bytes(pickle.dumps((images, [True]), protocol=2))
     with pytest.raises(UserError, match="refusing") as info:
         read_bin(path, folds=1)
     assert "system" in str(info.value) or "open" in str(info.value)

@@ -7,12 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from interop_helpers import invoke, train_tiny_run, write_images
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("tiny"), "eval.every_epochs=0")
+from interop_helpers import invoke, write_images
 
 
 def test_folder_with_one_broken_image_lists_it_and_writes_the_rest(

@@ -13,24 +13,18 @@ from typer.testing import CliRunner
 from eqmcli.cli import app
 from eqmcli.evaluation.evaluate import load_training_sets
 from eqmcli.evaluation.features import extract_embeddings
-from eqmcli.run.recipe import load_recipe
 from eqmcli.run.rundir import load_trained
-from eqmcli.train import train
 
 runner = CliRunner()
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_final_training_eval_equals_eqm_eval_of_last_checkpoint(
-    tiny_recipe_path: Path, tmp_path: Path, precision: str
+    train_tiny, precision: str
 ) -> None:
     # bf16 training (what `precision: auto` picks on CPUs with native bf16) and the NHWC
     # model training leaves behind must not change the evaluation's embeddings
-    out = tmp_path / "run"
-    recipe = load_recipe(
-        tiny_recipe_path, [f"train.precision={precision}", "train.channels_last=true"]
-    )
-    train(recipe, out, progress=False)
+    out = train_tiny(f"train.precision={precision}", "train.channels_last=true")
     trained_json = json.loads((out / "eval" / "synthetic.json").read_text())
     trained_scores = np.load(out / "eval" / "synthetic.pairs.npz")["score"]
 
@@ -48,8 +42,8 @@ def test_final_training_eval_equals_eqm_eval_of_last_checkpoint(
     np.testing.assert_array_equal(evaluated_scores, trained_scores)
 
 
-def test_embeddings_do_not_depend_on_the_models_memory_format(one_epoch_run: Path) -> None:
-    trained = load_trained(one_epoch_run)
+def test_embeddings_do_not_depend_on_the_models_memory_format(tiny_run: Path) -> None:
+    trained = load_trained(tiny_run)
     images = load_training_sets(trained.recipe)[0].images
     kwargs = {"device": "cpu", "input_size": trained.input_size, "progress": False}
     contiguous = extract_embeddings(trained.backbone, images, **kwargs)

@@ -8,32 +8,26 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
-from tests.evaluation.test_eval_cli import make_checkpoint_run
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    return make_checkpoint_run(tmp_path)
 
 
 def _eqm(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_best_checkpoint_results_go_to_their_own_folder_and_record_the_checkpoint(run_dir):
-    checkpoints = run_dir / "checkpoints"
+def test_best_checkpoint_results_go_to_their_own_folder_and_record_the_checkpoint(untrained_run):
+    checkpoints = untrained_run / "checkpoints"
     shutil.copy(checkpoints / "last.pt", checkpoints / "best.pt")
-    assert _eqm("eval", run_dir, "--no-flip", "--device", "cpu").exit_code == 0
-    last = json.loads((run_dir / "eval" / "synthetic.json").read_text())
+    assert _eqm("eval", untrained_run, "--no-flip", "--device", "cpu").exit_code == 0
+    last = json.loads((untrained_run / "eval" / "synthetic.json").read_text())
     result = _eqm("eval", checkpoints / "best.pt", "--no-flip", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    best = json.loads((run_dir / "eval" / "best" / "synthetic.json").read_text())
-    assert (run_dir / "eval" / "best" / "synthetic.pairs.npz").is_file()
-    assert json.loads((run_dir / "eval" / "synthetic.json").read_text()) == last, "not replaced"
+    best = json.loads((untrained_run / "eval" / "best" / "synthetic.json").read_text())
+    assert (untrained_run / "eval" / "best" / "synthetic.pairs.npz").is_file()
+    last_again = json.loads((untrained_run / "eval" / "synthetic.json").read_text())
+    assert last_again == last, "not replaced"
     assert Path(last["checkpoint"]).name == "last.pt" and Path(best["checkpoint"]).name == "best.pt"
     digest = hashlib.sha256((checkpoints / "best.pt").read_bytes()).hexdigest()
     assert best["checkpoint_sha256"] == digest == last["checkpoint_sha256"]
@@ -41,13 +35,13 @@ def test_best_checkpoint_results_go_to_their_own_folder_and_record_the_checkpoin
                                      "std": [0.5] * 3, "source": "recipe"}
 
 
-def test_eval_out_writes_only_into_the_given_folder(run_dir, tmp_path):
+def test_eval_out_writes_only_into_the_given_folder(untrained_run, tmp_path):
     out = tmp_path / "mine"
-    result = _eqm("eval", run_dir, "--no-flip", "--device", "cpu", "--out", out)
+    result = _eqm("eval", untrained_run, "--no-flip", "--device", "cpu", "--out", out)
     assert result.exit_code == 0, result.output
     assert (out / "synthetic.json").is_file() and (out / "synthetic.pairs.npz").is_file()
-    assert not (run_dir / "eval").exists()
-    result = _eqm("eval", run_dir, "--device", "cpu", "--out", out / "synthetic.json")
+    assert not (untrained_run / "eval").exists()
+    result = _eqm("eval", untrained_run, "--device", "cpu", "--out", out / "synthetic.json")
     assert result.exit_code == 2 and "is a file, not a folder" in result.output
     assert "Traceback" not in result.output
 
@@ -94,36 +88,36 @@ def test_compare_names_the_checkpoint_of_each_group(tmp_path):
     assert "last.pt" in result.stdout and "best.pt" in result.stdout
 
 
-def test_compare_a_runs_best_checkpoint_with_its_last(run_dir):
+def test_compare_a_runs_best_checkpoint_with_its_last(untrained_run):
     import torch
 
     from eqmcli.run.checkpoint import load_checkpoint, save_checkpoint
 
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = untrained_run / "checkpoints"
     state = load_checkpoint(checkpoints / "last.pt")
     torch.manual_seed(1)
     state["backbone"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
                          for k, v in state["backbone"].items()}
     save_checkpoint(state, checkpoints / "best.pt")
-    result = _eqm("compare", checkpoints / "best.pt", run_dir)
+    result = _eqm("compare", checkpoints / "best.pt", untrained_run)
     assert result.exit_code == 2 and "evaluate that checkpoint first" in result.output
-    for model in (run_dir, checkpoints / "best.pt"):
+    for model in (untrained_run, checkpoints / "best.pt"):
         assert _eqm("eval", model, "--no-flip", "--device", "cpu").exit_code == 0
-    result = _eqm("compare", checkpoints / "best.pt", run_dir, "--json")
+    result = _eqm("compare", checkpoints / "best.pt", untrained_run, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     names = [g["checkpoints"][0].split()[0] for g in report["groups"]]
     assert names == ["best.pt", "last.pt"]
     assert report["comparisons"][0]["mcnemar"]["pairs"] == 80, "the same synthetic pairs"
-    result = _eqm("compare", run_dir / "recipe.yaml")
+    result = _eqm("compare", untrained_run / "recipe.yaml")
     assert result.exit_code == 2 and "not a checkpoint of a run" in result.output
 
 
-def test_a_checkpoint_outside_a_run_writes_beside_itself(run_dir, tmp_path):
+def test_a_checkpoint_outside_a_run_writes_beside_itself(untrained_run, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copy(run_dir / "checkpoints" / "last.pt", models / "r.pt")
+    shutil.copy(untrained_run / "checkpoints" / "last.pt", models / "r.pt")
     result = _eqm("eval", models / "r.pt", "--no-flip", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert (models / "r.pt.eval" / "synthetic.json").is_file()
-    assert not (models / "eval").exists() and not (run_dir / "eval").exists()
+    assert not (models / "eval").exists() and not (untrained_run / "eval").exists()

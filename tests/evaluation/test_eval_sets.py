@@ -16,8 +16,6 @@ from eqmcli.errors import UserError
 from eqmcli.evaluation.verification import verify
 from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
-from tests.conftest import TINY_RECIPE
-from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 
 def _faces(root: Path, classes: int = 4, per_class: int = 6, size: int = 24) -> Path:
@@ -49,8 +47,7 @@ def _mixed_pairs(classes: int = 4) -> list[tuple[str, str, int]]:
     return lines
 
 
-def _image_folder_recipe(tmp_path: Path, sets: list[str]) -> Path:
-    recipe = json.loads(json.dumps(TINY_RECIPE))
+def _image_folder_recipe(recipe: dict, tmp_path: Path, sets: list[str]) -> Path:
     recipe["data"]["train"] = {"kind": "image-folder", "root": str(tmp_path / "faces")}
     recipe["eval"]["sets"] = sets
     path = tmp_path / "folder.yaml"
@@ -58,11 +55,14 @@ def _image_folder_recipe(tmp_path: Path, sets: list[str]) -> Path:
     return path
 
 
-def test_eval_sets_accept_a_pairs_file_for_image_folder_runs(tmp_path: Path) -> None:
+def test_eval_sets_accept_a_pairs_file_for_image_folder_runs(
+    tmp_path: Path, tiny_recipe: dict
+) -> None:
     _faces(tmp_path / "faces")
     pairs = _pairs_file(tmp_path / "faces" / "mypairs.txt", _mixed_pairs())
     out = tmp_path / "run"
-    summary = train(load_recipe(_image_folder_recipe(tmp_path, [str(pairs)])), out, progress=False)
+    recipe = load_recipe(_image_folder_recipe(tiny_recipe, tmp_path, [str(pairs)]))
+    summary = train(recipe, out, progress=False)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["epoch"] for r in evals] == [1, 2]  # every epoch
@@ -73,33 +73,38 @@ def test_eval_sets_accept_a_pairs_file_for_image_folder_runs(tmp_path: Path) -> 
     assert final["accuracy"] == evals[-1]["accuracy"]
 
 
-def test_eval_sets_accept_a_bin_path_relative_to_the_data_root(tmp_path: Path) -> None:
+def test_eval_sets_accept_a_bin_path_relative_to_the_data_root(
+    tmp_path: Path, tiny_recipe: dict
+) -> None:
     from eqmcli.evaluation.evaluate import recipe_sources
     from eqmcli.evaluation.pair_sets import write_bin
 
     _faces(tmp_path / "faces")
     pairs = _pairs_file(tmp_path / "faces" / "mypairs.txt", _mixed_pairs())
     write_bin(tmp_path / "faces", pairs, tmp_path / "bench" / "mine.bin")
-    recipe = load_recipe(_image_folder_recipe(tmp_path, ["mine.bin"]))
+    recipe = load_recipe(_image_folder_recipe(tiny_recipe, tmp_path, ["mine.bin"]))
     (source,) = recipe_sources(recipe, tmp_path / "bench")
     vset = source.load()
     assert source.name == "mine" and vset.num_pairs == 20
     with pytest.raises(UserError, match="neither a built-in set .* nor an existing"):
-        recipe_sources(load_recipe(_image_folder_recipe(tmp_path, ["lfw2"])), tmp_path)
+        lfw2 = load_recipe(_image_folder_recipe(tiny_recipe, tmp_path, ["lfw2"]))
+        recipe_sources(lfw2, tmp_path)
 
 
-def test_one_class_pairs_file_is_refused_for_training(tmp_path: Path) -> None:
+def test_one_class_pairs_file_is_refused_for_training(tmp_path: Path, tiny_recipe: dict) -> None:
     _faces(tmp_path / "faces")
     lines = [(a, b, 1) for a, b, label in _mixed_pairs() if label]
     pairs = _pairs_file(tmp_path / "faces" / "same.txt", lines * 2)
-    recipe = load_recipe(_image_folder_recipe(tmp_path, [str(pairs)]))
+    recipe = load_recipe(_image_folder_recipe(tiny_recipe, tmp_path, [str(pairs)]))
     with pytest.raises(UserError, match="every pair of set 'same' is matched"):
         train(recipe, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_one_class_pairs_file_warns_and_reports_no_accuracy(tmp_path: Path) -> None:
-    run = make_checkpoint_run(tmp_path)
+def test_one_class_pairs_file_warns_and_reports_no_accuracy(
+    untrained_run: Path, tmp_path: Path
+) -> None:
+    run = untrained_run
     _faces(tmp_path / "faces")
     lines = [(a, b, 1) for a, b, label in _mixed_pairs() if label]
     pairs = _pairs_file(tmp_path / "faces" / "same.txt", lines * 2)

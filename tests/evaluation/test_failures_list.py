@@ -7,12 +7,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from pair_files import LACKING, PAIRS, write_bin
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.evaluation.pair_outcomes import pair_correctness
-from tests.evaluation.test_eval_cli import _write_bin, make_checkpoint_run
-from tests.evaluation.test_missing_pairs import LACKING, PAIRS, pairs_file  # noqa: F401 (fixture)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -20,8 +19,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
-def test_failures_list_the_wrong_pairs_with_their_image_paths(tmp_path, pairs_file):  # noqa: F811
-    run = make_checkpoint_run(tmp_path)
+def test_failures_list_the_wrong_pairs_with_their_image_paths(tmp_path, pairs_file, untrained_run):
+    run = untrained_run
     result = CliRunner().invoke(app, ["eval", str(run), "--pairs", str(pairs_file), "--no-flip",
                                       "--device", "cpu", "--missing", "count-wrong"])
     assert result.exit_code == 0, result.output
@@ -43,9 +42,9 @@ def test_failures_list_the_wrong_pairs_with_their_image_paths(tmp_path, pairs_fi
     assert len(rows) < PAIRS
 
 
-def test_failures_of_a_bin_name_the_images_by_their_index(tmp_path):
-    run = make_checkpoint_run(tmp_path)
-    _write_bin(tmp_path / "heldout.bin")
+def test_failures_of_a_bin_name_the_images_by_their_index(tmp_path, untrained_run):
+    run = untrained_run
+    write_bin(tmp_path / "heldout.bin")
     result = CliRunner().invoke(app, ["eval", str(run), "--pairs", str(tmp_path / "heldout.bin"),
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output

@@ -15,7 +15,6 @@ from eqmcli.cli import app
 from eqmcli.data.align import TEMPLATES, align_face, warp_to_template
 from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.run.rundir import load_trained
-from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 # every test builds its IJB fixture by warping faces, which needs the [align] extra
 pytestmark = pytest.mark.usefixtures("skimage_installed")
@@ -141,10 +140,10 @@ def _reference_rank1(templates: dict, gallery_subjects: range) -> float:
     return hits / len(mated)
 
 
-def test_ijbc_1to1_and_1toN_match_explicit_loops(tmp_path: Path) -> None:
+def test_ijbc_1to1_and_1toN_match_explicit_loops(untrained_run: Path, tmp_path: Path) -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    run = make_checkpoint_run(tmp_path)
+    run = untrained_run
     fixture = make_ijbc(tmp_path / "data")
     gone = fixture["images"][1][0]  # the second image of a two-image template
     (fixture["folder"] / "loose_crop" / gone).unlink()
@@ -176,8 +175,10 @@ def test_ijbc_1to1_and_1toN_match_explicit_loops(tmp_path: Path) -> None:
     assert json.loads((run / "eval" / "ijbc.json").read_text()) == data
 
 
-def test_ijb_cache_is_reused_and_roc_is_plotted(tmp_path: Path, monkeypatch) -> None:
-    run = make_checkpoint_run(tmp_path)
+def test_ijb_cache_is_reused_and_roc_is_plotted(
+    untrained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    run = untrained_run
     make_ijbc(tmp_path / "data")
     args = ["eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data")]
     first = CliRunner().invoke(app, args)
@@ -199,8 +200,8 @@ def test_ijb_cache_is_reused_and_roc_is_plotted(tmp_path: Path, monkeypatch) -> 
     assert (run / "figures" / "roc.png").is_file()
 
 
-def test_ijb_bad_input_is_one_sentence(tmp_path: Path) -> None:
-    run = make_checkpoint_run(tmp_path)
+def test_ijb_bad_input_is_one_sentence(untrained_run: Path, tmp_path: Path) -> None:
+    run = untrained_run
     fixture = make_ijbc(tmp_path / "data")
     meta = fixture["folder"] / "meta"
     (meta / "ijbc_template_pair_label.txt").unlink()

@@ -8,80 +8,54 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-from PIL import Image
+from pair_files import LACKING, PAIRS
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.evaluation.pair_outcomes import pair_correctness
-from tests.evaluation.test_eval_cli import make_checkpoint_run
-
-PAIRS = 20
 
 
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    return make_checkpoint_run(tmp_path)
-
-
-@pytest.fixture
-def pairs_file(tmp_path: Path) -> Path:
-    """20 pairs over 6 images; image 3.jpg, named by pairs 2, 3, 8, 9, 14, 15, is gone."""
-    folder = tmp_path / "faces"
-    folder.mkdir()
-    for index in range(6):
-        Image.new("RGB", (24, 24), (40 * index, 200 - 30 * index, 90)).save(
-            folder / f"{index}.jpg")
-    lines = [f"{k % 6}.jpg {(k + 1) % 6}.jpg {k % 2}" for k in range(PAIRS)]
-    (folder / "pairs.txt").write_text("\n".join(lines) + "\n")
-    (folder / "3.jpg").unlink()
-    return folder / "pairs.txt"
-
-
-LACKING = [k for k in range(PAIRS) if 3 in (k % 6, (k + 1) % 6)]
-
-
-def _eval(run_dir: Path, pairs: Path, *flags: str):
-    return CliRunner().invoke(app, ["eval", str(run_dir), "--pairs", str(pairs), "--no-flip",
+def _eval(untrained_run: Path, pairs: Path, *flags: str):
+    return CliRunner().invoke(app, ["eval", str(untrained_run), "--pairs", str(pairs), "--no-flip",
                                     "--device", "cpu", *flags])
 
 
-def test_missing_images_refuse_the_set_by_default_naming_them(run_dir, pairs_file):
-    result = _eval(run_dir, pairs_file)
+def test_missing_images_refuse_the_set_by_default_naming_them(untrained_run, pairs_file):
+    result = _eval(untrained_run, pairs_file)
     assert result.exit_code == 2, result.output
     assert "3.jpg" in result.output and "--missing skip" in result.output
-    assert not (run_dir / "eval" / "pairs.json").exists()
-    result = _eval(run_dir, pairs_file, "--missing", "ignore")
+    assert not (untrained_run / "eval" / "pairs.json").exists()
+    result = _eval(untrained_run, pairs_file, "--missing", "ignore")
     assert result.exit_code == 2 and "--missing must be one of error, skip, count-wrong" in (
         result.output)
 
 
-def test_skip_leaves_the_pairs_out_keeps_the_folds_and_says_how_many(run_dir, pairs_file):
-    result = _eval(run_dir, pairs_file, "--missing", "skip")
+def test_skip_leaves_the_pairs_out_keeps_the_folds_and_says_how_many(untrained_run, pairs_file):
+    result = _eval(untrained_run, pairs_file, "--missing", "skip")
     assert result.exit_code == 0, result.output
     assert f"{len(LACKING)} pair(s) name one of 1 missing image(s)" in " ".join(
         result.output.split()) and "skipped" in result.output
-    written = json.loads((run_dir / "eval" / "pairs.json").read_text())
+    written = json.loads((untrained_run / "eval" / "pairs.json").read_text())
     assert written["pairs"] == PAIRS - len(LACKING)
     assert written["missing"] == {"policy": "skip", "pairs": len(LACKING), "images": 1}
     kept = [k for k in range(PAIRS) if k not in LACKING]
     folds = np.unique([k // 2 for k in kept], return_inverse=True)[1]  # 10 folds of 2 pairs
-    with np.load(run_dir / "eval" / "pairs.pairs.npz") as saved:  # 3 emptied, 7 kept whole
+    with np.load(untrained_run / "eval" / "pairs.pairs.npz") as saved:  # 3 emptied, 7 kept whole
         np.testing.assert_array_equal(saved["fold"], folds)
     assert written["folds"] == 7
-    assert (run_dir / "eval" / "pairs_missing.txt").read_text().strip().endswith("3.jpg")
+    assert (untrained_run / "eval" / "pairs_missing.txt").read_text().strip().endswith("3.jpg")
 
 
-def test_count_wrong_keeps_the_pairs_as_failures(run_dir, pairs_file):
-    result = _eval(run_dir, pairs_file, "--missing", "count-wrong")
+def test_count_wrong_keeps_the_pairs_as_failures(untrained_run, pairs_file):
+    result = _eval(untrained_run, pairs_file, "--missing", "count-wrong")
     assert result.exit_code == 0, result.output
     assert "counted as failures" in result.output
-    written = json.loads((run_dir / "eval" / "pairs.json").read_text())
+    written = json.loads((untrained_run / "eval" / "pairs.json").read_text())
     assert written["pairs"] == PAIRS
     assert written["missing"] == {"policy": "count-wrong", "pairs": len(LACKING), "images": 1}
-    correct, _ = pair_correctness(run_dir / "eval", "pairs")
+    correct, _ = pair_correctness(untrained_run / "eval", "pairs")
     assert not correct[LACKING].any(), "every pair with a missing image is a failure"
-    skipped = _eval(run_dir, pairs_file, "--missing", "skip", "--out", run_dir / "skip")
+    skipped = _eval(untrained_run, pairs_file, "--missing", "skip", "--out", untrained_run / "skip")
     assert skipped.exit_code == 0
-    by_skip = json.loads((run_dir / "skip" / "pairs.json").read_text())
+    by_skip = json.loads((untrained_run / "skip" / "pairs.json").read_text())
     assert written["pairs_fingerprint"] != by_skip["pairs_fingerprint"], "not the same pairs"

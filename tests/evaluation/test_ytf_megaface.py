@@ -17,7 +17,6 @@ from eqmcli.data.decode import ImageFiles
 from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.evaluation.verification import verify
 from eqmcli.run.rundir import load_trained
-from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 PEOPLE = ["Ann_A", "Bob_B", "Cid_C", "Dee_D", "Eve_E", "Fay_F"]
 
@@ -57,8 +56,8 @@ def _evenly(count: int, limit: int) -> list[int]:
     return sorted({int(round(i * (count - 1) / (limit - 1))) for i in range(limit)})
 
 
-def test_ytf_ten_official_splits_match_explicit_loops(tmp_path: Path) -> None:
-    run = make_checkpoint_run(tmp_path)
+def test_ytf_ten_official_splits_match_explicit_loops(untrained_run: Path, tmp_path: Path) -> None:
+    run = untrained_run
     base = make_ytf(tmp_path / "data")
     result = CliRunner().invoke(
         app,
@@ -93,8 +92,8 @@ def test_ytf_ten_official_splits_match_explicit_loops(tmp_path: Path) -> None:
     assert data["auc"] == pytest.approx(expected.auc)
 
 
-def test_ytf_header_by_name_missing_video_and_bad_rows(tmp_path: Path) -> None:
-    run = make_checkpoint_run(tmp_path)
+def test_ytf_header_by_name_missing_video_and_bad_rows(untrained_run: Path, tmp_path: Path) -> None:
+    run = untrained_run
     base = make_ytf(
         tmp_path / "data", header="split number, pair id, first name, second name, is same"
     )
@@ -130,11 +129,11 @@ def test_ytf_header_by_name_missing_video_and_bad_rows(tmp_path: Path) -> None:
     ],
 )
 def test_ytf_published_header_and_variants_give_the_same_result(
-    tmp_path: Path, header: str, row: str
+    untrained_run: Path, tmp_path: Path, header: str, row: str
 ) -> None:
     """Issue 20, broken 9: the header of the published splits.txt (and variants in
     circulation) is read by column name; the result equals the plain file's on every split."""
-    run = make_checkpoint_run(tmp_path)
+    run = untrained_run
     base = make_ytf(tmp_path / "data")
     args = ["eval", str(run), "--ytf", "--data-root", str(tmp_path / "data"), "--json",
             "--no-cache"]
@@ -153,11 +152,11 @@ def test_ytf_published_header_and_variants_give_the_same_result(
 
 
 def test_ytf_split_numbers_that_are_not_positive_name_the_file_and_column(
-    tmp_path: Path,
+    untrained_run: Path, tmp_path: Path
 ) -> None:
     """Issue 20, degraded: all-negative split numbers are one sentence naming the file,
     the line and the column; a file with one split only says so."""
-    run = make_checkpoint_run(tmp_path)
+    run = untrained_run
     base = make_ytf(tmp_path / "data")
     lines = (base / "splits.txt").read_text().splitlines()
     (base / "splits.txt").write_text("\n".join([lines[0], *("-" + x for x in lines[1:])]))
@@ -172,10 +171,12 @@ def test_ytf_split_numbers_that_are_not_positive_name_the_file_and_column(
     assert "every pair is in split 1; the protocol needs at least 2 splits" in result.stderr
 
 
-def test_feature_cache_is_keyed_by_the_images_not_their_names(tmp_path: Path) -> None:
+def test_feature_cache_is_keyed_by_the_images_not_their_names(
+    untrained_run: Path, tmp_path: Path
+) -> None:
     """Issue 20, broken 2: a second data root with the same names (every frame black), or a
     frame replaced in place, is embedded again, never served the first set's features."""
-    run = make_checkpoint_run(tmp_path)
+    run = untrained_run
     make_ytf(tmp_path / "ok")
     black = make_ytf(tmp_path / "black")
     frames = sorted(black.rglob("*.jpg"))
@@ -219,8 +220,8 @@ def make_megaface_lists(root: Path, probes: int = 12, distractors: int = 30) -> 
     return {"ids": ids, "paths": paths, "names": names}
 
 
-def test_megaface_precomputed_devkit_features(tmp_path: Path) -> None:
-    run = make_checkpoint_run(tmp_path)
+def test_megaface_precomputed_devkit_features(untrained_run: Path, tmp_path: Path) -> None:
+    run = untrained_run
     lists = make_megaface_lists(tmp_path / "data")
     rng = np.random.default_rng(2)
     centres = rng.normal(size=(3, 8))
@@ -254,8 +255,10 @@ def test_megaface_precomputed_devkit_features(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("skimage_installed")
-def test_megaface_images_with_json_boxes_and_a_missing_image(tmp_path: Path) -> None:
-    run = make_checkpoint_run(tmp_path)
+def test_megaface_images_with_json_boxes_and_a_missing_image(
+    untrained_run: Path, tmp_path: Path
+) -> None:
+    run = untrained_run
     lists = make_megaface_lists(tmp_path / "data", probes=6, distractors=12)
     root = tmp_path / "data" / "megaface"
     rng = np.random.default_rng(3)

@@ -8,41 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_runs import fake_run
 from typer.testing import CliRunner
 
 from eqmcli.errors import UserError
-from eqmcli.evaluation.pair_outcomes import pair_correctness, write_pair_scores
+from eqmcli.evaluation.pair_outcomes import pair_correctness
 from eqmcli.experiments.compare import compare, mcnemar_exact, mcnemar_runs, welch_interval
 from eqmcli.plotting.sweeps import draw_sweeps, figure_sweep
-
-
-def _fake_run(folder: Path, accuracy: float, *, closed_few: float | None = None,
-              correct: np.ndarray | None = None, issame: np.ndarray | None = None,
-              fingerprint: str | None = "0" * 20) -> Path:
-    """A run directory with recipe.yaml, metrics.jsonl, eval/synthetic.json (+ .pairs.npz),
-    verified on the pairs `fingerprint` names."""
-    (folder / "eval").mkdir(parents=True)
-    (folder / "recipe.yaml").write_text("name: fake\n")
-    (folder / "metrics.jsonl").write_text(
-        json.dumps({"kind": "eval", "epoch": 1, "benchmark": "synthetic"}) + "\n")
-    result = {"benchmark": "synthetic", "accuracy": accuracy, "accuracy_std": 0.01,
-              "tar_at_far": {"1e-03": None}, "auc": 0.99, "eer": 0.05,
-              "fold_thresholds": [0.0, 0.0], "fold_accuracies": [accuracy, accuracy],
-              "pairs_fingerprint": fingerprint}
-    if correct is not None:
-        predicted = np.where(correct, issame, ~issame)
-        scores = np.where(predicted, 1.0, -1.0)
-        write_pair_scores(folder / "eval", "synthetic", scores, issame, folds=2,
-                          fingerprint=fingerprint)
-        halves = np.array_split(correct, 2)
-        result["fold_accuracies"] = [float(h.mean()) for h in halves]
-        result["accuracy"] = float(np.mean(result["fold_accuracies"]))
-    (folder / "eval" / "synthetic.json").write_text(json.dumps(result))
-    if closed_few is not None:
-        (folder / "analysis" / "test").mkdir(parents=True)
-        groups = {g: {"accuracy": closed_few} for g in ("all", "few", "many")}
-        (folder / "analysis" / "test" / "summary.json").write_text(json.dumps({"groups": groups}))
-    return folder
 
 
 def _table(both: int, only_a: int, only_b: int, wrong: int) -> tuple[np.ndarray, ...]:
@@ -88,8 +60,8 @@ def test_mcnemar_exact_matches_a_hand_computed_table():
 
 def test_mcnemar_on_runs_uses_the_saved_per_pair_scores(tmp_path):
     a, b, issame = _table(both=10, only_a=6, only_b=1, wrong=3)
-    run_a = _fake_run(tmp_path / "a", 0, correct=a, issame=issame)
-    run_b = _fake_run(tmp_path / "b", 0, correct=b, issame=issame)
+    run_a = fake_run(tmp_path / "a", 0, correct=a, issame=issame)
+    run_b = fake_run(tmp_path / "b", 0, correct=b, issame=issame)
     correct, truth = pair_correctness(run_a / "eval", "synthetic")
     np.testing.assert_array_equal(correct, a)
     np.testing.assert_array_equal(truth, issame)
@@ -100,11 +72,11 @@ def test_mcnemar_on_runs_uses_the_saved_per_pair_scores(tmp_path):
 
 def test_mcnemar_refuses_other_pairs_missing_or_mismatched_scores(tmp_path):
     a, b, issame = _table(10, 6, 1, 3)
-    run_a = _fake_run(tmp_path / "a", 0, correct=a, issame=issame)
-    run_c = _fake_run(tmp_path / "c", 0, correct=b, issame=~issame)
+    run_a = fake_run(tmp_path / "a", 0, correct=a, issame=issame)
+    run_c = fake_run(tmp_path / "c", 0, correct=b, issame=~issame)
     with pytest.raises(UserError, match="not verified on the same synthetic pairs"):
         mcnemar_runs(run_a / "eval", run_c / "eval", "synthetic")
-    bare = _fake_run(tmp_path / "bare", 0.9)
+    bare = fake_run(tmp_path / "bare", 0.9)
     with pytest.raises(UserError, match="pairs.npz is missing.*eqm eval"):
         pair_correctness(bare / "eval", "synthetic")
     result = json.loads((run_a / "eval" / "synthetic.json").read_text())
@@ -126,7 +98,7 @@ def _fake_sweep(folder: Path, accuracies: dict[str, list[float]],
                         "runs": [], "metrics": {"accuracy": stats}})
         for seed, value in enumerate(values):
             name = f"{config},seed={seed}"
-            _fake_run(folder / name, value, closed_few=value - 0.1)
+            fake_run(folder / name, value, closed_few=value - 0.1)
             members.append({"name": name, "config": config, "status": "done"})
     members.append({"name": "t1=0.9,seed=0", "config": "t1=0.9", "status": "failed"})
     sweep = {"grid": grid or {"loss.t1": [0.4, 0.6], "loss.scale": [30]}, "seeds": 3,
@@ -138,7 +110,7 @@ def _fake_sweep(folder: Path, accuracies: dict[str, list[float]],
 def test_compare_sweep_configs_with_welch_and_single_runs_with_a_note(tmp_path):
     sweep = _fake_sweep(tmp_path / "sweep", {"t1=0.4": [0.90, 0.92, 0.94],
                                              "t1=0.6": [0.93, 0.96, 0.95]})
-    single = _fake_run(tmp_path / "single", 0.97)
+    single = fake_run(tmp_path / "single", 0.97)
     report = compare([sweep, single], "accuracy")
     names = [g.name for g in report.groups]
     assert names == [f"{sweep}:t1=0.4", f"{sweep}:t1=0.6", f"{sweep}:t1=0.9", str(single)]
@@ -156,8 +128,8 @@ def test_cli_compare_two_runs_prints_mcnemar_and_json(tmp_path):
     from eqmcli.cli import app
 
     a, b, issame = _table(10, 6, 1, 3)
-    run_a = _fake_run(tmp_path / "a", 0, correct=a, issame=issame)
-    run_b = _fake_run(tmp_path / "b", 0, correct=b, issame=issame)
+    run_a = fake_run(tmp_path / "a", 0, correct=a, issame=issame)
+    run_b = fake_run(tmp_path / "b", 0, correct=b, issame=issame)
     result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b)])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # the sentence is wrapped at the terminal width

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from fake_runs import fake_run
 from PIL import Image
+from tiny_runs import write_untrained_run
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.evaluation.pair_sets import read_bin, read_pairs, write_bin
 from eqmcli.experiments.compare import compare
-from tests.conftest import TINY_RECIPE
-from tests.experiments.test_compare import _fake_run
 
 
 def _eqm(*args: object, **env: str):
@@ -26,20 +25,7 @@ def _eqm(*args: object, **env: str):
 
 def _checkpoint_run(folder: Path, data_seed: int) -> Path:
     """An untrained tiny 24 px run whose synthetic pairs come from `data_seed`."""
-    from eqmcli.backbones import build_backbone
-    from eqmcli.run.checkpoint import save_checkpoint
-    from eqmcli.run.recipe import recipe_from_mapping
-
-    mapping = json.loads(json.dumps(TINY_RECIPE))
-    mapping["data"]["train"]["seed"] = data_seed
-    recipe = recipe_from_mapping(mapping)
-    torch.manual_seed(0)
-    backbone = build_backbone("tiny", embedding_dim=16, input_size=(24, 24))
-    folder.mkdir(parents=True)
-    (folder / "recipe.yaml").write_text(recipe.to_yaml())
-    save_checkpoint({"backbone": backbone.state_dict(), "head": {}, "recipe": recipe.to_yaml(),
-                     "input_size": [24, 24], "epoch": 1, "step": 1},
-                    folder / "checkpoints" / "last.pt")
+    write_untrained_run(folder, f"data.train.seed={data_seed}")
     result = _eqm("eval", folder, "--no-flip", "--device", "cpu")
     assert result.exit_code == 0, result.output
     return folder
@@ -59,7 +45,7 @@ def test_mcnemar_only_on_synthetic_pairs_of_the_same_data_seed(tmp_path):
 
 
 def test_welch_refuses_sweep_groups_verified_on_other_pairs(tmp_path):
-    runs = {name: [_fake_run(tmp_path / f"{name}{seed}", 0.9 + seed / 100, fingerprint=name * 20)
+    runs = {name: [fake_run(tmp_path / f"{name}{seed}", 0.9 + seed / 100, fingerprint=name * 20)
                    for seed in range(2)] for name in "ab"}
     for name, group in runs.items():
         sweep = tmp_path / f"sweep_{name}"
@@ -70,7 +56,7 @@ def test_welch_refuses_sweep_groups_verified_on_other_pairs(tmp_path):
         (sweep / "sweep.json").write_text(json.dumps({"members": members}))
     (comparison,) = compare([tmp_path / "sweep_a", tmp_path / "sweep_b"]).comparisons
     assert comparison.welch is None and "not verified on the same pairs" in comparison.note
-    old = [_fake_run(tmp_path / f"old{seed}", 0.9, fingerprint=None) for seed in range(2)]
+    old = [fake_run(tmp_path / f"old{seed}", 0.9, fingerprint=None) for seed in range(2)]
     (comparison,) = compare([old[0], old[1]]).comparisons
     assert comparison.mcnemar is None and "records no pair fingerprint" in comparison.note
 
@@ -96,7 +82,7 @@ def test_pair_fingerprint_follows_the_images_not_their_names_or_container(tmp_pa
 
 
 def test_accuracy_of_a_run_verified_only_after_training_is_found(tmp_path):
-    a, b = (_fake_run(tmp_path / name, 0.9) for name in "ab")
+    a, b = (fake_run(tmp_path / name, 0.9) for name in "ab")
     for run in (a, b):
         (run / "metrics.jsonl").write_text('{"kind": "step", "step": 1}\n')  # no eval record
     assert [g.metrics["accuracy"] for g in compare([a, b]).groups] == [[0.9], [0.9]]
@@ -121,7 +107,7 @@ def test_compare_is_readable_at_80_columns(tmp_path):
     for config in ("name=eqm,scale=32", "name=arcface,scale=64"):
         for seed in range(2):
             name = f"{config},seed={seed}"
-            run = _fake_run(sweep / name, 0.9 + seed / 50, closed_few=0.5 + seed / 20)
+            run = fake_run(sweep / name, 0.9 + seed / 50, closed_few=0.5 + seed / 20)
             stats = {"margin_deg": {"cv": 0.25, "mean": 30.0},
                      "scope_max_deg": {"cv": 0.125, "mean": 60.0}}
             (run / "analysis" / "summary.json").write_text(

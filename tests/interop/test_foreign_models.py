@@ -5,16 +5,15 @@ sentence for an ONNX model with no set to evaluate or no class centres to analyz
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pair_files import write_bin
 from PIL import Image
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
-from tests.evaluation.test_eval_cli import make_checkpoint_run
 
 COLOUR = (200, 100, 50)  # RGB of the test image
 
@@ -79,7 +78,7 @@ def test_the_preprocessing_in_an_onnx_models_metadata_is_applied(tmp_path):
     assert "assumed" not in output
 
 
-def test_preprocessing_flags_are_checked_in_one_sentence(tmp_path):
+def test_preprocessing_flags_are_checked_in_one_sentence(tmp_path, untrained_run):
     model = _channel_means_onnx(tmp_path / "foreign.onnx")
     Image.new("RGB", (8, 8), COLOUR).save(tmp_path / "face.png")
     for flags, message in ((("--mean", "127.5"), "is not a fraction of 255"),
@@ -88,27 +87,13 @@ def test_preprocessing_flags_are_checked_in_one_sentence(tmp_path):
         result = _eqm("embed", model, tmp_path / "face.png", "--out", tmp_path / "f.npy", *flags)
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
-    run = make_checkpoint_run(tmp_path)
-    result = _eqm("eval", run, "--bgr")
+    result = _eqm("eval", untrained_run, "--bgr")
     assert result.exit_code == 2 and "apply to .onnx models only" in result.output
-
-
-def _write_bin(path: Path, pairs: int = 20) -> Path:
-    import io
-
-    blobs = []
-    for index in range(2 * pairs):
-        buffer = io.BytesIO()
-        Image.new("RGB", (8, 8), ((37 * index) % 256, (91 * index) % 256, 60)).save(
-            buffer, format="JPEG")
-        blobs.append(buffer.getvalue())
-    path.write_bytes(pickle.dumps((blobs, [k % 2 == 0 for k in range(pairs)]), protocol=2))
-    return path
 
 
 def test_eval_of_an_onnx_model_on_a_bin_records_the_assumed_preprocessing(tmp_path):
     model = _channel_means_onnx(tmp_path / "foreign.onnx")
-    pairs = _write_bin(tmp_path / "heldout.bin")
+    pairs = write_bin(tmp_path / "heldout.bin", size=8)
     result = _eqm("eval", model, "--pairs", pairs, "--no-flip")
     assert result.exit_code == 0, result.output
     assert "records no preprocessing" in result.output

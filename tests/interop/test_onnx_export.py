@@ -14,7 +14,6 @@ import torch
 from interop_helpers import (
     import_mbf_run,
     invoke,
-    train_tiny_run,
     write_images,
 )
 
@@ -26,11 +25,6 @@ from eqmcli.run.rundir import load_trained
 @pytest.fixture(scope="module")
 def mbf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return import_mbf_run(tmp_path_factory.mktemp("mbf"))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +95,14 @@ def test_bad_batch_option_is_refused(tmp_path: Path, mbf_run: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_eval_onnx_matches_eval_run(tmp_path: Path, tiny_run: Path) -> None:
+def test_eval_onnx_matches_eval_run(tmp_path: Path, tiny_run_copy: Path) -> None:
     """A tiny run trained for 1 epoch: `eqm eval model.onnx` == `eqm eval RUN` on its pairs."""
     pytest.importorskip("onnxruntime")
-    code, out = invoke("eval", tiny_run, "--json", "--device", "cpu")
+    code, out = invoke("eval", tiny_run_copy, "--json", "--device", "cpu")
     assert code == 0, out
     by_torch = json.loads(out)["synthetic"]
     model = tmp_path / "model.onnx"
-    assert invoke("export", tiny_run, "--onnx", model)[0] == 0
+    assert invoke("export", tiny_run_copy, "--onnx", model)[0] == 0
     code, out = invoke("eval", model, "--json", "--device", "cpu")  # the stored recipe's pairs
     assert code == 0, out
     by_onnx = json.loads(out)["synthetic"]

@@ -8,8 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import TINY_RECIPE
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
@@ -128,13 +126,11 @@ def test_dry_run_warns_for_the_old_toy_setting(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("t2", "warned"), [(0.1, True), (0.3, False)])
-def test_eqm_train_warns_once_before_training(t2, warned, tmp_path):
+def test_eqm_train_warns_once_before_training(t2, warned, tmp_path, tiny_recipe_path):
     """8 classes with 3-D embeddings for one tiny epoch: the warning comes once, before the
     first training line, for t2 = 0.1 only; training goes on either way."""
-    recipe = tmp_path / "toy.yaml"
-    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
     result = CliRunner().invoke(app, [
-        "train", str(recipe), "--out", str(tmp_path / "run"), "--no-progress",
+        "train", str(tiny_recipe_path), "--out", str(tmp_path / "run"), "--no-progress",
         "--set", "model.embedding_dim=3", "--set", "loss.t1=0.5", "--set", f"loss.t2={t2}",
         "--set", "train.epochs=1", "--set", "eval.every_epochs=0",
     ])

@@ -95,8 +95,8 @@ def test_training_turns_on_tf32_and_cudnn_benchmark_on_cuda(speed_flags_restored
     assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
 
 
-def test_the_speed_settings_are_recorded_in_the_runs_environment_record(one_epoch_run):
-    records = [json.loads(line) for line in (one_epoch_run / "metrics.jsonl").open()]
+def test_the_speed_settings_are_recorded_in_the_runs_environment_record(tiny_run):
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").open()]
     environment = [r for r in records if r["kind"] == "environment"]
     assert len(environment) == 1 and environment[0]["step"] == 0
     assert environment[0]["device"] == "cpu" and environment[0]["world_size"] == 1
