@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from record_files import face_dataset, hand_file
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
 from eqmcli.data.staging import INCOMPLETE_MARKER, staged_output_dir
 from eqmcli.errors import UserError
-from tests.data.test_record import face_dataset, hand_file
 
 runner = CliRunner()
 

@@ -11,10 +11,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner, Result
+from record_files import png
 
 from eqmcli.backbones import build_backbone
-from eqmcli.cli import app
 from eqmcli.data import build_train_data
 from eqmcli.data.decode import decode_file
 from eqmcli.data.image_folder import IMAGE_SUFFIXES, scan_image_folder
@@ -24,7 +23,6 @@ from eqmcli.data.transforms import to_model_input
 from eqmcli.errors import UserError
 from eqmcli.run.recipe import ImageFolderSource, Recipe, RecordSource, load_recipe
 from eqmcli.train.setup import resolve_input_size
-from tests.data.test_record import png
 
 
 def folder_of_sizes(root: Path, sizes: list[list[tuple[int, int]]], suffix: str = ".png") -> Path:
@@ -112,19 +110,7 @@ def test_no_images_message_lists_the_accepted_extensions(tmp_path: Path) -> None
     assert all(ext in str(info.value) for ext in IMAGE_SUFFIXES) and ".pgm" in str(info.value)
 
 
-def train_on_folder(folder: Path, out: Path) -> Result:
-    """`eqm train` of a 1-epoch tiny-net recipe on an image folder with 2 loader workers."""
-    recipe = out.with_suffix(".yaml")
-    recipe.write_text(yaml.safe_dump({
-        "data": {"train": {"kind": "image-folder", "root": str(folder)}, "num_workers": 2},
-        "model": {"backbone": "tiny", "embedding_dim": 8},
-        "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
-        "eval": {"every_epochs": 0},
-    }))
-    return CliRunner().invoke(app, ["train", str(recipe), "--out", str(out)])
-
-
-def test_eqm_train_on_a_folder_of_mixed_sizes(tmp_path: Path) -> None:
+def test_eqm_train_on_a_folder_of_mixed_sizes(tmp_path: Path, train_on_folder) -> None:
     folder = folder_of_sizes(tmp_path / "f", [[(24, 24), (30, 20)] * 3, [(28, 28), (24, 26)] * 3])
     result = train_on_folder(folder, tmp_path / "run")
     assert result.exit_code == 0, result.output

@@ -17,7 +17,6 @@ from eqmcli.data.decode import BadImageLog
 from eqmcli.data.image_folder import ImageFolderDataset, scan_image_folder
 from eqmcli.data.loader import make_loader
 from eqmcli.errors import UserError
-from tests.data.test_image_sizes import train_on_folder
 
 
 def folder_with_broken_class(root: Path) -> Path:
@@ -95,7 +94,7 @@ def test_a_program_holding_a_loader_exits_promptly(tmp_path: Path, mode: str) ->
         assert process.returncode == 0 and out.strip() == "finished"
 
 
-def test_eqm_train_prints_the_sentence_and_exits_2(tmp_path: Path) -> None:
+def test_eqm_train_prints_the_sentence_and_exits_2(tmp_path: Path, train_on_folder) -> None:
     root = folder_with_broken_class(tmp_path / "faces")
     result = train_on_folder(root, tmp_path / "run")
     assert result.exit_code == 2

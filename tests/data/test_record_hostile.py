@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from record_files import face_dataset, hand_file, png
 from typer.testing import CliRunner
 
 from eqmcli.cli import app
@@ -19,7 +20,6 @@ from eqmcli.data.record import (
     record_to_folder,
 )
 from eqmcli.errors import UserError
-from tests.data.test_record import face_dataset, hand_file, png
 
 
 def layout_error(root: Path, prop: str | None = None) -> str:
