@@ -78,6 +78,17 @@ class _ReportingDataset(Dataset):
         except UserError as exc:
             return LoaderFailure(str(exc))
 
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """A batch through the dataset's own `__getitems__` where it has one (the synthetic
+        set renders a batch in vectorized passes, ~10x faster than item by item)."""
+        fetch_batch = getattr(self.dataset, "__getitems__", None)
+        if fetch_batch is None:
+            return [self[index] for index in indices]
+        try:
+            return fetch_batch(indices)
+        except UserError as exc:
+            return [LoaderFailure(str(exc))]
+
 
 class FaceLoader(DataLoader):
     """A DataLoader that raises a worker's `UserError` in the main process as one sentence,
