@@ -35,6 +35,8 @@ def test_quickstart_reaches_90_percent_on_held_out_identities(quickstart_run):
 
 
 def test_untrained_network_scores_far_lower_on_the_same_pairs(quickstart_run):
+    """Both scored without flip fusion (training's result records that accuracy too), so
+    the untrained network embeds the 12,000 images once instead of twice."""
     recipe = load_recipe(QUICKSTART)
     torch.manual_seed(recipe.seed)
     size = recipe.data.train.image_size
@@ -43,7 +45,7 @@ def test_untrained_network_scores_far_lower_on_the_same_pairs(quickstart_run):
     )
     result = evaluate_set(
         untrained, synthetic_verification_set(recipe.data.train), device=torch.device("cpu"),
-        input_size=(size, size), progress=False,
+        input_size=(size, size), flip=False, progress=False,
     )
-    trained = quickstart_run.evaluations[-1]["accuracy"]
+    trained = quickstart_run.evaluations[-1]["accuracy_noflip"]
     assert result.accuracy <= trained - 0.15, (result.accuracy, trained)
