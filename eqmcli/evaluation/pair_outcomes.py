@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import zipfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from eqmcli.atomic import atomic_write, atomic_write_text
 from eqmcli.errors import UserError
 from eqmcli.evaluation.pair_sets import contiguous_folds
 from eqmcli.evaluation.verification import SetEvaluation
+from eqmcli.run.rundir import read_json_object
 
 SUFFIX = ".pairs.npz"
 FAILURES_SUFFIX = ".failures.csv"
@@ -117,12 +117,12 @@ def pair_correctness(results_dir: Path, benchmark: str) -> tuple[np.ndarray, np.
             f"{npz} is missing: per-pair scores are written by 'eqm eval' and by training's "
             "final verification since this version; re-run 'eqm eval' on that model"
         )
+    result = read_json_object(result_path) or {}
     try:
-        result = json.loads(result_path.read_text())
         thresholds = np.asarray(result["fold_thresholds"], dtype=np.float64)
         recorded = np.asarray(result["fold_accuracies"], dtype=np.float64)
         fingerprint = result.get("pairs_fingerprint")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         raise UserError(f"{result_path} is missing or holds no fold thresholds") from None
     pairs = _load_pairs(npz)
     if pairs["fold"].size == 0 or int(pairs["fold"].max()) >= thresholds.size:
