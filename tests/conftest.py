@@ -25,7 +25,7 @@ def tiny_recipe_copy() -> dict:
     return tiny_recipe()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def eqm() -> Callable[..., Result]:
     """`eqm(*args, env=None)`: runs `eqm ARGS...` in-process; the result's `exit_code`,
     `output` (stdout and stderr) and `stdout`."""

@@ -1,6 +1,6 @@
 """Helpers of the model interop tests: minimal stand-ins for InsightFace arcface_torch
 backbones, written from the published description (parameter names and architecture; no
-code copied), a writer of random test images, a CLI runner and shared run fixtures.
+code copied), a writer of random test images and an imported MobileFaceNet run.
 
 Only what the import needs is modelled: the module tree (hence the ``state_dict`` names)
 and the forward computation in eval mode.
@@ -14,11 +14,8 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
-from tiny_runs import TINY_RECIPE
+from tiny_runs import TINY_RECIPE, run_eqm
 from torch import nn
-from typer.testing import CliRunner
-
-from eqmcli.cli import app
 
 
 # ----------------------------------------------------------------------------- iresnet
@@ -206,17 +203,17 @@ def write_images(folder: Path, count: int, size: int = 112, seed: int = 0) -> li
 
 
 def invoke(*args: object) -> tuple[int, str]:
-    """Run ``eqm ARGS...``; (exit code, stdout + stderr)."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output + getattr(result, "stderr", "")
+    """Run ``eqm ARGS...``; (exit code, output). Only test_finetune still calls it."""
+    result = run_eqm(*args)
+    return result.exit_code, result.output
 
 
 def import_mbf_run(folder: Path) -> Path:
     """An imported 112 px arcface_torch MobileFaceNet run (random weights, calibrated BN)."""
     torch.save(randomized(ArcMobileFaceNet()).state_dict(), folder / "mbf.pth")
     run = folder / "mbf_run"
-    code, out = invoke("import", "insightface", folder / "mbf.pth", "--arch", "mbf", "--out", run)
-    assert code == 0, out
+    result = run_eqm("import", "insightface", folder / "mbf.pth", "--arch", "mbf", "--out", run)
+    assert result.exit_code == 0, result.output
     return run
 
 

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.data.synthetic import class_sizes
 from eqmcli.run.recipe import load_recipe
 
@@ -38,9 +36,9 @@ def _without_loss(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", STUDY)
-def test_dry_run_validates_without_the_data(name, tmp_path, monkeypatch):
+def test_dry_run_validates_without_the_data(name, tmp_path, monkeypatch, eqm):
     monkeypatch.chdir(tmp_path)  # relative data roots (data/faces_webface_112x112) do not exist
-    result = CliRunner().invoke(app, ["train", str(RECIPES / f"{name}.yaml"), "--dry-run"])
+    result = eqm("train", str(RECIPES / f"{name}.yaml"), "--dry-run")
     assert result.exit_code == 0, result.output
     assert "is valid" in result.output
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing

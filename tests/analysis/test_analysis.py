@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import eqmcli.analysis.study as study
 from eqmcli.analysis.statistics import (
@@ -244,13 +243,6 @@ def test_analyze_trained_user_errors(tmp_path, fake_extract, kwargs, split, mess
         analyze_trained(trained, data, split=split, device="cpu", progress=False)
 
 
-def _invoke(args):
-    from eqmcli.cli import app
-
-    result = CliRunner().invoke(app, args)
-    return result.exit_code, result.output + getattr(result, "stderr", "")
-
-
 @pytest.fixture
 def cli_run(tmp_path, monkeypatch, fake_extract):
     """A run directory whose loading is served by stand-ins (patched loading / data)."""
@@ -275,29 +267,34 @@ def cli_run(tmp_path, monkeypatch, fake_extract):
     return set_run
 
 
-def test_cli_bad_run_dir_exits_2(tmp_path):
-    code, out = _invoke(["analyze", str(tmp_path / "missing")])
-    assert code == 2 and "run directory or checkpoint not found" in out and "Traceback" not in out
+def test_cli_bad_run_dir_exits_2(tmp_path, eqm):
+    result = eqm("analyze", str(tmp_path / "missing"))
+    assert result.exit_code == 2, result.output
+    assert "run directory or checkpoint not found" in result.output
+    assert "Traceback" not in result.output
 
 
-def test_cli_empty_class_and_no_head_exit_2(cli_run):
+def test_cli_empty_class_and_no_head_exit_2(cli_run, eqm):
     run, state = cli_run()
     state["data"].class_sizes = np.array([3, 4, 0, 9, 12])
-    code, out = _invoke(["analyze", str(run), "--device", "cpu"])
-    assert code == 2 and "empty class: class 2 has no images" in out
+    result = eqm("analyze", str(run), "--device", "cpu")
+    assert result.exit_code == 2 and "empty class: class 2 has no images" in result.output
     run, state = cli_run(head=False)
-    code, out = _invoke(["analyze", str(run), "--device", "cpu"])
-    assert code == 2 and "no classification head" in out
+    result = eqm("analyze", str(run), "--device", "cpu")
+    assert result.exit_code == 2 and "no classification head" in result.output
 
 
-def test_cli_json_prints_only_the_summary(cli_run):
+def test_cli_json_prints_only_the_summary(cli_run, eqm):
     run, _ = cli_run()
-    code, out = _invoke(["analyze", str(run), "--device", "cpu", "--json", "--head-classes", "5"])
-    assert code == 0, out
-    summary = json.loads(out)
+    result = eqm("analyze", str(run), "--device", "cpu", "--json", "--head-classes", "5")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
     assert summary["head_classes"] == 5 and summary["groups"]["many"]["classes"] == 3
-    code, out = _invoke(["analyze", str(run), "--device", "cpu"])
-    assert code == 0 and ">=80" in out and "margin" in out and "per_class.csv" in out
+    result = eqm("analyze", str(run), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert ">=80" in result.output
+    assert "margin" in result.output
+    assert "per_class.csv" in result.output
 
 
 def test_trained_run_matches_brute_force(tiny_recipe_path, tmp_path):
@@ -356,14 +353,15 @@ def test_data_root_replaces_the_recorded_root(tmp_path):
         study.train_source(Recipe(), tmp_path / "x.pt", tmp_path / "moved")
 
 
-def test_cli_data_root_reaches_the_data_builder(cli_run, tmp_path, monkeypatch):
+def test_cli_data_root_reaches_the_data_builder(cli_run, tmp_path, monkeypatch, eqm):
     run, state = cli_run()
     state["trained"].recipe = _folder_recipe("faces")
     monkeypatch.chdir(tmp_path)
-    code, out = _invoke(["analyze", str(run), "--device", "cpu"])
-    assert code == 2 and "--data-root" in out and "Traceback" not in out
+    result = eqm("analyze", str(run), "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    assert "--data-root" in result.output and "Traceback" not in result.output
     (tmp_path / "data").mkdir()
-    code, out = _invoke(["analyze", str(run), "--device", "cpu", "--data-root",
-                         str(tmp_path / "data")])
-    assert code == 0, out
+    result = eqm("analyze", str(run), "--device", "cpu", "--data-root",
+                 str(tmp_path / "data"))
+    assert result.exit_code == 0, result.output
     assert state["source"].root == tmp_path / "data"

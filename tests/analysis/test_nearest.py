@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import eqmcli.analysis.nearest as nearest_module
 from eqmcli.analysis.nearest import exact_nearest, float32_error_bound, nearest_centers_cosine
@@ -112,14 +111,11 @@ def test_bench_analysis_agrees_with_the_exact_search():
     assert result.block == 128 and result.to_dict()["benchmark"] == "analysis"
 
 
-def test_cli_bench_analysis_writes_json(tmp_path):
-    from eqmcli.cli import app
+def test_cli_bench_analysis_writes_json(tmp_path, eqm):
 
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(
-        app, ["bench", "analysis", "--classes", "300", "--dim", "16", "--check",
-              "--json", str(out)]
-    )
+    result = eqm("bench", "analysis", "--classes", "300", "--dim", "16", "--check",
+                 "--json", str(out))
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert payload["classes"] == 300 and payload["mismatches"] == 0

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from eqmcli.cli import app
 from eqmcli.devices import describe_machine, machine
 
 
@@ -21,23 +18,23 @@ def test_machine_names_the_cpu_its_isa_flags_cpus_memory_and_load():
     assert line == "Some CPU, 2 CPUs (avx2, amx_bf16), 23.5 GiB, load 1.5"
 
 
-def test_bench_train_json_and_console_carry_the_machine(tmp_path: Path):
+def test_bench_train_json_and_console_carry_the_machine(tmp_path: Path, eqm):
     out = tmp_path / "train.json"
     args = ["bench", "train", "--backbone", "tiny", "--size", "24", "--batch", "4",
             "--classes", "10", "--steps", "1", "--warmup", "0", "--device", "cpu",
             "--no-compile", "--json", str(out)]
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 0, result.output
     host = json.loads(out.read_text())["environment"]["machine"]
     assert host["cpu_model"] == machine()["cpu_model"]
     assert f"machine: {host['cpu_model']}" in result.output
 
 
-def test_bench_heads_json_without_an_environment_gets_the_machine_at_top_level(tmp_path: Path):
+def test_bench_heads_json_without_an_environment_gets_the_machine_at_top_level(tmp_path: Path, eqm):
     out = tmp_path / "heads.json"
     args = ["bench", "heads", "--head", "eqm", "--classes", "20", "--dim", "8",
             "--batch", "4", "--repeats", "1", "--json", str(out)]
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert payload["machine"]["cpu_model"] == machine()["cpu_model"]

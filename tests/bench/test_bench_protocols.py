@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
-
-
-def test_bench_protocols_reports_time_and_memory(tmp_path: Path) -> None:
+def test_bench_protocols_reports_time_and_memory(tmp_path: Path, eqm) -> None:
     out = tmp_path / "protocols.json"
-    result = CliRunner().invoke(
-        app, ["bench", "protocols", "--scale", "0.001", "--dim", "64", "--json", str(out)]
-    )
+    result = eqm("bench", "protocols", "--scale", "0.001", "--dim", "64", "--json", str(out))
     assert result.exit_code == 0, result.output
     ijb, megaface = json.loads(out.read_text())["results"]
     assert ijb["benchmark"] == "ijbc-1to1" and ijb["sizes"]["pairs"] == 15_658

@@ -6,21 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from eqmcli.bench.head_cost import benchmark_head_cost, estimate_bytes
 from eqmcli.bench.suite import run_all
 from eqmcli.bench.training import TrainConfig, benchmark_training, default_configs
-from eqmcli.cli import app
 from eqmcli.errors import UserError
 
 TINY_TRAIN = ["--backbone", "tiny", "--size", "24", "--batch", "4", "--classes", "10",
               "--steps", "1", "--warmup", "0", "--device", "cpu", "--no-compile"]
 
 
-def test_cli_bench_train_reports_every_config_against_the_fp32_baseline(tmp_path: Path) -> None:
+def test_cli_bench_train_reports_every_config_against_the_fp32_baseline(
+    tmp_path: Path, eqm
+) -> None:
     out = tmp_path / "train.json"
-    result = CliRunner().invoke(app, ["bench", "train", *TINY_TRAIN, "--json", str(out)])
+    result = eqm("bench", "train", *TINY_TRAIN, "--json", str(out))
     assert result.exit_code == 0, result.output
     for label in ("fp32", "fp32+cl", "bf16", "bf16+cl", "vs fp32 eager"):
         assert label in result.output
@@ -62,16 +62,16 @@ def test_default_configs_per_device() -> None:
     [["--classes", "0"], ["--batch", "1"], ["--steps", "0"], ["--backbone", "nonet"],
      ["--head", "nohead"], ["--device", "gpu"]],
 )
-def test_cli_bench_train_bad_options_exit_2(option: list[str]) -> None:
-    result = CliRunner().invoke(app, ["bench", "train", *TINY_TRAIN, *option])
+def test_cli_bench_train_bad_options_exit_2(option: list[str], eqm) -> None:
+    result = eqm("bench", "train", *TINY_TRAIN, *option)
     assert result.exit_code == 2, result.output
 
 
-def test_cli_bench_head_cost_table_and_json(tmp_path: Path) -> None:
+def test_cli_bench_head_cost_table_and_json(tmp_path: Path, eqm) -> None:
     out = tmp_path / "cost.json"
-    result = CliRunner().invoke(app, ["bench", "head-cost", "--classes", "20,300", "--dim", "8",
-                                      "--batch", "4", "--repeats", "2", "--device", "cpu",
-                                      "--json", str(out)])
+    result = eqm("bench", "head-cost", "--classes", "20,300", "--dim", "8",
+                 "--batch", "4", "--repeats", "2", "--device", "cpu",
+                 "--json", str(out))
     assert result.exit_code == 0, result.output
     assert "Head cost" in result.output and "peak memory:" in result.output
     payload = json.loads(out.read_text())
@@ -93,14 +93,14 @@ def test_head_cost_skips_what_does_not_fit() -> None:
 
 
 @pytest.mark.parametrize("text", ["0", "10,x", "", "1"])
-def test_head_cost_rejects_bad_class_lists(text: str) -> None:
-    result = CliRunner().invoke(app, ["bench", "head-cost", "--classes", text, "--device", "cpu"])
+def test_head_cost_rejects_bad_class_lists(text: str, eqm) -> None:
+    result = eqm("bench", "head-cost", "--classes", text, "--device", "cpu")
     assert result.exit_code == 2, result.output
     assert "--classes" in result.output and "Traceback" not in result.output
 
 
-def test_cli_bench_head_cost_bad_classes_exit_2() -> None:
-    result = CliRunner().invoke(app, ["bench", "head-cost", "--classes", "0", "--device", "cpu"])
+def test_cli_bench_head_cost_bad_classes_exit_2(eqm) -> None:
+    result = eqm("bench", "head-cost", "--classes", "0", "--device", "cpu")
     assert result.exit_code == 2
 
 
@@ -124,23 +124,19 @@ def test_run_all_collects_every_part_with_tiny_overrides() -> None:
         run_all("cpu", parts=("nopart",))
 
 
-def test_cli_bench_extract_reports_images_per_second():
-    from typer.testing import CliRunner
+def test_cli_bench_extract_reports_images_per_second(eqm):
 
-    from eqmcli.cli import app
 
-    result = CliRunner().invoke(
-        app, ["bench", "extract", "--backbone", "tiny", "--size", "24", "--batch", "4",
-              "--batches", "1", "--device", "cpu"],
-    )
+    result = eqm("bench", "extract", "--backbone", "tiny", "--size", "24", "--batch", "4",
+                 "--batches", "1", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "images/s" in result.output and "tiny 24x24" in result.output
 
 
-def test_cli_bench_head_memory_halves_per_rank_bytes(tmp_path: Path) -> None:
+def test_cli_bench_head_memory_halves_per_rank_bytes(tmp_path: Path, eqm) -> None:
     out = tmp_path / "memory.json"
-    result = CliRunner().invoke(app, ["bench", "head-memory", "--classes", "64", "--dim", "8",
-                                      "--batch", "8", "--world-sizes", "1,2", "--json", str(out)])
+    result = eqm("bench", "head-memory", "--classes", "64", "--dim", "8",
+                 "--batch", "8", "--world-sizes", "1,2", "--json", str(out))
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
     assert [r["world_size"] for r in rows] == [1, 2] and [r["classes"] for r in rows] == [64, 32]

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from eqmcli.bench.heads import benchmark_heads
-from eqmcli.cli import app
 from eqmcli.errors import UserError
 
 
@@ -29,16 +27,16 @@ def test_benchmark_rejects_an_unknown_head() -> None:
         benchmark_heads(["nosuchloss"], num_classes=10, embedding_dim=4, batch_size=2, repeats=1)
 
 
-def test_cli_bench_heads_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+def test_cli_bench_heads_prints_the_table_and_writes_json(tmp_path: Path, eqm) -> None:
     out = tmp_path / "heads.json"
-    result = CliRunner().invoke(app, ["bench", "heads", "--classes", "50", "--dim", "16",
-                                      "--batch", "8", "--repeats", "1", "--json", str(out)])
+    result = eqm("bench", "heads", "--classes", "50", "--dim", "16",
+                 "--batch", "8", "--repeats", "1", "--json", str(out))
     assert result.exit_code == 0, result.output
     for name in ("normface", "eqm", "sphereface", "softmax"):
         assert name in result.output
     payload = json.loads(out.read_text())
     assert payload["classes"] == 50
     assert {row["name"] for row in payload["rows"]} >= {"normface", "eqm", "arcface", "focal"}
-    bad = CliRunner().invoke(app, ["bench", "heads", "--classes", "50", "--dim", "16",
-                                   "--batch", "8", "--repeats", "1", "--head", "bogus"])
+    bad = eqm("bench", "heads", "--classes", "50", "--dim", "16",
+              "--batch", "8", "--repeats", "1", "--head", "bogus")
     assert bad.exit_code == 2

@@ -72,10 +72,8 @@ def test_per_seed_rows_are_written_for_every_run_and_metric(tmp_path):
                    (str(runs[2]), "closed_accuracy_few", 0.95)]
 
 
-def test_the_kept_pass1_sweep_holds_the_page_s_table_values_and_plots(tmp_path):
-    from typer.testing import CliRunner
+def test_the_kept_pass1_sweep_holds_the_page_s_table_values_and_plots(tmp_path, eqm):
 
-    from eqmcli.cli import app
 
     folder = ROOT / "docs" / "data" / "imbalance-pass1-stage-a"
     page = (ROOT / "docs" / "imbalance-study.md").read_text()
@@ -87,7 +85,7 @@ def test_the_kept_pass1_sweep_holds_the_page_s_table_values_and_plots(tmp_path):
         cells = [c.strip() for c in row.split("|")]
         assert cells[4].startswith(f"{accuracy:.2f}")  # verification %
         assert cells[11] == f"{config['metrics']['scope_mean_all']['mean']:.1f}"  # scope °
-    result = CliRunner().invoke(app, ["plot", str(folder), "--metric", "scope_mean_all",
-                                      "--x", "loss.t1", "--out", str(tmp_path)])
+    result = eqm("plot", str(folder), "--metric", "scope_mean_all",
+                 "--x", "loss.t1", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sweep-scope_mean_all-vs-loss.t1.png").is_file()

@@ -7,12 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from eqmcli.cli import COMMANDS, app
+from eqmcli.cli import COMMANDS
 from eqmcli.cli.lazy import load_command
-
-runner = CliRunner()
 
 HELP_IN_A_FRESH_PROCESS = """
 import sys
@@ -55,24 +52,24 @@ def test_registered_summary_is_the_commands_own_first_help_paragraph(name: str) 
     [("data", ["stats", "convert", "make-bin", "align"]), ("bench", ["heads", "train", "all"]),
      ("import", ["insightface"])],
 )
-def test_subgroup_help_lists_its_subcommands(group: str, subcommands: list[str]) -> None:
-    result = runner.invoke(app, [group, "--help"])
+def test_subgroup_help_lists_its_subcommands(group: str, subcommands: list[str], eqm) -> None:
+    result = eqm(group, "--help")
     assert result.exit_code == 0, result.output
     for name in subcommands:
         assert name in result.output
 
 
-def test_a_commands_own_help_and_a_subcommands_help_load_their_module() -> None:
-    train = runner.invoke(app, ["train", "--help"])
+def test_a_commands_own_help_and_a_subcommands_help_load_their_module(eqm) -> None:
+    train = eqm("train", "--help")
     assert train.exit_code == 0, train.output
     assert "--resume" in train.output
-    stats = runner.invoke(app, ["data", "stats", "--help"])
+    stats = eqm("data", "stats", "--help")
     assert stats.exit_code == 0, stats.output
     assert "--json" in stats.output
 
 
-def test_a_mistyped_command_is_refused_with_a_suggestion() -> None:
-    result = runner.invoke(app, ["trian"])
+def test_a_mistyped_command_is_refused_with_a_suggestion(eqm) -> None:
+    result = eqm("trian")
     assert result.exit_code == 2
     assert "Did you mean 'train'" in result.output
 
@@ -87,14 +84,14 @@ def _leaf_commands(name: str, command) -> list[tuple[list[str], object]]:
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_bracketed_words_in_option_help_survive_rich_markup(name: str) -> None:
+def test_bracketed_words_in_option_help_survive_rich_markup(name: str, eqm) -> None:
     """`[tensorboard]` in an option's help is text, not a rich markup tag to drop."""
     for argv, command in _leaf_commands(name, load_command(name, COMMANDS[name])):
         texts = [param.help or "" for param in command.params if hasattr(param, "help")]
         words = {w for text in texts for w in re.findall(r"\[[a-z][a-z0-9_-]*\]", text)}
         if not words:
             continue
-        result = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "400"})
+        result = eqm(*argv, "--help", env={"COLUMNS": "400"})
         assert result.exit_code == 0, result.output
         for word in words:
             assert word in result.output, f"eqm {' '.join(argv)} --help lost {word}"

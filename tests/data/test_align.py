@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from PIL import Image
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.data.align import (
     TEMPLATES,
     align_face,
@@ -92,7 +92,7 @@ def test_landmark_rows_with_the_wrong_column_count_name_the_line(tmp_path: Path)
 
 
 @pytest.mark.usefixtures("skimage_installed")
-def test_eqm_data_align_writes_crops_and_lists_missing_images(tmp_path: Path) -> None:
+def test_eqm_data_align_writes_crops_and_lists_missing_images(tmp_path: Path, eqm) -> None:
     template = TEMPLATES["sphereface-112x96"]
     truth = _similarity(10.0, 1.4, 30.0, 20.0)
     photo = warp_to_template(_blob_face(template.size, template.array), truth, (200, 200))
@@ -101,22 +101,16 @@ def test_eqm_data_align_writes_crops_and_lists_missing_images(tmp_path: Path) ->
     points = (truth[:2, :2] @ template.array.T).T + truth[:2, 2]
     row = " ".join(f"{v:.4f}" for v in points.reshape(-1))
     (tmp_path / "lm.txt").write_text(f"p1/a.png {row} 0.99\np1/gone.png {row} 0.5\n")
-    result = CliRunner().invoke(
-        app,
-        ["data", "align", str(tmp_path / "src"), str(tmp_path / "dst"), "--landmarks",
-         str(tmp_path / "lm.txt"), "--template", "sphereface-112x96"],
-    )
+    result = eqm("data", "align", str(tmp_path / "src"), str(tmp_path / "dst"), "--landmarks",
+                 str(tmp_path / "lm.txt"), "--template", "sphereface-112x96")
     assert result.exit_code == 0, result.output
     crop = np.asarray(Image.open(tmp_path / "dst" / "p1" / "a.png"))
     assert crop.shape == (112, 96, 3)
     assert np.abs(_blob_centres(crop, template.array) - template.array).max() < 0.5
     report = (tmp_path / "dst" / "align_report.txt").read_text()
     assert report == "missing\tp1/gone.png\n" and "1 listed images are missing" in result.stderr
-    bad = CliRunner().invoke(
-        app,
-        ["data", "align", str(tmp_path / "src"), str(tmp_path / "d2"), "--landmarks",
-         str(tmp_path / "lm.txt"), "--template", "vgg"],
-    )
+    bad = eqm("data", "align", str(tmp_path / "src"), str(tmp_path / "d2"), "--landmarks",
+              str(tmp_path / "lm.txt"), "--template", "vgg")
     assert bad.exit_code == 2 and "unknown alignment template" in bad.stderr
 
 
@@ -131,35 +125,37 @@ def _one_face_folder(tmp_path: Path) -> tuple[Path, str]:
     return tmp_path / "src", " ".join(f"{v:.4f}" for v in points.reshape(-1))
 
 
-def _align(src: Path, dst: Path, landmarks: Path) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["data", "align", str(src), str(dst), "--landmarks",
-                                      str(landmarks)])
+def _align(
+    eqm: Callable[..., Result], src: Path, dst: Path, landmarks: Path
+) -> tuple[int, str]:
+    result = eqm("data", "align", str(src), str(dst), "--landmarks",
+                 str(landmarks))
     return result.exit_code, " ".join(result.output.split())
 
 
 @pytest.mark.usefixtures("skimage_installed")
-def test_align_refuses_a_destination_inside_the_source_and_the_reverse(tmp_path: Path) -> None:
+def test_align_refuses_a_destination_inside_the_source_and_the_reverse(tmp_path: Path, eqm) -> None:
     src, row = _one_face_folder(tmp_path)
     landmarks = tmp_path / "lm.txt"
     landmarks.write_text(f"p1/a.png {row}\n")
     original = (src / "p1" / "a.png").read_bytes()
     (tmp_path / "link").symlink_to(src)
     for dst in (src / "p1", src / "aligned", tmp_path / "link" / "out"):
-        code, said = _align(src, dst, landmarks)
+        code, said = _align(eqm, src, dst, landmarks)
         assert code == 2 and "lies inside the source folder" in said, said
-    code, said = _align(src / "p1", src, landmarks)
+    code, said = _align(eqm, src / "p1", src, landmarks)
     assert code == 2 and "lies inside the destination folder" in said, said
     assert (src / "p1" / "a.png").read_bytes() == original
     assert sorted(str(p.relative_to(src)) for p in src.rglob("*")) == ["p1", "p1/a.png"]
 
 
 @pytest.mark.usefixtures("skimage_installed")
-def test_landmarks_far_outside_the_image_are_listed_not_aligned(tmp_path: Path) -> None:
+def test_landmarks_far_outside_the_image_are_listed_not_aligned(tmp_path: Path, eqm) -> None:
     src, row = _one_face_folder(tmp_path)
     far = "1e15 " + " ".join(row.split()[1:])
     landmarks = tmp_path / "lm.txt"
     landmarks.write_text(f"p1/a.png {far}\n")
-    code, said = _align(src, tmp_path / "dst", landmarks)
+    code, said = _align(eqm, src, tmp_path / "dst", landmarks)
     assert code == 0 and "aligned 0 images" in said and "1 could not be aligned" in said
     assert not (tmp_path / "dst" / "p1" / "a.png").exists()
     report = (tmp_path / "dst" / "align_report.txt").read_text()
@@ -172,11 +168,11 @@ def test_landmarks_far_outside_the_image_are_listed_not_aligned(tmp_path: Path) 
 
 
 @pytest.mark.usefixtures("skimage_installed")
-def test_an_image_listed_twice_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+def test_an_image_listed_twice_is_refused_before_anything_is_written(tmp_path: Path, eqm) -> None:
     src, row = _one_face_folder(tmp_path)
     landmarks = tmp_path / "lm.txt"
     landmarks.write_text(f"p1/a.png {row}\np1/./a.png {row}\n")
-    code, said = _align(src, tmp_path / "dst", landmarks)
+    code, said = _align(eqm, src, tmp_path / "dst", landmarks)
     assert code == 2 and "lists 'p1/./a.png' 2 times" in said and "overwrite" in said, said
     assert not (tmp_path / "dst").exists()
 

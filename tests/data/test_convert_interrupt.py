@@ -13,19 +13,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from PIL import Image
 from record_files import face_dataset, hand_file
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.data.staging import INCOMPLETE_MARKER, staged_output_dir
 from eqmcli.errors import UserError
-
-runner = CliRunner()
 
 # Runs `eqm data convert SRC DST` with the N-th call of TARGET ('write' = RecordWriter.write,
 # 'write_bytes' = Path.write_bytes) replaced by ACTION ('kill' = SIGKILL, 'wait' = sleep).
@@ -73,41 +71,41 @@ def convert_stopping(target: str, nth: int, action: str, src: Path, dst: Path):
                             env=env)
 
 
-def assert_nothing_looks_complete(dst: Path) -> None:
+def assert_nothing_looks_complete(eqm: Callable[..., Result], dst: Path) -> None:
     assert not dst.exists()
-    stats = runner.invoke(app, ["data", "stats", str(dst)])
+    stats = eqm("data", "stats", str(dst))
     assert stats.exit_code == 2 and "Traceback" not in stats.output
 
 
 @pytest.mark.parametrize("direction", ["folder->record", "record->folder"])
 def test_kill_9_mid_convert_leaves_only_a_marked_partial_that_readers_refuse(
-    tmp_path: Path, direction: str
+    tmp_path: Path, direction: str, eqm
 ) -> None:
     folder = make_folder(tmp_path / "faces")
     if direction == "folder->record":
         src, dst, target = folder, tmp_path / "rec", "write"
     else:
-        first = runner.invoke(app, ["data", "convert", str(folder), str(tmp_path / "rec")])
+        first = eqm("data", "convert", str(folder), str(tmp_path / "rec"))
         assert first.exit_code == 0, first.output
         src, dst, target = tmp_path / "rec", tmp_path / "back", "write_bytes"
     process = convert_stopping(target, 9, "kill", src, dst)
     process.communicate(timeout=120)
     assert process.returncode == -signal.SIGKILL
 
-    assert_nothing_looks_complete(dst)
+    assert_nothing_looks_complete(eqm, dst)
     partial = dst.with_name(dst.name + ".partial")
     assert (partial / INCOMPLETE_MARKER).is_file()
-    refused = runner.invoke(app, ["data", "stats", str(partial)])
+    refused = eqm("data", "stats", str(partial))
     assert refused.exit_code == 2 and "incomplete output" in refused.output
 
-    again = runner.invoke(app, ["data", "convert", str(src), str(dst)])  # removes the leftover
+    again = eqm("data", "convert", str(src), str(dst))  # removes the leftover
     assert again.exit_code == 0, again.output
     assert not partial.exists()
-    stats = runner.invoke(app, ["data", "stats", str(dst), "--json"])
+    stats = eqm("data", "stats", str(dst), "--json")
     assert stats.exit_code == 0 and '"images": 18' in stats.output
 
 
-def test_ctrl_c_mid_convert_leaves_nothing(tmp_path: Path) -> None:
+def test_ctrl_c_mid_convert_leaves_nothing(tmp_path: Path, eqm) -> None:
     folder = make_folder(tmp_path / "faces")
     dst = tmp_path / "rec"
     process = convert_stopping("write", 9, "wait", folder, dst)
@@ -115,17 +113,17 @@ def test_ctrl_c_mid_convert_leaves_nothing(tmp_path: Path) -> None:
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode != 0
-    assert_nothing_looks_complete(dst)
+    assert_nothing_looks_complete(eqm, dst)
     assert not dst.with_name("rec.partial").exists()
 
 
-def test_a_corrupt_record_mid_convert_leaves_nothing(tmp_path: Path) -> None:
+def test_a_corrupt_record_mid_convert_leaves_nothing(tmp_path: Path, eqm) -> None:
     records, _ = face_dataset(tmp_path)
     hand_file(tmp_path, records)
     lines = (tmp_path / "train.idx").read_text().splitlines()
     lines[3] = "3\t2"  # image key 3 of 5 points into the middle of a record
     (tmp_path / "train.idx").write_text("\n".join(lines) + "\n")
-    result = runner.invoke(app, ["data", "convert", str(tmp_path), str(tmp_path / "back")])
+    result = eqm("data", "convert", str(tmp_path), str(tmp_path / "back"))
     assert result.exit_code == 2 and "record 3 is corrupt" in result.output
     assert not (tmp_path / "back").exists() and not (tmp_path / "back.partial").exists()
 

@@ -10,12 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
-
-from eqmcli.cli import app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "recipes" / "image-folder-example.yaml"
-runner = CliRunner()
 SMALL_BATCH = ["--set", "train.batch_size=8"]  # the example's 128 exceeds 24 images
 FAST = ["--set", "model.backbone=tiny", "--set", "model.embedding_dim=16",
         "--set", "data.train.image_size=[32,32]", "--set", "train.batch_size=8",
@@ -51,8 +47,8 @@ def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_dry_run_counts_the_folder_and_the_pairs(user_folder: Path) -> None:
-    result = runner.invoke(app, ["train", str(EXAMPLE), "--dry-run", *SMALL_BATCH])
+def test_dry_run_counts_the_folder_and_the_pairs(user_folder: Path, eqm) -> None:
+    result = eqm("train", str(EXAMPLE), "--dry-run", *SMALL_BATCH)
     assert result.exit_code == 0, result.output
     assert "image-folder: 4 classes, 24 images" in result.output
     assert "20 pairs in 10 folds" in result.output
@@ -60,48 +56,48 @@ def test_dry_run_counts_the_folder_and_the_pairs(user_folder: Path) -> None:
     assert not (user_folder / "runs").exists()
 
 
-def test_dry_run_reports_a_missing_pairs_file(user_folder: Path) -> None:
+def test_dry_run_reports_a_missing_pairs_file(user_folder: Path, eqm) -> None:
     (user_folder / "data" / "my-pairs.txt").unlink()
-    result = runner.invoke(app, ["train", str(EXAMPLE), "--dry-run", *SMALL_BATCH])
+    result = eqm("train", str(EXAMPLE), "--dry-run", *SMALL_BATCH)
     assert result.exit_code == 2
     assert "my-pairs.txt" in result.output and "Traceback" not in result.output
 
 
-def test_dry_run_refuses_a_batch_larger_than_the_folder(user_folder: Path) -> None:
-    result = runner.invoke(app, ["train", str(EXAMPLE), "--dry-run"])
+def test_dry_run_refuses_a_batch_larger_than_the_folder(user_folder: Path, eqm) -> None:
+    result = eqm("train", str(EXAMPLE), "--dry-run")
     assert result.exit_code == 2
     assert "larger than the data set (24 images)" in result.output
 
 
-def test_dry_run_without_the_data_says_it_was_not_checked(tmp_path, monkeypatch) -> None:
+def test_dry_run_without_the_data_says_it_was_not_checked(tmp_path, monkeypatch, eqm) -> None:
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["train", str(EXAMPLE), "--dry-run", *SMALL_BATCH])
+    result = eqm("train", str(EXAMPLE), "--dry-run", *SMALL_BATCH)
     assert result.exit_code == 0, result.output
     assert "not checked" in result.output and "data/my-faces" in result.output
 
 
 @pytest.mark.parametrize("with_data", [True, False])
-def test_dry_run_builds_a_non_square_model(user_folder: Path, with_data: bool) -> None:
+def test_dry_run_builds_a_non_square_model(user_folder: Path, with_data: bool, eqm) -> None:
     if not with_data:
         (user_folder / "data").rename(user_folder / "elsewhere")
-    result = runner.invoke(app, ["train", str(EXAMPLE), "--dry-run", *SMALL_BATCH,
-                                 "--set", "data.train.image_size=[112,96]"])
+    result = eqm("train", str(EXAMPLE), "--dry-run", *SMALL_BATCH,
+                 "--set", "data.train.image_size=[112,96]")
     assert result.exit_code == 0, result.output
     assert "112x96 px -> 512-d" in result.output
 
 
-def test_example_recipe_trains_and_verifies_on_a_small_folder(user_folder: Path) -> None:
-    result = runner.invoke(app, ["train", str(EXAMPLE), "--no-progress", *FAST])
+def test_example_recipe_trains_and_verifies_on_a_small_folder(user_folder: Path, eqm) -> None:
+    result = eqm("train", str(EXAMPLE), "--no-progress", *FAST)
     assert result.exit_code == 0, result.output
     run = user_folder / "runs" / "image-folder-example"
     assert (run / "checkpoints" / "last.pt").is_file()
     assert (run / "eval" / "my-pairs.json").is_file()
 
 
-def test_per_class_table_names_each_identity_folder(user_folder: Path) -> None:
-    assert runner.invoke(app, ["train", str(EXAMPLE), "--no-progress", *FAST]).exit_code == 0
+def test_per_class_table_names_each_identity_folder(user_folder: Path, eqm) -> None:
+    assert eqm("train", str(EXAMPLE), "--no-progress", *FAST).exit_code == 0
     run = user_folder / "runs" / "image-folder-example"
-    result = runner.invoke(app, ["analyze", str(run), "--head-classes", "2", "--device", "cpu"])
+    result = eqm("analyze", str(run), "--head-classes", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     with (run / "analysis" / "per_class.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 from record_files import face_dataset, hand_file, png
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.data.record import (
     CorruptRecordError,
     RecordFile,
@@ -128,8 +126,8 @@ def test_huge_part_length_and_huge_index_numbers(tmp_path: Path) -> None:
         RecordFile(tmp_path / "train.rec")
 
 
-def test_stats_of_a_hostile_record_exits_2_with_one_sentence(tmp_path: Path) -> None:
+def test_stats_of_a_hostile_record_exits_2_with_one_sentence(tmp_path: Path, eqm) -> None:
     labelled_file(tmp_path, [0.0, float("nan")])
-    result = CliRunner().invoke(app, ["data", "stats", str(tmp_path)])
+    result = eqm("data", "stats", str(tmp_path))
     assert result.exit_code == 2
     assert "record 1 is corrupt" in result.output and "Traceback" not in result.output

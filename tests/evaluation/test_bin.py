@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 from pair_files import jpeg_bytes
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.errors import UserError
 from eqmcli.evaluation.pair_sets import load_bin_pickle, read_bin
 
@@ -118,7 +116,7 @@ def test_truncated_and_corrupt_bin(tmp_path: Path) -> None:
     assert "Traceback" not in str(info.value)
 
 
-def test_make_bin_round_trip(tmp_path: Path) -> None:
+def test_make_bin_round_trip(tmp_path: Path, eqm) -> None:
     from PIL import Image
 
     root = tmp_path / "faces"
@@ -138,8 +136,8 @@ def test_make_bin_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "mine.bin"
     previous_umask = os.umask(0o022)
     try:
-        result = CliRunner().invoke(app, ["data", "make-bin", str(root), str(pairs_file),
-                                          str(out)])
+        result = eqm("data", "make-bin", str(root), str(pairs_file),
+                     str(out))
     finally:
         os.umask(previous_umask)
     assert result.exit_code == 0, result.output

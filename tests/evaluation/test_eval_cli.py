@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 from pair_files import write_bin
-from typer.testing import CliRunner
-
-from eqmcli.cli import app
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(app, ["eval", *args])
-
-
-def test_eval_recipe_sets_json(untrained_run: Path) -> None:
-    result = _invoke(str(untrained_run), "--json", "--batch-size", "32")
+def test_eval_recipe_sets_json(untrained_run: Path, eqm) -> None:
+    result = eqm("eval", str(untrained_run), "--json", "--batch-size", "32")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # nothing but JSON on stdout
     assert list(data) == ["synthetic"]
@@ -34,7 +27,7 @@ def test_eval_recipe_sets_json(untrained_run: Path) -> None:
     assert written == synthetic
 
 
-def test_eval_bin_pairs_table_and_resize_note(untrained_run: Path, tmp_path: Path) -> None:
+def test_eval_bin_pairs_table_and_resize_note(untrained_run: Path, tmp_path: Path, eqm) -> None:
     data_root = tmp_path / "bench"
     data_root.mkdir()
     write_bin(data_root / "lfw.bin")
@@ -47,17 +40,17 @@ def test_eval_bin_pairs_table_and_resize_note(untrained_run: Path, tmp_path: Pat
     (tmp_path / "mine.txt").write_text(
         "\n".join(f"{i % 4}.png {(i + 1) % 4}.png {i % 2}" for i in range(10)) + "\n"
     )
-    result = _invoke(
-        str(untrained_run / "checkpoints" / "last.pt"),
-        "--lfw",
-        "--data-root",
-        str(data_root),
-        "--pairs",
-        str(tmp_path / "mine.txt"),
-        "--images-root",
-        str(imgs),
-        "--no-flip",
-    )
+    result = eqm("eval",
+                 str(untrained_run / "checkpoints" / "last.pt"),
+                 "--lfw",
+                 "--data-root",
+                 str(data_root),
+                 "--pairs",
+                 str(tmp_path / "mine.txt"),
+                 "--images-root",
+                 str(imgs),
+                 "--no-flip",
+             )
     assert result.exit_code == 0, result.output
     assert "lfw" in result.stdout and "mine" in result.stdout and "—" in result.stdout
     assert "resized" in result.stderr
@@ -67,17 +60,17 @@ def test_eval_bin_pairs_table_and_resize_note(untrained_run: Path, tmp_path: Pat
     assert (untrained_run / "eval" / "mine.json").is_file()
 
 
-def test_missing_benchmark_names_the_path(untrained_run: Path, tmp_path: Path) -> None:
+def test_missing_benchmark_names_the_path(untrained_run: Path, tmp_path: Path, eqm) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = _invoke(str(untrained_run), "--cfp-fp", "--data-root", str(empty))
+    result = eqm("eval", str(untrained_run), "--cfp-fp", "--data-root", str(empty))
     assert result.exit_code == 2
     assert str(empty / "cfp_fp.bin") in result.stderr.replace("\n", "")
-    result = _invoke(str(untrained_run), "--lfw", "--data-root", str(empty))
+    result = eqm("eval", str(untrained_run), "--lfw", "--data-root", str(empty))
     message = result.stderr.replace("\n", "")
     assert result.exit_code == 2 and str(empty / "lfw.bin") in message and "pairs.txt" in message
     env = {k: v for k, v in os.environ.items() if k != "EQM_DATA_ROOT"}
-    result = CliRunner(env=env).invoke(app, ["eval", str(untrained_run), "--calfw"])
+    result = eqm("eval", str(untrained_run), "--calfw", env=env)
     assert result.exit_code == 2 and "EQM_DATA_ROOT" in result.stderr
 
 
@@ -89,25 +82,25 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_bin_exit_2_and_runs_nothing(untrained_run: Path, tmp_path: Path) -> None:
+def test_malicious_bin_exit_2_and_runs_nothing(untrained_run: Path, tmp_path: Path, eqm) -> None:
     marker = tmp_path / "pwned"
     root = tmp_path / "evil"
     root.mkdir()
     (root / "agedb_30.bin").write_bytes(pickle.dumps(([_Payload(marker)], [True]), protocol=2))
-    result = _invoke(str(untrained_run), "--agedb-30", "--data-root", str(root), "--json")
+    result = eqm("eval", str(untrained_run), "--agedb-30", "--data-root", str(root), "--json")
     assert result.exit_code == 2
     assert "system" in result.stderr and "refusing" in result.stderr.replace("\n", " ")
     assert result.stdout == ""
     assert not marker.exists()
 
 
-def test_truncated_bin_exit_2(untrained_run: Path, tmp_path: Path) -> None:
+def test_truncated_bin_exit_2(untrained_run: Path, tmp_path: Path, eqm) -> None:
     root = tmp_path / "bench"
     root.mkdir()
     write_bin(root / "cplfw.bin")
     data = (root / "cplfw.bin").read_bytes()
     (root / "cplfw.bin").write_bytes(data[:-100])
-    result = _invoke(str(untrained_run), "--cplfw", "--data-root", str(root))
+    result = eqm("eval", str(untrained_run), "--cplfw", "--data-root", str(root))
     assert result.exit_code == 2 and "truncated or corrupt" in result.stderr.replace("\n", " ")
 
 

@@ -8,19 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.evaluation.evaluate import load_training_sets
 from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.run.rundir import load_trained
 
-runner = CliRunner()
-
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_final_training_eval_equals_eqm_eval_of_last_checkpoint(
-    train_tiny, precision: str
+    train_tiny, precision: str, eqm
 ) -> None:
     # bf16 training (what `precision: auto` picks on CPUs with native bf16) and the NHWC
     # model training leaves behind must not change the evaluation's embeddings
@@ -28,7 +24,7 @@ def test_final_training_eval_equals_eqm_eval_of_last_checkpoint(
     trained_json = json.loads((out / "eval" / "synthetic.json").read_text())
     trained_scores = np.load(out / "eval" / "synthetic.pairs.npz")["score"]
 
-    result = runner.invoke(app, ["eval", str(out), "--device", "cpu", "--json"])
+    result = eqm("eval", str(out), "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.stdout)["synthetic"]
     assert evaluated["checkpoint"] == trained_json["checkpoint"]

@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from interop_helpers import invoke
 
 
 @pytest.mark.parametrize("eval_folder_exists", [True, False])
 def test_eval_of_a_read_only_run_folder_is_one_sentence_before_any_work(
     tmp_path: Path, tiny_run_copy: Path, monkeypatch: pytest.MonkeyPatch,
-    eval_folder_exists: bool
+    eval_folder_exists: bool, eqm
 ) -> None:
     run = tiny_run_copy
     shutil.rmtree(run / "eval")  # the results of training's verification
@@ -38,11 +37,11 @@ def test_eval_of_a_read_only_run_folder_is_one_sentence_before_any_work(
 
     monkeypatch.setattr(os, "open", guarded_open)
     monkeypatch.setattr(Path, "mkdir", guarded_mkdir)
-    code, out = invoke("eval", run, "--device", "cpu")
-    said = " ".join(out.split())
-    assert code == 2 and "Read-only file system" in said and "--out DIR" in said, said
-    assert "Traceback" not in out and "accuracy" not in said, "refused before the work"
+    result = eqm("eval", run, "--device", "cpu")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Read-only file system" in said and "--out DIR" in said, said
+    assert "Traceback" not in result.output and "accuracy" not in said, "refused before the work"
     monkeypatch.undo()
-    code, out = invoke("eval", run, "--device", "cpu", "--out", tmp_path / "elsewhere")
-    assert code == 0, out
+    result = eqm("eval", run, "--device", "cpu", "--out", tmp_path / "elsewhere")
+    assert result.exit_code == 0, result.output
     assert (tmp_path / "elsewhere" / "synthetic.json").is_file()

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.errors import UserError
 from eqmcli.evaluation.verification import verify
 from eqmcli.run.recipe import load_recipe
@@ -102,13 +100,13 @@ def test_one_class_pairs_file_is_refused_for_training(tmp_path: Path, tiny_recip
 
 
 def test_one_class_pairs_file_warns_and_reports_no_accuracy(
-    untrained_run: Path, tmp_path: Path
+    untrained_run: Path, tmp_path: Path, eqm
 ) -> None:
     run = untrained_run
     _faces(tmp_path / "faces")
     lines = [(a, b, 1) for a, b, label in _mixed_pairs() if label]
     pairs = _pairs_file(tmp_path / "faces" / "same.txt", lines * 2)
-    result = CliRunner().invoke(app, ["eval", str(run), "--pairs", str(pairs)])
+    result = eqm("eval", str(run), "--pairs", str(pairs))
     assert result.exit_code == 0, result.output
     assert "100.00" not in result.stdout and "—" in result.stdout
     warning = result.stderr.replace("\n", " ")

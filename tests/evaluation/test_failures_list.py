@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from pair_files import LACKING, PAIRS, write_bin
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.evaluation.pair_outcomes import pair_correctness
 
 
@@ -19,10 +17,12 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(stream))
 
 
-def test_failures_list_the_wrong_pairs_with_their_image_paths(tmp_path, pairs_file, untrained_run):
+def test_failures_list_the_wrong_pairs_with_their_image_paths(
+    tmp_path, pairs_file, untrained_run, eqm
+):
     run = untrained_run
-    result = CliRunner().invoke(app, ["eval", str(run), "--pairs", str(pairs_file), "--no-flip",
-                                      "--device", "cpu", "--missing", "count-wrong"])
+    result = eqm("eval", str(run), "--pairs", str(pairs_file), "--no-flip",
+                 "--device", "cpu", "--missing", "count-wrong")
     assert result.exit_code == 0, result.output
     assert "pairs.failures.csv" in result.output
     rows = _rows(run / "eval" / "pairs.failures.csv")
@@ -42,11 +42,11 @@ def test_failures_list_the_wrong_pairs_with_their_image_paths(tmp_path, pairs_fi
     assert len(rows) < PAIRS
 
 
-def test_failures_of_a_bin_name_the_images_by_their_index(tmp_path, untrained_run):
+def test_failures_of_a_bin_name_the_images_by_their_index(tmp_path, untrained_run, eqm):
     run = untrained_run
     write_bin(tmp_path / "heldout.bin")
-    result = CliRunner().invoke(app, ["eval", str(run), "--pairs", str(tmp_path / "heldout.bin"),
-                                      "--device", "cpu"])
+    result = eqm("eval", str(run), "--pairs", str(tmp_path / "heldout.bin"),
+                 "--device", "cpu")
     assert result.exit_code == 0, result.output
     rows = _rows(run / "eval" / "heldout.failures.csv")
     assert rows, "an untrained model gets some of the 20 pairs wrong"

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.data.align import TEMPLATES, align_face, warp_to_template
 from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.run.rundir import load_trained
@@ -140,16 +138,14 @@ def _reference_rank1(templates: dict, gallery_subjects: range) -> float:
     return hits / len(mated)
 
 
-def test_ijbc_1to1_and_1toN_match_explicit_loops(untrained_run: Path, tmp_path: Path) -> None:
+def test_ijbc_1to1_and_1toN_match_explicit_loops(untrained_run: Path, tmp_path: Path, eqm) -> None:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     run = untrained_run
     fixture = make_ijbc(tmp_path / "data")
     gone = fixture["images"][1][0]  # the second image of a two-image template
     (fixture["folder"] / "loose_crop" / gone).unlink()
-    result = CliRunner().invoke(
-        app, ["eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data"), "--json"]
-    )
+    result = eqm("eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data"), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["ijbc"]
     reference = _reference(run, fixture, {gone})
@@ -176,12 +172,12 @@ def test_ijbc_1to1_and_1toN_match_explicit_loops(untrained_run: Path, tmp_path: 
 
 
 def test_ijb_cache_is_reused_and_roc_is_plotted(
-    untrained_run: Path, tmp_path: Path, monkeypatch
+    untrained_run: Path, tmp_path: Path, monkeypatch, eqm
 ) -> None:
     run = untrained_run
     make_ijbc(tmp_path / "data")
     args = ["eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data")]
-    first = CliRunner().invoke(app, args)
+    first = eqm(*args)
     assert first.exit_code == 0, first.output
     assert "IJB 1:1" in first.stdout and "IJB 1:N" in first.stdout
     assert len(list((run / "eval" / "cache").glob("ijbc-*.npy"))) == 1
@@ -190,24 +186,22 @@ def test_ijb_cache_is_reused_and_roc_is_plotted(
         raise AssertionError("embedded again despite the cache")
 
     monkeypatch.setattr("eqmcli.evaluation.feature_cache.extract_embeddings", no_embedding)
-    again = CliRunner().invoke(app, [*args, "--json"])
+    again = eqm(*args, "--json")
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["ijbc"]["tar_at_far"] == json.loads(
         (run / "eval" / "ijbc.json").read_text()
     )["tar_at_far"]
-    plot = CliRunner().invoke(app, ["plot", str(run), "--figure", "roc", "--sets", "ijbc"])
+    plot = eqm("plot", str(run), "--figure", "roc", "--sets", "ijbc")
     assert plot.exit_code == 0, plot.output
     assert (run / "figures" / "roc.png").is_file()
 
 
-def test_ijb_bad_input_is_one_sentence(untrained_run: Path, tmp_path: Path) -> None:
+def test_ijb_bad_input_is_one_sentence(untrained_run: Path, tmp_path: Path, eqm) -> None:
     run = untrained_run
     fixture = make_ijbc(tmp_path / "data")
     meta = fixture["folder"] / "meta"
     (meta / "ijbc_template_pair_label.txt").unlink()
-    result = CliRunner().invoke(
-        app, ["eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data")]
-    )
+    result = eqm("eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data"))
     message = result.stderr.replace("\n", "")
     assert result.exit_code == 2 and "ijbc_template_pair_label.txt" in message
     assert "InsightFace's IJB layout" in message and "Traceback" not in result.output
@@ -215,12 +209,8 @@ def test_ijb_bad_input_is_one_sentence(untrained_run: Path, tmp_path: Path) -> N
     lines = (meta / "ijbc_name_5pts_score.txt").read_text().splitlines()
     lines[2] = " ".join(lines[2].split()[:-2])  # a row that lost two columns
     (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lines) + "\n")
-    result = CliRunner().invoke(
-        app, ["eval", str(run), "--ijbb", "--ijbc", "--data-root", str(tmp_path / "data")]
-    )
+    result = eqm("eval", str(run), "--ijbb", "--ijbc", "--data-root", str(tmp_path / "data"))
     assert result.exit_code == 2 and "IJBB not found" in result.stderr.replace("\n", "")
-    result = CliRunner().invoke(
-        app, ["eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data")]
-    )
+    result = eqm("eval", str(run), "--ijbc", "--data-root", str(tmp_path / "data"))
     message = result.stderr.replace("\n", "")
     assert result.exit_code == 2 and "ijbc_name_5pts_score.txt:3: expected 12 columns" in message

@@ -5,33 +5,35 @@ as failures; the JSON records the choice and the count."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from click.testing import Result
 from pair_files import LACKING, PAIRS
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.evaluation.pair_outcomes import pair_correctness
 
 
-def _eval(untrained_run: Path, pairs: Path, *flags: str):
-    return CliRunner().invoke(app, ["eval", str(untrained_run), "--pairs", str(pairs), "--no-flip",
-                                    "--device", "cpu", *flags])
+def _eval(eqm: Callable[..., Result], run: Path, pairs: Path, *flags: str) -> Result:
+    return eqm("eval", run, "--pairs", str(pairs), "--no-flip",
+               "--device", "cpu", *flags)
 
 
-def test_missing_images_refuse_the_set_by_default_naming_them(untrained_run, pairs_file):
-    result = _eval(untrained_run, pairs_file)
+def test_missing_images_refuse_the_set_by_default_naming_them(untrained_run, pairs_file, eqm):
+    result = _eval(eqm, untrained_run, pairs_file)
     assert result.exit_code == 2, result.output
     assert "3.jpg" in result.output and "--missing skip" in result.output
     assert not (untrained_run / "eval" / "pairs.json").exists()
-    result = _eval(untrained_run, pairs_file, "--missing", "ignore")
+    result = _eval(eqm, untrained_run, pairs_file, "--missing", "ignore")
     assert result.exit_code == 2 and "--missing must be one of error, skip, count-wrong" in (
         result.output)
 
 
-def test_skip_leaves_the_pairs_out_keeps_the_folds_and_says_how_many(untrained_run, pairs_file):
-    result = _eval(untrained_run, pairs_file, "--missing", "skip")
+def test_skip_leaves_the_pairs_out_keeps_the_folds_and_says_how_many(
+    untrained_run, pairs_file, eqm
+):
+    result = _eval(eqm, untrained_run, pairs_file, "--missing", "skip")
     assert result.exit_code == 0, result.output
     assert f"{len(LACKING)} pair(s) name one of 1 missing image(s)" in " ".join(
         result.output.split()) and "skipped" in result.output
@@ -46,8 +48,8 @@ def test_skip_leaves_the_pairs_out_keeps_the_folds_and_says_how_many(untrained_r
     assert (untrained_run / "eval" / "pairs_missing.txt").read_text().strip().endswith("3.jpg")
 
 
-def test_count_wrong_keeps_the_pairs_as_failures(untrained_run, pairs_file):
-    result = _eval(untrained_run, pairs_file, "--missing", "count-wrong")
+def test_count_wrong_keeps_the_pairs_as_failures(untrained_run, pairs_file, eqm):
+    result = _eval(eqm, untrained_run, pairs_file, "--missing", "count-wrong")
     assert result.exit_code == 0, result.output
     assert "counted as failures" in result.output
     written = json.loads((untrained_run / "eval" / "pairs.json").read_text())
@@ -55,7 +57,8 @@ def test_count_wrong_keeps_the_pairs_as_failures(untrained_run, pairs_file):
     assert written["missing"] == {"policy": "count-wrong", "pairs": len(LACKING), "images": 1}
     correct, _ = pair_correctness(untrained_run / "eval", "pairs")
     assert not correct[LACKING].any(), "every pair with a missing image is a failure"
-    skipped = _eval(untrained_run, pairs_file, "--missing", "skip", "--out", untrained_run / "skip")
+    skipped = _eval(eqm, untrained_run, pairs_file, "--missing", "skip",
+                    "--out", untrained_run / "skip")
     assert skipped.exit_code == 0
     by_skip = json.loads((untrained_run / "skip" / "pairs.json").read_text())
     assert written["pairs_fingerprint"] != by_skip["pairs_fingerprint"], "not the same pairs"

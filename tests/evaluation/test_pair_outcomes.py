@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from eqmcli.evaluation.evaluate import write_result
 from eqmcli.evaluation.pair_outcomes import pair_correctness, pairs_path
@@ -46,8 +45,7 @@ def test_eval_result_writes_per_pair_scores_that_reproduce_the_fold_accuracies(t
     assert correct.mean() == pytest.approx(evaluation.result.accuracy)
 
 
-def test_eqm_plot_draws_a_sweep_folder(tmp_path):
-    from eqmcli.cli import app
+def test_eqm_plot_draws_a_sweep_folder(tmp_path, eqm):
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -56,8 +54,8 @@ def test_eqm_plot_draws_a_sweep_folder(tmp_path):
                 "metrics": stats} for s in (16, 32, 64)]
     (sweep / "sweep.json").write_text(json.dumps(
         {"grid": {"loss.scale": [16, 32, 64]}, "seeds": 2, "members": [], "configs": configs}))
-    result = CliRunner().invoke(app, ["plot", str(sweep)])
+    result = eqm("plot", str(sweep))
     assert result.exit_code == 0, result.output
     assert (sweep / "figures" / "sweep-accuracy-vs-loss.scale.png").stat().st_size > 1000
-    result = CliRunner().invoke(app, ["plot", str(sweep), "--x", "loss.t9"])
+    result = eqm("plot", str(sweep), "--x", "loss.t9")
     assert result.exit_code == 2 and "is not swept here" in result.output

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.data.decode import ImageFiles
 from eqmcli.evaluation.features import extract_embeddings
 from eqmcli.evaluation.verification import verify
@@ -56,14 +54,13 @@ def _evenly(count: int, limit: int) -> list[int]:
     return sorted({int(round(i * (count - 1) / (limit - 1))) for i in range(limit)})
 
 
-def test_ytf_ten_official_splits_match_explicit_loops(untrained_run: Path, tmp_path: Path) -> None:
+def test_ytf_ten_official_splits_match_explicit_loops(
+    untrained_run: Path, tmp_path: Path, eqm
+) -> None:
     run = untrained_run
     base = make_ytf(tmp_path / "data")
-    result = CliRunner().invoke(
-        app,
-        ["eval", str(run), "--ytf", "--ytf-frames", "3", "--data-root", str(tmp_path / "data"),
-         "--json"],
-    )
+    result = eqm("eval", run, "--ytf", "--ytf-frames", "3", "--data-root", tmp_path / "data",
+                 "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["ytf"]
     trained = load_trained(run)
@@ -92,7 +89,9 @@ def test_ytf_ten_official_splits_match_explicit_loops(untrained_run: Path, tmp_p
     assert data["auc"] == pytest.approx(expected.auc)
 
 
-def test_ytf_header_by_name_missing_video_and_bad_rows(untrained_run: Path, tmp_path: Path) -> None:
+def test_ytf_header_by_name_missing_video_and_bad_rows(
+    untrained_run: Path, tmp_path: Path, eqm
+) -> None:
     run = untrained_run
     base = make_ytf(
         tmp_path / "data", header="split number, pair id, first name, second name, is same"
@@ -105,7 +104,7 @@ def test_ytf_header_by_name_missing_video_and_bad_rows(untrained_run: Path, tmp_
     for frame in (base / "aligned_images_DB" / "Ann_A" / "1").iterdir():
         frame.unlink()
     args = ["eval", str(run), "--ytf", "--data-root", str(tmp_path / "data"), "--json"]
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["ytf"]
     dropped = sum("Ann_A/1" in row for row in rows[1:])
@@ -113,7 +112,7 @@ def test_ytf_header_by_name_missing_video_and_bad_rows(untrained_run: Path, tmp_
     assert data["pairs"] == 40 - dropped
     assert (run / "eval" / "ytf_missing.txt").read_text() == "Ann_A/1\n"
     (base / "splits.txt").write_text(rows[0] + "\n1, 0, Ann_A/0, Bob_B/0\n")
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 2
     assert "splits.txt:2: expected 5 comma-separated fields, got 4" in result.stderr
 
@@ -129,7 +128,7 @@ def test_ytf_header_by_name_missing_video_and_bad_rows(untrained_run: Path, tmp_
     ],
 )
 def test_ytf_published_header_and_variants_give_the_same_result(
-    untrained_run: Path, tmp_path: Path, header: str, row: str
+    untrained_run: Path, tmp_path: Path, header: str, row: str, eqm
 ) -> None:
     """Issue 20, broken 9: the header of the published splits.txt (and variants in
     circulation) is read by column name; the result equals the plain file's on every split."""
@@ -137,13 +136,13 @@ def test_ytf_published_header_and_variants_give_the_same_result(
     base = make_ytf(tmp_path / "data")
     args = ["eval", str(run), "--ytf", "--data-root", str(tmp_path / "data"), "--json",
             "--no-cache"]
-    plain = CliRunner().invoke(app, args)
+    plain = eqm(*args)
     assert plain.exit_code == 0, plain.output
     lines = (base / "splits.txt").read_text().splitlines()[1:]
     rows = [row.format(split=f[0], pair=k, first=f[1], second=f[2], same=f[3])
             for k, f in enumerate([x.strip() for x in line.split(",")] for line in lines)]
     (base / "splits.txt").write_text("\n".join([header, *rows]) + "\n")
-    published = CliRunner().invoke(app, args)
+    published = eqm(*args)
     assert published.exit_code == 0, published.output
     expected, got = json.loads(plain.stdout)["ytf"], json.loads(published.stdout)["ytf"]
     assert got["pairs"] == 40 and got["folds"] == 10
@@ -152,7 +151,7 @@ def test_ytf_published_header_and_variants_give_the_same_result(
 
 
 def test_ytf_split_numbers_that_are_not_positive_name_the_file_and_column(
-    untrained_run: Path, tmp_path: Path
+    untrained_run: Path, tmp_path: Path, eqm
 ) -> None:
     """Issue 20, degraded: all-negative split numbers are one sentence naming the file,
     the line and the column; a file with one split only says so."""
@@ -161,18 +160,18 @@ def test_ytf_split_numbers_that_are_not_positive_name_the_file_and_column(
     lines = (base / "splits.txt").read_text().splitlines()
     (base / "splits.txt").write_text("\n".join([lines[0], *("-" + x for x in lines[1:])]))
     args = ["eval", str(run), "--ytf", "--data-root", str(tmp_path / "data")]
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 2
     assert f"{base / 'splits.txt'}:2: column 'split number' must be a positive" in result.stderr
     (base / "splits.txt").write_text("\n".join([lines[0], *("1" + x[x.index(","):]
                                                        for x in lines[1:])]))
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 2
     assert "every pair is in split 1; the protocol needs at least 2 splits" in result.stderr
 
 
 def test_feature_cache_is_keyed_by_the_images_not_their_names(
-    untrained_run: Path, tmp_path: Path
+    untrained_run: Path, tmp_path: Path, eqm
 ) -> None:
     """Issue 20, broken 2: a second data root with the same names (every frame black), or a
     frame replaced in place, is embedded again, never served the first set's features."""
@@ -184,9 +183,7 @@ def test_feature_cache_is_keyed_by_the_images_not_their_names(
         Image.new("RGB", (20, 20)).save(frame)
 
     def ytf(root: str, *extra: str) -> dict:
-        result = CliRunner().invoke(
-            app, ["eval", str(run), "--ytf", "--data-root", str(tmp_path / root), "--json", *extra]
-        )
+        result = eqm("eval", run, "--ytf", "--data-root", tmp_path / root, "--json", *extra)
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)["ytf"]
 
@@ -220,7 +217,7 @@ def make_megaface_lists(root: Path, probes: int = 12, distractors: int = 30) -> 
     return {"ids": ids, "paths": paths, "names": names}
 
 
-def test_megaface_precomputed_devkit_features(untrained_run: Path, tmp_path: Path) -> None:
+def test_megaface_precomputed_devkit_features(untrained_run: Path, tmp_path: Path, eqm) -> None:
     run = untrained_run
     lists = make_megaface_lists(tmp_path / "data")
     rng = np.random.default_rng(2)
@@ -237,7 +234,7 @@ def test_megaface_precomputed_devkit_features(untrained_run: Path, tmp_path: Pat
     args = ["eval", str(run), "--megaface", "--data-root", str(tmp_path / "data"),
             "--megaface-sizes", "10,30", "--megaface-features", str(features),
             "--megaface-feature-suffix", "_algo.bin", "--json"]
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)["megaface"]
     unit = probe_features / np.linalg.norm(probe_features, axis=1, keepdims=True)
@@ -250,13 +247,13 @@ def test_megaface_precomputed_devkit_features(untrained_run: Path, tmp_path: Pat
         assert data["tar_at_far_1e6"][str(size)] is None  # 360 impostor pairs < 1e6
     assert data["distractors"] == {"10": 10, "30": 30} and data["features"] == "precomputed"
     (features / "megaface" / f"{lists['names'][3]}_algo.bin").write_bytes(b"\0" * 20)
-    bad = CliRunner().invoke(app, [*args[:-1], "--no-cache"])
+    bad = eqm(*args[:-1], "--no-cache")
     assert bad.exit_code == 2 and "not a devkit float32 feature file" in bad.stderr
 
 
 @pytest.mark.usefixtures("skimage_installed")
 def test_megaface_images_with_json_boxes_and_a_missing_image(
-    untrained_run: Path, tmp_path: Path
+    untrained_run: Path, tmp_path: Path, eqm
 ) -> None:
     run = untrained_run
     lists = make_megaface_lists(tmp_path / "data", probes=6, distractors=12)
@@ -273,11 +270,8 @@ def test_megaface_images_with_json_boxes_and_a_missing_image(
         if k % 2:
             box["landmarks"] = {"0": {"x": 14, "y": 16}, "1": {"x": 26, "y": 16}}
         file.with_name(file.name + ".json").write_text(json.dumps(box))
-    result = CliRunner().invoke(
-        app,
-        ["eval", str(run), "--megaface", "--data-root", str(tmp_path / "data"),
-         "--megaface-sizes", "10,12"],
-    )
+    result = eqm("eval", str(run), "--megaface", "--data-root", str(tmp_path / "data"),
+                 "--megaface-sizes", "10,12")
     assert result.exit_code == 0, result.output
     assert "MegaFace challenge 1" in result.stdout
     data = json.loads((run / "eval" / "megaface.json").read_text())

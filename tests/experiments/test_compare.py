@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_runs import fake_run
-from typer.testing import CliRunner
 
 from eqmcli.errors import UserError
 from eqmcli.evaluation.pair_outcomes import pair_correctness
@@ -124,20 +123,19 @@ def test_compare_sweep_configs_with_welch_and_single_runs_with_a_note(tmp_path):
         compare([sweep], "nope")
 
 
-def test_cli_compare_two_runs_prints_mcnemar_and_json(tmp_path):
-    from eqmcli.cli import app
+def test_cli_compare_two_runs_prints_mcnemar_and_json(tmp_path, eqm):
 
     a, b, issame = _table(10, 6, 1, 3)
     run_a = fake_run(tmp_path / "a", 0, correct=a, issame=issame)
     run_b = fake_run(tmp_path / "b", 0, correct=b, issame=issame)
-    result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b)])
+    result = eqm("compare", str(run_a), str(run_b))
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # the sentence is wrapped at the terminal width
     assert "McNemar" in text and "p = 0.125" in text
-    result = CliRunner().invoke(app, ["compare", str(run_a), str(run_b), "--json"])
+    result = eqm("compare", str(run_a), str(run_b), "--json")
     payload = json.loads(result.output)
     assert payload["comparisons"][0]["mcnemar"]["only_a"] == 6
-    result = CliRunner().invoke(app, ["compare", str(tmp_path / "nowhere")])
+    result = eqm("compare", str(tmp_path / "nowhere"))
     assert result.exit_code == 2 and "not a run directory" in result.output
 
 
@@ -179,8 +177,7 @@ def test_sweep_figure_labels_angles_in_degrees_and_one_seed_without_a_spread(tmp
     assert "one seed" in title and "±" not in title
 
 
-def test_plot_draws_several_metrics_of_a_loss_by_scale_sweep_as_panels_of_one_figure(tmp_path):
-    from eqmcli.cli import app
+def test_plot_draws_several_metrics_of_a_loss_by_scale_sweep_as_panels_of_one_figure(tmp_path, eqm):
 
     folder = tmp_path / "scale"
     configs = []
@@ -203,7 +200,7 @@ def test_plot_draws_several_metrics_of_a_loss_by_scale_sweep_as_panels_of_one_fi
     legend = [text.get_text() for text in accuracy.get_legend().get_texts()]
     assert legend == ["loss.name=eqm", "loss.name=am"]
     np.testing.assert_allclose(np.asarray(tar.lines[0].get_ydata(), dtype=float), [71.0, 71.0])
-    result = CliRunner().invoke(app, ["plot", str(folder), "--metric", "accuracy",
-                                      "--metric", "tar@far=1e-03", "--out", str(tmp_path / "f")])
+    result = eqm("plot", str(folder), "--metric", "accuracy",
+                 "--metric", "tar@far=1e-03", "--out", str(tmp_path / "f"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "f" / "sweep-accuracy+tar@far=1e-03-vs-loss.scale.png").is_file()

@@ -5,36 +5,32 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from fake_runs import fake_run
 from PIL import Image
 from tiny_runs import write_untrained_run
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.evaluation.pair_sets import read_bin, read_pairs, write_bin
 from eqmcli.experiments.compare import compare
 
 
-def _eqm(*args: object, **env: str):
-    return CliRunner().invoke(app, [str(a) for a in args], env=env or None)
-
-
-def _checkpoint_run(folder: Path, data_seed: int) -> Path:
+def _checkpoint_run(eqm: Callable[..., Result], folder: Path, data_seed: int) -> Path:
     """An untrained tiny 24 px run whose synthetic pairs come from `data_seed`."""
     write_untrained_run(folder, f"data.train.seed={data_seed}")
-    result = _eqm("eval", folder, "--no-flip", "--device", "cpu")
+    result = eqm("eval", folder, "--no-flip", "--device", "cpu")
     assert result.exit_code == 0, result.output
     return folder
 
 
-def test_mcnemar_only_on_synthetic_pairs_of_the_same_data_seed(tmp_path):
-    a = _checkpoint_run(tmp_path / "a", data_seed=1)
-    same = _checkpoint_run(tmp_path / "same", data_seed=1)
-    other = _checkpoint_run(tmp_path / "other", data_seed=2)
+def test_mcnemar_only_on_synthetic_pairs_of_the_same_data_seed(tmp_path, eqm):
+    a = _checkpoint_run(eqm, tmp_path / "a", data_seed=1)
+    same = _checkpoint_run(eqm, tmp_path / "same", data_seed=1)
+    other = _checkpoint_run(eqm, tmp_path / "other", data_seed=2)
     fingerprint = json.loads((a / "eval" / "synthetic.json").read_text())["pairs_fingerprint"]
     with np.load(a / "eval" / "synthetic.pairs.npz") as saved:
         assert str(saved["fingerprint"]) == fingerprint
@@ -94,14 +90,14 @@ def test_accuracy_of_a_run_verified_only_after_training_is_found(tmp_path):
 
 @pytest.mark.parametrize("members", ['"x"', '[1, 2]', '[{"config": "c"}]',
                                      '[{"name": "../elsewhere"}]'])
-def test_a_malformed_sweep_json_is_one_sentence(tmp_path, members):
+def test_a_malformed_sweep_json_is_one_sentence(tmp_path, members, eqm):
     (tmp_path / "sweep.json").write_text(f'{{"members": {members}}}')
-    result = _eqm("compare", tmp_path)
+    result = eqm("compare", tmp_path)
     assert result.exit_code == 2 and "is not a sweep summary" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
 
 
-def test_compare_is_readable_at_80_columns(tmp_path):
+def test_compare_is_readable_at_80_columns(tmp_path, eqm):
     sweep = tmp_path / "a-rather-long-sweep-folder-name-as-sweeps-get" / "loss-by-scale"
     members = []
     for config in ("name=eqm,scale=32", "name=arcface,scale=64"):
@@ -114,7 +110,7 @@ def test_compare_is_readable_at_80_columns(tmp_path):
                 json.dumps({"groups": {g: stats for g in ("all", "few", "many")}}))
             members.append({"name": name, "config": config, "status": "done"})
     (sweep / "sweep.json").write_text(json.dumps({"members": members}))
-    result = _eqm("compare", sweep, COLUMNS="80")
+    result = eqm("compare", sweep, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from eqmcli.errors import UserError
 from eqmcli.experiments.grid import expand, parse_grid, short_keys, split_values
@@ -135,12 +134,11 @@ def _sweep_args(recipe: Path, out: Path, grid: str = "loss.t1=0.4,0.6") -> list[
 
 
 @pytest.mark.slow
-def test_sweep_runs_skips_finished_members_and_summarizes(tiny_recipe_path, tmp_path):
-    from eqmcli.cli import app
+def test_sweep_runs_skips_finished_members_and_summarizes(tiny_recipe_path, tmp_path, eqm):
 
     out = tmp_path / "sweep"
     args = [*_sweep_args(tiny_recipe_path, out, "loss.t1=0.4"), "--seeds", "2", "--jobs", "2"]
-    result = CliRunner().invoke(app, args)
+    result = eqm(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "sweep.json").read_text())
     assert [m["status"] for m in summary["members"]] == ["done"] * 2
@@ -151,7 +149,7 @@ def test_sweep_runs_skips_finished_members_and_summarizes(tiny_recipe_path, tmp_
     assert (out / "logs" / "t1=0.4,seed=3.log").is_file()
 
     stamp = (out / "t1=0.4,seed=3" / "checkpoints" / "last.pt").stat().st_mtime_ns
-    again = CliRunner().invoke(app, args)
+    again = eqm(*args)
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped") == 2
     assert (out / "t1=0.4,seed=3" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
 
 from eqmcli.errors import UserError
 from eqmcli.experiments import sweep as sweep_module
@@ -40,9 +39,8 @@ def _finished_member(out: Path, recipe_path: Path, sets: list[str]) -> Path:
 
 # ----------------------------------------------------------- broken 1: changed recipe
 def test_a_rerun_with_another_set_or_an_edited_recipe_is_refused_naming_the_keys(
-    tiny_recipe_path, tmp_path
+    tiny_recipe_path, tmp_path, eqm
 ):
-    from eqmcli.cli import app
 
     out = tmp_path / "sweep"
     _finished_member(out, tiny_recipe_path, [])
@@ -50,8 +48,8 @@ def test_a_rerun_with_another_set_or_an_edited_recipe_is_refused_naming_the_keys
     assert [o.status for o in first.outcomes] == ["skipped"], "the same settings: skipped"
     recorded = (out / "sweep.json").read_text()
 
-    result = CliRunner().invoke(app, ["sweep", str(tiny_recipe_path), "--out", str(out),
-                                      "--set", "loss.scale=32"])
+    result = eqm("sweep", str(tiny_recipe_path), "--out", str(out),
+                 "--set", "loss.scale=32")
     assert result.exit_code == 2, result.output
     assert "loss.scale 16.0 -> 32" in result.output and "Traceback" not in result.output
     assert (out / "sweep.json").read_text() == recorded, "nothing recorded that did not run"
@@ -82,32 +80,29 @@ def test_a_billion_member_grid_is_refused_before_the_product_is_built(tiny_recip
     assert peak < 5_000_000, f"{peak} bytes: the product was built before the count"
 
 
-def test_a_300_character_grid_value_is_one_sentence(tiny_recipe_path, tmp_path):
-    from eqmcli.cli import app
+def test_a_300_character_grid_value_is_one_sentence(tiny_recipe_path, tmp_path, eqm):
 
     out = tmp_path / "sweep"
-    result = CliRunner().invoke(app, ["sweep", str(tiny_recipe_path), "--out", str(out),
-                                      "--grid", "name=" + "x" * 300])
+    result = eqm("sweep", str(tiny_recipe_path), "--out", str(out),
+                 "--grid", "name=" + "x" * 300)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "longer than the file system allows" in result.output
     assert not out.exists()
 
 
 # --------------------------------------------------------------------- the options
-def test_jobs_zero_is_refused_before_anything_is_created(tiny_recipe_path, tmp_path):
-    from eqmcli.cli import app
+def test_jobs_zero_is_refused_before_anything_is_created(tiny_recipe_path, tmp_path, eqm):
 
     out = tmp_path / "sweep"
-    result = CliRunner().invoke(app, ["sweep", str(tiny_recipe_path), "--out", str(out),
-                                      "--jobs", "0"])
+    result = eqm("sweep", str(tiny_recipe_path), "--out", str(out),
+                 "--jobs", "0")
     assert result.exit_code == 2 and "--jobs must be at least 1, got 0" in result.output
     assert not out.exists()
 
 
 def test_an_out_that_is_a_file_a_data_folder_or_a_run_is_refused_untouched(
-    tiny_recipe_path, tmp_path
+    tiny_recipe_path, tmp_path, eqm
 ):
-    from eqmcli.cli import app
 
     file = tmp_path / "notes.txt"
     file.write_text("mine")
@@ -119,7 +114,7 @@ def test_an_out_that_is_a_file_a_data_folder_or_a_run_is_refused_untouched(
              run: "is a run directory"}
     for out, message in cases.items():
         before = sorted(p.relative_to(tmp_path) for p in out.parent.rglob("*"))
-        result = CliRunner().invoke(app, ["sweep", str(tiny_recipe_path), "--out", str(out)])
+        result = eqm("sweep", str(tiny_recipe_path), "--out", str(out))
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert sorted(p.relative_to(tmp_path) for p in out.parent.rglob("*")) == before

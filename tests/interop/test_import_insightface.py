@@ -18,7 +18,6 @@ import torch
 from interop_helpers import (
     ArcIResNet,
     ArcMobileFaceNet,
-    invoke,
     randomized,
     write_images,
 )
@@ -38,16 +37,16 @@ def save_reference(tmp_path: Path, arch: str, seed: int = 0) -> tuple[torch.nn.M
 
 
 @pytest.mark.parametrize("arch", ["r18", "mbf"])
-def test_imported_model_gives_insightface_embeddings(tmp_path: Path, arch: str) -> None:
+def test_imported_model_gives_insightface_embeddings(tmp_path: Path, arch: str, eqm) -> None:
     """Same images, same embeddings as the arcface_torch-named module (max |Δ| <= 1e-5 fp32)."""
     reference, weights = save_reference(tmp_path, arch)
     run = tmp_path / "run"
-    code, out = invoke("import", "insightface", weights, "--arch", arch, "--out", run)
-    assert code == 0, out
+    result = eqm("import", "insightface", weights, "--arch", arch, "--out", run)
+    assert result.exit_code == 0, result.output
     images = write_images(tmp_path / "images", 4)
-    code, out = invoke("embed", run, tmp_path / "images", "--out", tmp_path / "f.npy", "--raw",
-                       "--device", "cpu")
-    assert code == 0, out
+    result = eqm("embed", run, tmp_path / "images", "--out", tmp_path / "f.npy", "--raw",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
     ours = torch.from_numpy(np.load(tmp_path / "f.npy"))
     listed = (tmp_path / "f.paths.txt").read_text().split()
     assert listed == [str(p) for p in images]
@@ -80,33 +79,35 @@ def write_shards(folder: Path, centres: torch.Tensor, world: int) -> None:
 
 
 @pytest.mark.parametrize("world", [3, 11])
-def test_head_shards_are_reassembled_in_rank_order(tmp_path: Path, world: int) -> None:
+def test_head_shards_are_reassembled_in_rank_order(tmp_path: Path, world: int, eqm) -> None:
     """3 shards, and 11 (where file-name order 0, 1, 10, 2, ... is not rank order)."""
     _, weights = save_reference(tmp_path, "mbf")
     centres = torch.randn(3 * world + 2, 512, generator=torch.Generator().manual_seed(1))
     write_shards(tmp_path / "shards", centres, world)
     run = tmp_path / "run"
-    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out", run,
-                       "--head", str(tmp_path / "shards" / "checkpoint_gpu_*.pt"))
-    assert code == 0, out
+    result = eqm("import", "insightface", weights, "--arch", "mbf", "--out", run,
+                 "--head", str(tmp_path / "shards" / "checkpoint_gpu_*.pt"))
+    assert result.exit_code == 0, result.output
     head = load_trained(run).head
     assert head is not None and torch.equal(head.weight.detach(), centres)
-    assert f"{centres.shape[0]:,} class centres from {world} shard(s)" in out
+    assert f"{centres.shape[0]:,} class centres from {world} shard(s)" in result.output
 
 
-def test_missing_shard_or_foreign_rows_are_refused(tmp_path: Path) -> None:
+def test_missing_shard_or_foreign_rows_are_refused(tmp_path: Path, eqm) -> None:
     _, weights = save_reference(tmp_path, "mbf")
     write_shards(tmp_path / "shards", torch.randn(10, 512), 3)
     (tmp_path / "shards" / "checkpoint_gpu_1.pt").unlink()
-    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out",
-                       tmp_path / "run", "--head", tmp_path / "shards")
-    assert code == 2 and "checkpoint_gpu_1.pt" in out and "missing" in out
+    result = eqm("import", "insightface", weights, "--arch", "mbf", "--out",
+                 tmp_path / "run", "--head", tmp_path / "shards")
+    assert result.exit_code == 2, result.output
+    assert "checkpoint_gpu_1.pt" in result.output and "missing" in result.output
     write_shards(tmp_path / "shards", torch.randn(10, 512), 3)
     torch.save({"state_dict_softmax_fc": {"weight": torch.randn(1, 512)}},
                tmp_path / "shards" / "checkpoint_gpu_0.pt")
-    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out",
-                       tmp_path / "run", "--head", tmp_path / "shards")
-    assert code == 2 and "checkpoint_gpu_0.pt: rank 0 holds 1 class centres" in out
+    result = eqm("import", "insightface", weights, "--arch", "mbf", "--out",
+                 tmp_path / "run", "--head", tmp_path / "shards")
+    assert result.exit_code == 2, result.output
+    assert "checkpoint_gpu_0.pt: rank 0 holds 1 class centres" in result.output
     assert not (tmp_path / "run").exists(), "nothing is written for a refused import"
 
 
@@ -152,15 +153,16 @@ def test_two_files_naming_one_rank_are_refused(tmp_path: Path) -> None:
         head_shard_files(tmp_path)
 
 
-def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:
+def test_weights_that_are_not_finite_are_refused(tmp_path: Path, eqm) -> None:
     state = ArcMobileFaceNet().state_dict()
     state["conv_sep.layers.0.weight"][0, 0, 0, 0] = float("nan")
     state["features.layers.3.running_var"][3] = float("inf")
     torch.save(state, tmp_path / "nan.pth")
-    code, out = invoke("import", "insightface", tmp_path / "nan.pth", "--arch", "mbf", "--out",
-                       tmp_path / "run")
-    said = " ".join(out.split())
-    assert code == 2 and "NaN or infinite value(s)" in said and "Traceback" not in out
+    result = eqm("import", "insightface", tmp_path / "nan.pth", "--arch", "mbf", "--out",
+                 tmp_path / "run")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "NaN or infinite value(s)" in said and "Traceback" not in result.output
     assert "conv_sep.layers.0.weight" in said or "features.layers.3.running_var" in said
     assert not (tmp_path / "run").exists()
 
@@ -174,7 +176,7 @@ def test_weights_that_are_not_finite_are_refused(tmp_path: Path) -> None:
     ],
 )
 def test_missing_extra_or_misshaped_tensor_is_refused_by_name(
-    tmp_path: Path, change: str, named: str
+    tmp_path: Path, change: str, named: str, eqm
 ) -> None:
     net = randomized(ArcMobileFaceNet())
     state = net.state_dict()
@@ -186,58 +188,59 @@ def test_missing_extra_or_misshaped_tensor_is_refused_by_name(
         state["features.layers.2.weight"] = torch.zeros(128, 512)
     torch.save(state, tmp_path / "bad.pth")
     run = tmp_path / "run"
-    code, out = invoke("import", "insightface", tmp_path / "bad.pth", "--arch", "mbf", "--out", run)
-    assert code == 2 and named in out and "Traceback" not in out
+    result = eqm("import", "insightface", tmp_path / "bad.pth", "--arch", "mbf", "--out", run)
+    assert result.exit_code == 2 and named in result.output and "Traceback" not in result.output
     assert not run.exists()
 
 
-def test_missing_batchnorm_counters_are_accepted(tmp_path: Path) -> None:
+def test_missing_batchnorm_counters_are_accepted(tmp_path: Path, eqm) -> None:
     """num_batches_tracked has no effect on the function; some exported files drop it."""
     net = randomized(ArcMobileFaceNet())
     state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pth")
-    code, out = invoke("import", "insightface", tmp_path / "ddp.pth", "--arch", "mbf", "--out",
-                       tmp_path / "run")
-    assert code == 0, out
+    result = eqm("import", "insightface", tmp_path / "ddp.pth", "--arch", "mbf", "--out",
+                 tmp_path / "run")
+    assert result.exit_code == 0, result.output
 
 
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
+def test_usage_errors_exit_2(tmp_path: Path, eqm) -> None:
     _, weights = save_reference(tmp_path, "mbf")
-    code, out = invoke("import", "insightface", weights, "--arch", "r200", "--out", tmp_path / "a")
-    assert code == 2 and "--arch 'r200' is not one of r18, r34, r50, r100, mbf" in out
+    result = eqm("import", "insightface", weights, "--arch", "r200", "--out", tmp_path / "a")
+    assert result.exit_code == 2, result.output
+    assert "--arch 'r200' is not one of r18, r34, r50, r100, mbf" in result.output
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out",
-                       tmp_path / "taken")
-    assert code == 2 and "not an empty folder" in out
+    result = eqm("import", "insightface", weights, "--arch", "mbf", "--out",
+                 tmp_path / "taken")
+    assert result.exit_code == 2 and "not an empty folder" in result.output
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
-    code, out = invoke("import", "insightface", tmp_path / "none.pth", "--arch", "mbf", "--out",
-                       tmp_path / "b")
-    assert code == 2 and "none.pth" in out
+    result = eqm("import", "insightface", tmp_path / "none.pth", "--arch", "mbf", "--out",
+                 tmp_path / "b")
+    assert result.exit_code == 2 and "none.pth" in result.output
 
 
 def test_imported_run_carries_our_marker_so_force_recognises_it(
-    tmp_path: Path, tiny_recipe_path: Path
+    tmp_path: Path, tiny_recipe_path: Path, eqm
 ) -> None:
     _, weights = save_reference(tmp_path, "mbf")
     run = tmp_path / "imported"
-    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out", run)
-    assert code == 0, out
+    result = eqm("import", "insightface", weights, "--arch", "mbf", "--out", run)
+    assert result.exit_code == 0, result.output
     marker = run / ".eqm-run"
     assert marker.is_file() and "eqm import insightface" in marker.read_text()
     shutil.rmtree(run / "checkpoints")  # recognised by the marker, not by an older run's layout
-    code, out = invoke("train", tiny_recipe_path, "--out", run, "--force", "--set",
-                       "train.epochs=1", "--set", "eval.every_epochs=0", "--no-progress")
-    assert code == 0, out
+    result = eqm("train", tiny_recipe_path, "--out", run, "--force", "--set",
+                 "train.epochs=1", "--set", "eval.every_epochs=0", "--no-progress")
+    assert result.exit_code == 0, result.output
     assert not (run / "imported.json").exists(), "the imported run was replaced"
 
 
-def test_export_insightface_is_the_inverse_mapping(tmp_path: Path) -> None:
+def test_export_insightface_is_the_inverse_mapping(tmp_path: Path, eqm) -> None:
     net, weights = save_reference(tmp_path, "mbf")
     run = tmp_path / "run"
-    assert invoke("import", "insightface", weights, "--arch", "mbf", "--out", run)[0] == 0
-    code, out = invoke("export", run, "--insightface", tmp_path / "back.pth")
-    assert code == 0, out
+    assert eqm("import", "insightface", weights, "--arch", "mbf", "--out", run).exit_code == 0
+    result = eqm("export", run, "--insightface", tmp_path / "back.pth")
+    assert result.exit_code == 0, result.output
     exported = torch.load(tmp_path / "back.pth", weights_only=True)
     original = net.state_dict()
     assert set(exported) == set(original)
@@ -246,22 +249,25 @@ def test_export_insightface_is_the_inverse_mapping(tmp_path: Path) -> None:
     reloaded.load_state_dict(exported)  # strict: loads into arcface_torch's module tree
 
 
-def test_input_size_mismatch_names_the_tensor_and_export_needs_a_target(tmp_path: Path) -> None:
+def test_input_size_mismatch_names_the_tensor_and_export_needs_a_target(
+    tmp_path: Path, eqm
+) -> None:
     _, weights = save_reference(tmp_path, "mbf")
     run = tmp_path / "run"
-    code, out = invoke("import", "insightface", weights, "--arch", "mbf", "--out", run,
-                       "--input-size", "64")  # the 7x7 GDC kernel does not fit 64 px
-    assert code == 2 and "'features.layers.0.layers.0.weight' has shape (512, 1, 7, 7)" in out
-    assert invoke("import", "insightface", weights, "--arch", "mbf", "--out", run)[0] == 0
+    result = eqm("import", "insightface", weights, "--arch", "mbf", "--out", run,
+                 "--input-size", "64")  # the 7x7 GDC kernel does not fit 64 px
+    assert result.exit_code == 2, result.output
+    assert "'features.layers.0.layers.0.weight' has shape (512, 1, 7, 7)" in result.output
+    assert eqm("import", "insightface", weights, "--arch", "mbf", "--out", run).exit_code == 0
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["input_size"] == [112, 112] and "head" not in state
-    code, out = invoke("export", run)
-    assert code == 2 and "--onnx" in out and "--insightface" in out
+    result = eqm("export", run)
+    assert result.exit_code == 2 and "--onnx" in result.output and "--insightface" in result.output
 
 
 @pytest.mark.parametrize("out_exists", [False, True])
 def test_a_full_disk_during_the_import_leaves_no_half_made_run(
-    tmp_path: Path, full_disk, out_exists: bool
+    tmp_path: Path, full_disk, out_exists: bool, eqm
 ) -> None:
     """Found on a 1 MiB tmpfs: the marker and checkpoints/ stayed behind without a
     checkpoint."""
@@ -270,8 +276,9 @@ def test_a_full_disk_during_the_import_leaves_no_half_made_run(
     if out_exists:
         out.mkdir()
     full_disk(".last.pt.")
-    code, text = invoke("import", "insightface", tmp_path / "mbf.pth", "--arch", "mbf",
-                        "--out", out)
-    said = " ".join(text.split())
-    assert code == 2 and "no space left on device" in said and "Traceback" not in text, said
+    result = eqm("import", "insightface", tmp_path / "mbf.pth", "--arch", "mbf",
+                 "--out", out)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "no space left on device" in said and "Traceback" not in result.output, said
     assert (list(out.iterdir()) == []) if out_exists else not out.exists()

@@ -8,9 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.losses.feasibility import (
     TAMMES_DEGREES,
     infeasible_t2_message,
@@ -116,24 +114,22 @@ def test_sphere_eqm_t2_clears_the_tammes_bound():
     assert recipe.loss.t1 > recipe.loss.t2
 
 
-def test_dry_run_warns_for_the_old_toy_setting(tmp_path, monkeypatch):
+def test_dry_run_warns_for_the_old_toy_setting(tmp_path, monkeypatch, eqm):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["train", str(RECIPES / "sphere-eqm.yaml"), "--dry-run",
-                                      "--set", "loss.t1=0.4", "--set", "loss.t2=0.1"])
+    result = eqm("train", str(RECIPES / "sphere-eqm.yaml"), "--dry-run",
+                 "--set", "loss.t1=0.4", "--set", "loss.t2=0.1")
     assert result.exit_code == 0, result.output
     assert "warning: loss.t2 = 0.1 is below what 8 class centres" in result.output
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(("t2", "warned"), [(0.1, True), (0.3, False)])
-def test_eqm_train_warns_once_before_training(t2, warned, tmp_path, tiny_recipe_path):
+def test_eqm_train_warns_once_before_training(t2, warned, tmp_path, tiny_recipe_path, eqm):
     """8 classes with 3-D embeddings for one tiny epoch: the warning comes once, before the
     first training line, for t2 = 0.1 only; training goes on either way."""
-    result = CliRunner().invoke(app, [
-        "train", str(tiny_recipe_path), "--out", str(tmp_path / "run"), "--no-progress",
-        "--set", "model.embedding_dim=3", "--set", "loss.t1=0.5", "--set", f"loss.t2={t2}",
-        "--set", "train.epochs=1", "--set", "eval.every_epochs=0",
-    ])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(tmp_path / "run"), "--no-progress",
+                 "--set", "model.embedding_dim=3", "--set", "loss.t1=0.5", "--set", f"loss.t2={t2}",
+                 "--set", "train.epochs=1", "--set", "eval.every_epochs=0")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     warnings = [i for i, line in enumerate(lines) if line.startswith("warning: loss.t2")]

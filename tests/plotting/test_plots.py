@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from eqmcli.analysis.statistics import per_class_statistics, summarize
 from eqmcli.errors import UserError
@@ -176,16 +175,15 @@ def test_make_figures_compares_runs_into_out(tmp_path):
     assert report.written["fig5"][0] == tmp_path / "out" / "fig5-am-vs-eqm.png"
 
 
-def test_plot_cli_errors_exit_2(tmp_path):
-    from eqmcli.cli import app
+def test_plot_cli_errors_exit_2(tmp_path, eqm):
 
     run = make_run(tmp_path, "am", features=False)
-    result = CliRunner().invoke(app, ["plot", str(run), "--figure", "sphere"])
+    result = eqm("plot", str(run), "--figure", "sphere")
     output = result.output + getattr(result, "stderr", "")
     assert result.exit_code == 2 and "features.npz" in output and "Traceback" not in output
-    result = CliRunner().invoke(app, ["plot", str(tmp_path / "nope")])
+    result = eqm("plot", str(tmp_path / "nope"))
     assert result.exit_code == 2 and "run directory not found" in result.output + result.stderr
-    result = CliRunner().invoke(app, ["plot", str(run), "-f", "fig6", "--out", str(tmp_path)])
+    result = eqm("plot", str(run), "-f", "fig6", "--out", str(tmp_path))
     assert result.exit_code == 0 and (tmp_path / "fig6.png").is_file()
 
 
@@ -201,32 +199,30 @@ def _add_toy_eval(run, name: str = "toy", negatives: int = 5) -> None:
     (run / "eval" / f"{name}.json").write_text(json.dumps(result))
 
 
-def test_roc_skips_degenerate_sets_and_says_so(tmp_path):
-    from eqmcli.cli import app
+def test_roc_skips_degenerate_sets_and_says_so(tmp_path, eqm):
 
     run = make_run(tmp_path, "am")
     _add_toy_eval(run)
     titles = [ax.get_title() for ax in figure_roc([run]).get_axes()]
     assert titles == ["ROC: lfw", "ROC: synthetic"]
-    result = CliRunner().invoke(app, ["plot", str(run), "--figure", "roc"])
+    result = eqm("plot", str(run), "--figure", "roc")
     assert result.exit_code == 0, result.output
     note = result.stderr.replace("\n", " ")
     assert "skipped set 'toy'" in note and "5 mismatched pairs" in note
 
 
-def test_roc_sets_option_chooses_the_panels(tmp_path):
-    from eqmcli.cli import app
+def test_roc_sets_option_chooses_the_panels(tmp_path, eqm):
 
     run = make_run(tmp_path, "am")
     _add_toy_eval(run)
     titles = [ax.get_title() for ax in figure_roc([run], sets=["synthetic"]).get_axes()]
     assert titles == ["ROC: synthetic"]
-    result = CliRunner().invoke(app, ["plot", str(run), "-f", "roc", "--sets", "lfw"])
+    result = eqm("plot", str(run), "-f", "roc", "--sets", "lfw")
     assert result.exit_code == 0, result.output
     assert (run / "figures" / "roc.png").is_file()
-    result = CliRunner().invoke(app, ["plot", str(run), "-f", "roc", "--sets", "cfp_fp"])
+    result = eqm("plot", str(run), "-f", "roc", "--sets", "cfp_fp")
     assert result.exit_code == 2 and "cfp_fp" in result.stderr and "lfw" in result.stderr
-    result = CliRunner().invoke(app, ["plot", str(run), "-f", "roc", "--sets", "toy"])
+    result = eqm("plot", str(run), "-f", "roc", "--sets", "toy")
     assert result.exit_code == 2 and "5 mismatched pairs" in result.stderr.replace("\n", " ")
-    result = CliRunner().invoke(app, ["plot", str(run), "-f", "curves", "--sets", "lfw"])
+    result = eqm("plot", str(run), "-f", "curves", "--sets", "lfw")
     assert result.exit_code == 2 and "--figure roc" in result.stderr

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
-
-from eqmcli.cli import app
-
-runner = CliRunner()
-
 
 def test_redirected_output_gets_one_line_per_logged_step_epoch_and_verification(
-    tiny_recipe_path, tmp_path
+    tiny_recipe_path, tmp_path, eqm
 ):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(run)])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(run))
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
@@ -35,12 +29,10 @@ def test_redirected_output_gets_one_line_per_logged_step_epoch_and_verification(
     assert not [line for line in lines if line.startswith("epoch") and "━" in line]
 
 
-def test_no_progress_on_a_terminal_still_logs_lines(tiny_recipe_path, tmp_path):
+def test_no_progress_on_a_terminal_still_logs_lines(tiny_recipe_path, tmp_path, eqm):
     run = tmp_path / "run"
-    result = runner.invoke(
-        app, ["train", str(tiny_recipe_path), "--out", str(run), "--no-progress",
-              "--set", "train.epochs=1"]
-    )
+    result = eqm("train", str(tiny_recipe_path), "--out", str(run), "--no-progress",
+                 "--set", "train.epochs=1")
     assert result.exit_code == 0, result.output
     assert "epoch 1/1 done: mean loss" in result.output
 

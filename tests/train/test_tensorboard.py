@@ -12,15 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
 from eqmcli.train.run_state import resume_changes
 from eqmcli.train.tensorboard import record_scalars
 
-runner = CliRunner()
 FLOAT32 = 1e-6  # TensorBoard stores scalars as float32
 
 
@@ -48,11 +45,11 @@ def assert_same(scalars: list[tuple[int, float]], expected: list[tuple[int, floa
         assert value == pytest.approx(wanted, rel=FLOAT32, abs=1e-7)
 
 
-def test_tensorboard_scalars_equal_metrics_jsonl(tiny_recipe_path, tmp_path):
+def test_tensorboard_scalars_equal_metrics_jsonl(tiny_recipe_path, tmp_path, eqm):
     pytest.importorskip("tensorboard")
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out),
-                                 "--set", "train.epochs=1", "--tensorboard", "--no-progress"])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out),
+                 "--set", "train.epochs=1", "--tensorboard", "--no-progress")
     assert result.exit_code == 0, result.output
     assert list((out / "tb").glob("events.out.tfevents.*")), "event files in RUN/tb/"
     scalars = read_scalars(out / "tb")
@@ -90,12 +87,12 @@ def test_resume_continues_tensorboard_without_duplicate_steps(tiny_recipe_path, 
 
 
 def test_missing_tensorboard_extra_exits_2_before_anything_is_created(
-    tiny_recipe_path, tmp_path, monkeypatch
+    tiny_recipe_path, tmp_path, monkeypatch, eqm
 ):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import -> ImportError
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out),
-                                 "--tensorboard", "--no-progress"])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out),
+                 "--tensorboard", "--no-progress")
     assert result.exit_code == 2
     assert 'pip install -e ".[tensorboard]"' in result.output
     assert "Traceback" not in result.output
@@ -121,18 +118,18 @@ def test_record_scalars_keep_known_numbers_only():
 
 
 def test_a_tensorboard_folder_that_is_a_file_or_read_only_is_one_sentence(
-    tiny_recipe_path, tmp_path, monkeypatch
+    tiny_recipe_path, tmp_path, monkeypatch, eqm
 ):
     pytest.importorskip("tensorboard")
     out = tmp_path / "run"
     quick = ["--set", "eval.every_epochs=0", "--no-progress"]
-    first = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out),
-                                "--set", "train.epochs=1", *quick])
+    first = eqm("train", str(tiny_recipe_path), "--out", str(out),
+                "--set", "train.epochs=1", *quick)
     assert first.exit_code == 0, first.output
     (out / "tb").write_text("my notes")
     resume = ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
               "--set", "train.epochs=2", "--tensorboard", *quick]
-    result = runner.invoke(app, resume)
+    result = eqm(*resume)
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "tb is a file, not a folder" in said, said
     assert "Traceback" not in result.output and (out / "tb").read_text() == "my notes"
@@ -146,7 +143,7 @@ def test_a_tensorboard_folder_that_is_a_file_or_read_only_is_one_sentence(
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", read_only)
-    result = runner.invoke(app, resume)
+    result = eqm(*resume)
     said = " ".join(result.output.split())
     assert result.exit_code == 2, said
     assert "the TensorBoard folder" in said and "cannot be written: Read-only file system" in said
