@@ -11,11 +11,13 @@ no synchronization). `StepParts` holds what it needs; both callers build it the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from eqmcli.data.transforms import to_model_input
 from eqmcli.devices import autocast
@@ -131,9 +133,14 @@ def accumulate_gradients(
 ) -> Tensor:
     """Forward and backward the batch in `parts.micro_batches` equal parts, adding up the
     gradients of their mean losses / K (together the gradient of the batch's mean loss);
-    returns the batch's mean loss, detached. Statistics come from the last part."""
+    returns the batch's mean loss, detached. Statistics come from the last part.
+
+    Under DDP the parts before the last run under `no_sync`: their gradients add up on each
+    rank and only the last backward exchanges them, once per optimizer step as without
+    accumulation (a class-sharded head's own collectives still run in every part)."""
     count = parts.micro_batches
     total = torch.zeros((), device=parts.device)
+    deferred = ddp_wrappers(parts.forward_backbone, parts.forward_head) if count > 1 else []
     pieces = zip(images.chunk(count), labels.chunk(count), flip.chunk(count), strict=True)
     for index, (part_images, part_labels, part_flip) in enumerate(pieces):
         inputs = to_model_input(
@@ -142,11 +149,22 @@ def accumulate_gradients(
         )
         part_labels = part_labels.to(parts.device, non_blocking=True)
         parts.head.collect_stats = collect_stats and index == count - 1
-        with autocast(parts.device, parts.amp_dtype):
-            loss = parts.forward_head(parts.forward_backbone(inputs), part_labels)
-        parts.scaler.scale(loss / count).backward()
+        with contextlib.ExitStack() as sync_later:
+            if index < count - 1:
+                for wrapper in deferred:
+                    sync_later.enter_context(wrapper.no_sync())
+            with autocast(parts.device, parts.amp_dtype):
+                loss = parts.forward_head(parts.forward_backbone(inputs), part_labels)
+            parts.scaler.scale(loss / count).backward()
         total += loss.detach()
     return total / count
+
+
+def ddp_wrappers(*modules: Forward | None) -> list[DistributedDataParallel]:
+    """The DDP wrappers among `modules`, also when compiled (`torch.compile` keeps the
+    wrapped module as `_orig_mod`)."""
+    found = (getattr(module, "_orig_mod", module) for module in modules)
+    return [module for module in found if isinstance(module, DistributedDataParallel)]
 
 
 def unscale_and_clip(parts: StepParts) -> None:
