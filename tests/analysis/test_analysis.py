@@ -297,22 +297,9 @@ def test_cli_json_prints_only_the_summary(cli_run, eqm):
     assert "per_class.csv" in result.output
 
 
-def test_trained_run_matches_brute_force(tiny_recipe_path, tmp_path):
+def test_trained_run_matches_brute_force(train_tiny):
     """End to end on a really trained tiny run (3-D embedding): CSV == brute force."""
-    from eqmcli.run.recipe import load_recipe
-    from eqmcli.train import train
-
-    out = tmp_path / "run"
-    recipe = load_recipe(
-        tiny_recipe_path,
-        [
-            "model.embedding_dim=3",
-            "train.epochs=1",
-            "eval.every_epochs=0",
-            "data.train.max_images=12",
-        ],
-    )
-    train(recipe, out, progress=False)
+    out = train_tiny("model.embedding_dim=3", "eval.every_epochs=0", "data.train.max_images=12")
     result = study.analyze_run(
         out, device="cpu", progress=False, head_classes=10, max_per_class=4
     )

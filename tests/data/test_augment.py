@@ -32,7 +32,6 @@ from eqmcli.run.recipe import (
     load_recipe,
 )
 from eqmcli.run.rundir import RunPaths
-from eqmcli.train import train
 from eqmcli.train.sampler import EpochSampler
 from eqmcli.train.setup import set_up, start
 
@@ -100,7 +99,9 @@ def test_workers_draw_what_the_main_process_draws(tiny_recipe_path, tmp_path):
                for a, b in zip(first_batches(on, tmp_path), in_worker, strict=True))
 
 
-def test_each_epoch_draws_anew_and_the_run_records_the_section(tiny_recipe_path, tmp_path):
+def test_each_epoch_draws_anew_and_the_run_records_the_section(
+    tiny_recipe_path, tmp_path, train_tiny
+):
     recipe = load_recipe(tiny_recipe_path, ALL_FOUR)
     context, device = init_distributed("cpu", "ddp")
     data = set_up(recipe, RunPaths(tmp_path / "unused"), context, device).data
@@ -108,9 +109,7 @@ def test_each_epoch_draws_anew_and_the_run_records_the_section(tiny_recipe_path,
     assert torch.equal(dataset[0, 3][0], dataset[0, 3][0])
     assert not torch.equal(dataset[0, 3][0], dataset[1, 3][0])
     assert dataset[0, 3][1] == data.dataset[3][1]
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, [*ALL_FOUR, "train.epochs=1", "eval.every_epochs=0"]),
-          out, progress=False)
+    out = train_tiny(*ALL_FOUR, "eval.every_epochs=0")
     stored = yaml.safe_load((out / "recipe.yaml").read_text())["data"]["augment"]
     assert stored["color_jitter"]["hue"] == 0.1 and stored["gaussian_blur"]["kernel_size"] == 5
     assert stored["random_resized_crop"]["scale"] == [0.5, 1.0]
