@@ -236,8 +236,8 @@ def test_status_reports_each_state_with_job_progress_and_log(tmp_path, slurm):
 
 
 # ------------------------------------------------------------- running for real
-PREEMPT = ["--set", "train.epochs=2", "--set", "data.train.min_images=30", "--set",
-           "data.train.max_images=60", "--set", "eval.every_epochs=0"]  # ~22 steps an epoch
+PREEMPT = ["--set", "train.epochs=2", "--set", "data.train.min_images=60", "--set",
+           "data.train.max_images=120", "--set", "eval.every_epochs=0"]  # ~44 steps an epoch
 
 
 def _records(run_dir: Path, kind: str) -> list[dict]:
@@ -270,6 +270,14 @@ def test_a_preempted_member_is_requeued_and_resumes_bit_exactly(tiny_recipe_path
 
     # submitit's own preemption: SIGTERM, then USR2, to every process of the task
     submitit.SlurmJob(folder=out / "slurm", job_id="1000")._interrupt()
+    reference = tmp_path / "reference"  # trained uninterrupted while the member is requeued
+    overrides = [text for text in PREEMPT if text != "--set"] + ["seed=3"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the member runs (OMP_NUM_THREADS=1)
+    try:
+        train(load_recipe(tiny_recipe_path, overrides), reference, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     _wait(lambda: (slurm / "jobs" / "1000.state").read_text() in ("COMPLETED", "FAILED"),
           240, "the requeued member to finish")
     assert (slurm / "jobs" / "1000.state").read_text() == "COMPLETED"
@@ -282,14 +290,6 @@ def test_a_preempted_member_is_requeued_and_resumes_bit_exactly(tiny_recipe_path
     assert 3 <= resume["step"] < per_epoch, "stopped mid-epoch, resumed where it stopped"
     assert steps == list(range(1, 2 * per_epoch + 1))
 
-    reference = tmp_path / "reference"
-    overrides = [text for text in PREEMPT if text != "--set"] + ["seed=3"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the member ran (OMP_NUM_THREADS=1)
-    try:
-        train(load_recipe(tiny_recipe_path, overrides), reference, progress=False)
-    finally:
-        torch.set_num_threads(threads)
     got = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     want = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
     for part in ("backbone", "head"):
@@ -304,10 +304,10 @@ def test_an_array_runs_to_completion_and_a_rerun_submits_nothing(tiny_recipe_pat
                                                                  slurm):
     out = tmp_path / "sweep"
     args = ["sweep", str(tiny_recipe_path), "--grid", "loss.t1=0.4,0.6", "--out", str(out),
-            "--set", "train.epochs=1", "--launcher", "slurm", "--array-parallelism", "1"]
+            "--set", "train.epochs=1", "--launcher", "slurm", "--array-parallelism", "2"]
     result = _eqm(*args)
     assert result.exit_code == 0, result.output
-    assert "#SBATCH --array=0-1%1\n" in (slurm / "scripts" / "1000.sh").read_text()
+    assert "#SBATCH --array=0-1%2\n" in (slurm / "scripts" / "1000.sh").read_text()
     _wait(lambda: all((slurm / "jobs" / f"1000_{i}.state").read_text() == "COMPLETED"
                       for i in range(2)), 240, "both array tasks")
     rows = sweep_status(out)
