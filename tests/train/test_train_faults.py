@@ -67,9 +67,9 @@ def test_sigterm_to_the_job_checkpoints_and_the_printed_command_resumes(tiny_rec
     assert 0 < stopped["step"] < 4 * 8, "saved where it stopped, not at the end"
     printed = stderr.split("Resume with:", 1)[1].strip().splitlines()[0]
     words = shlex.split(printed)
-    resumed = subprocess.run([sys.executable, "-m", "eqmcli", *words[1:]], capture_output=True,
-                             env=ENV, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert words[:2] == ["eqm", "train"]
+    resumed = runner.invoke(app, words[1:])  # the CLI in this process: no second torch start
+    assert resumed.exit_code == 0, resumed.output
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 4
 
 
