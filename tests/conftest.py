@@ -1,6 +1,6 @@
 """Shared fixtures: the tiny recipe (a copy per test), one tiny run trained per session (a
-copy for tests that write into it, a factory for other settings), `eqm` run in-process, and
-a disk that fills up."""
+copy for tests that write into it, a factory for other settings), `eqm` run in-process, a
+pairs file missing an image, training on an image folder, and a disk that fills up."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import Result
+from pair_files import write_pairs_missing_an_image
 from tiny_runs import TINY_RECIPE, run_eqm, tiny_recipe, train_tiny_run, write_untrained_run
 
 from eqmcli.run.recipe import load_recipe
@@ -70,6 +71,31 @@ def untrained_run(tmp_path: Path) -> Path:
     """`tmp_path/run`: `tiny_runs.write_untrained_run`'s run (the tiny network at its initial
     weights, no results): for tests of what `eqm eval` and `eqm analyze` write."""
     return write_untrained_run(tmp_path / "run")
+
+
+@pytest.fixture
+def pairs_file(tmp_path: Path) -> Path:
+    """`pair_files.PAIRS` pairs over 6 images; image 3.jpg, named by the pairs in
+    `pair_files.LACKING`, is gone."""
+    return write_pairs_missing_an_image(tmp_path / "faces")
+
+
+@pytest.fixture
+def train_on_folder(eqm: Callable[..., Result]) -> Callable[[Path, Path], Result]:
+    """`train_on_folder(folder, out)`: `eqm train` of a 1-epoch tiny-net recipe (8-d, batch 4,
+    no verification) on the image folder `folder` with 2 loader workers, into `out`."""
+
+    def train_folder(folder: Path, out: Path) -> Result:
+        recipe = out.with_suffix(".yaml")
+        recipe.write_text(yaml.safe_dump({
+            "data": {"train": {"kind": "image-folder", "root": str(folder)}, "num_workers": 2},
+            "model": {"backbone": "tiny", "embedding_dim": 8},
+            "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+            "eval": {"every_epochs": 0},
+        }))
+        return eqm("train", recipe, "--out", out)
+
+    return train_folder
 
 
 @pytest.fixture
