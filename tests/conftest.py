@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import Result
 from pair_files import write_pairs_missing_an_image
-from tiny_runs import TINY_RECIPE, run_eqm, tiny_recipe, train_tiny_run, write_untrained_run
+from tiny_runs import run_eqm, tiny_recipe, train_tiny_run, write_untrained_run
 
 from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
@@ -66,6 +66,7 @@ def train_tiny(tmp_path: Path) -> Callable[..., Path]:
 
     return trained
 
+
 @pytest.fixture
 def untrained_run(tmp_path: Path) -> Path:
     """`tmp_path/run`: `tiny_runs.write_untrained_run`'s run (the tiny network at its initial
@@ -102,17 +103,8 @@ def train_on_folder(eqm: Callable[..., Result]) -> Callable[[Path, Path], Result
 def tiny_recipe_path(tmp_path: Path) -> Path:
     """A recipe file for an 8-class, 24 px synthetic run (a few seconds per epoch)."""
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY_RECIPE))
+    path.write_text(yaml.safe_dump(tiny_recipe()))
     return path
-
-
-@pytest.fixture
-def one_epoch_run(tiny_recipe_path: Path, tmp_path: Path) -> Path:
-    """`tmp_path/run`: the tiny recipe trained for one epoch, without verification."""
-    out = tmp_path / "run"
-    train(load_recipe(tiny_recipe_path, ["train.epochs=1", "eval.every_epochs=0"]), out,
-          progress=False)
-    return out
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
-from tiny_runs import TINY_RECIPE, run_eqm
+from tiny_runs import run_eqm
 from torch import nn
 
 
@@ -202,26 +201,10 @@ def write_images(folder: Path, count: int, size: int = 112, seed: int = 0) -> li
     return paths
 
 
-def invoke(*args: object) -> tuple[int, str]:
-    """Run ``eqm ARGS...``; (exit code, output). Only test_finetune still calls it."""
-    result = run_eqm(*args)
-    return result.exit_code, result.output
-
-
 def import_mbf_run(folder: Path) -> Path:
     """An imported 112 px arcface_torch MobileFaceNet run (random weights, calibrated BN)."""
     torch.save(randomized(ArcMobileFaceNet()).state_dict(), folder / "mbf.pth")
     run = folder / "mbf_run"
     result = run_eqm("import", "insightface", folder / "mbf.pth", "--arch", "mbf", "--out", run)
     assert result.exit_code == 0, result.output
-    return run
-
-
-def train_tiny_run(folder: Path, *overrides: str) -> Path:
-    """The conftest's tiny recipe (8 classes, 24 px, 16-d, 40 pairs) trained for 1 epoch."""
-    (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY_RECIPE))
-    run = folder / "run"
-    settings = [item for value in ("train.epochs=1", *overrides) for item in ("--set", value)]
-    code, out = invoke("train", folder / "tiny.yaml", "--out", run, *settings, "--no-progress")
-    assert code == 0, out
     return run

@@ -14,7 +14,6 @@ from pathlib import Path
 import fake_slurm
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from eqmcli.errors import UserError
 from eqmcli.experiments.grid import expand
@@ -47,12 +46,6 @@ def slurm(tmp_path, monkeypatch) -> Path:
     return tmp_path / "fake-slurm" / "state"
 
 
-def _eqm(*args: str):
-    from eqmcli.cli import app
-
-    return CliRunner().invoke(app, list(args))
-
-
 def _grid_args(recipe: Path, out: Path) -> list[str]:
     """A 2 x 3 grid x 2 seeds, asking for 4 GPUs per member."""
     return ["sweep", str(recipe), "--grid", "loss.t1=0.4,0.6", "--grid",
@@ -63,11 +56,11 @@ def _grid_args(recipe: Path, out: Path) -> list[str]:
 
 
 def test_the_array_script_carries_the_resources_and_a_rerun_submits_only_failed_members(
-    tiny_recipe_path, tmp_path, slurm
+    tiny_recipe_path, tmp_path, slurm, eqm
 ):
     (slurm / "hold").write_text("")  # record, do not run
     out = tmp_path / "sweep"
-    result = _eqm(*_grid_args(tiny_recipe_path, out))
+    result = eqm(*_grid_args(tiny_recipe_path, out))
     assert result.exit_code == 0, result.output
     script = (slurm / "scripts" / "1000.sh").read_text()
     for line in ("--array=0-11%5", "--partition=gpu", "--gpus-per-node=4",
@@ -81,7 +74,7 @@ def test_the_array_script_carries_the_resources_and_a_rerun_submits_only_failed_
     assert {row.state for row in sweep_status(out)} == {"pending"}
 
     (slurm / "jobs" / "1000_3.state").write_text("FAILED")
-    again = _eqm(*_grid_args(tiny_recipe_path, out))
+    again = eqm(*_grid_args(tiny_recipe_path, out))
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in (slurm / "scripts").iterdir()) == ["1000.sh", "1001.sh"]
     assert "--array" not in (slurm / "scripts" / "1001.sh").read_text(), "one job, not 12"
@@ -108,7 +101,7 @@ def test_a_member_with_g_gpus_trains_under_torchrun(tiny_recipe_path, tmp_path, 
 
 
 def test_launcher_settings_from_a_file_and_bad_ones_in_one_sentence(
-    tiny_recipe_path, tmp_path, slurm, monkeypatch
+    tiny_recipe_path, tmp_path, slurm, monkeypatch, eqm
 ):
     config = tmp_path / "cluster.yaml"
     config.write_text("launcher: slurm\npartition: long\ntime: 2-00:00:00\n"
@@ -116,8 +109,8 @@ def test_launcher_settings_from_a_file_and_bad_ones_in_one_sentence(
     assert read_launcher_config(config).partition == "long"
     (slurm / "hold").write_text("")
     out = tmp_path / "sweep"
-    result = _eqm("sweep", str(tiny_recipe_path), "--out", str(out), "--launcher-config",
-                  str(config), "--time", "01:30:00")
+    result = eqm("sweep", str(tiny_recipe_path), "--out", str(out), "--launcher-config",
+                 str(config), "--time", "01:30:00")
     assert result.exit_code == 0, result.output
     script = (slurm / "scripts" / "1000.sh").read_text()
     assert "--partition=long\n" in script and "--qos=high\n" in script
@@ -131,19 +124,19 @@ def test_launcher_settings_from_a_file_and_bad_ones_in_one_sentence(
         (["--time", "soon"], "is not a duration"),
     ]
     for extra, message in cases:
-        bad = _eqm("sweep", str(tiny_recipe_path), "--out", str(tmp_path / "other"),
-                   "--launcher", "slurm", *extra)
+        bad = eqm("sweep", str(tiny_recipe_path), "--out", str(tmp_path / "other"),
+                  "--launcher", "slurm", *extra)
         assert bad.exit_code == 2 and message in bad.output, (extra, bad.output)
         assert "Traceback" not in bad.output and not (tmp_path / "other").exists()
     (slurm / "refuse").write_text("Invalid partition name specified")
-    refused = _eqm("sweep", str(tiny_recipe_path), "--out", str(tmp_path / "other"),
-                   "--launcher", "slurm")
+    refused = eqm("sweep", str(tiny_recipe_path), "--out", str(tmp_path / "other"),
+                  "--launcher", "slurm")
     assert refused.exit_code == 2 and "Traceback" not in refused.output
     assert "sbatch refused the job array: sbatch: error: Invalid partition" in refused.output
     assert not (tmp_path / "other" / "sweep.json").exists()
     config.write_text("launcher: slurm\npartitoin: long\n")
-    bad = _eqm("sweep", str(tiny_recipe_path), "--out", str(out), "--launcher-config",
-               str(config))
+    bad = eqm("sweep", str(tiny_recipe_path), "--out", str(out), "--launcher-config",
+              str(config))
     assert bad.exit_code == 2 and "'partitoin' is not a known setting" in bad.output
 
     (tmp_path / "no-slurm").mkdir()
@@ -202,7 +195,7 @@ def _run_folder(run_dir: Path, epoch: int, epochs: int = 2) -> None:
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def test_status_reports_each_state_with_job_progress_and_log(tmp_path, slurm):
+def test_status_reports_each_state_with_job_progress_and_log(tmp_path, slurm, eqm):
     out = tmp_path / "sweep"
     names = ["pending", "running", "requeued", "preempted", "done", "failed", "timeout"]
     states = ["PENDING", "RUNNING", "PENDING", "REQUEUED", "COMPLETED", "FAILED", "TIMEOUT"]
@@ -229,7 +222,7 @@ def test_status_reports_each_state_with_job_progress_and_log(tmp_path, slurm):
     stored = {m["name"]: m for m in json.loads((out / "sweep.json").read_text())["members"]}
     assert stored["failed"]["state"] == "failed" and stored["done"]["step"] == 13
 
-    shown = _eqm("sweep", "status", str(out))
+    shown = eqm("sweep", "status", str(out))
     assert shown.exit_code == 0, shown.output
     assert "requeued" in shown.output and "1000_5" in shown.output
     assert "CUDA out of memory" in shown.output
@@ -257,10 +250,10 @@ def _wait(condition, seconds: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_a_preempted_member_is_requeued_and_resumes_bit_exactly(tiny_recipe_path, tmp_path,
-                                                                slurm):
+                                                                slurm, eqm):
     out = tmp_path / "sweep"
-    result = _eqm("sweep", str(tiny_recipe_path), "--out", str(out), "--launcher", "slurm",
-                  *PREEMPT)
+    result = eqm("sweep", str(tiny_recipe_path), "--out", str(out), "--launcher", "slurm",
+                 *PREEMPT)
     assert result.exit_code == 0, result.output
     run_dir = out / "seed=3"
     _wait(lambda: any(r["step"] >= 3 for r in _records(run_dir, "step")), 120,
@@ -301,11 +294,11 @@ def test_a_preempted_member_is_requeued_and_resumes_bit_exactly(tiny_recipe_path
 
 @pytest.mark.slow
 def test_an_array_runs_to_completion_and_a_rerun_submits_nothing(tiny_recipe_path, tmp_path,
-                                                                 slurm):
+                                                                 slurm, eqm):
     out = tmp_path / "sweep"
     args = ["sweep", str(tiny_recipe_path), "--grid", "loss.t1=0.4,0.6", "--out", str(out),
             "--set", "train.epochs=1", "--launcher", "slurm", "--array-parallelism", "2"]
-    result = _eqm(*args)
+    result = eqm(*args)
     assert result.exit_code == 0, result.output
     assert "#SBATCH --array=0-1%2\n" in (slurm / "scripts" / "1000.sh").read_text()
     _wait(lambda: all((slurm / "jobs" / f"1000_{i}.state").read_text() == "COMPLETED"
@@ -314,7 +307,7 @@ def test_an_array_runs_to_completion_and_a_rerun_submits_nothing(tiny_recipe_pat
     assert [row.state for row in rows] == ["done", "done"]
     assert all(row.verification is not None and row.job_id for row in rows)
 
-    again = _eqm(*args)
+    again = eqm(*args)
     assert again.exit_code == 0, again.output
     assert again.output.count("skipped") == 2
     assert sorted(p.name for p in (slurm / "scripts").iterdir()) == ["1000.sh"]

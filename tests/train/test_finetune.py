@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from interop_helpers import invoke, train_tiny_run
+from tiny_runs import train_tiny_run
 
 from eqmcli.data import build_train_data
 from eqmcli.data.transforms import to_model_input
@@ -25,7 +25,7 @@ OTHER_CLASSES = ["data.train.seed=11", "data.train.num_classes=12", "eval.every_
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny recipe (8 synthetic classes, 16-d) trained for 4 epochs."""
-    return train_tiny_run(tmp_path_factory.mktemp("source"), "train.epochs=4",
+    return train_tiny_run(tmp_path_factory.mktemp("source") / "run", "train.epochs=4",
                           "eval.every_epochs=0")
 
 
@@ -39,7 +39,7 @@ def losses(recipe_path: Path, out: Path, overrides: list[str]) -> tuple[float, f
 
 @pytest.mark.slow
 def test_finetuning_starts_from_a_lower_loss_than_scratch(
-    tmp_path: Path, tiny_recipe_path: Path
+    tmp_path: Path, tiny_recipe_path: Path, train_tiny
 ) -> None:
     """A source trained on 100 synthetic identities, fine-tuned onto 20 other identities.
 
@@ -50,8 +50,8 @@ def test_finetuning_starts_from_a_lower_loss_than_scratch(
     wide = ["model.embedding_dim=64", "eval.every_epochs=0"]
     # batches of 64: 96 steps instead of 384, and a source whose imprinted start is further
     # below scratch (first step 3.19 vs 4.68, first epoch 2.99 vs 4.43) than with 16
-    source = train_tiny_run(tmp_path, "data.train.num_classes=100", "train.epochs=6",
-                            "train.batch_size=64", *wide)
+    source = train_tiny("data.train.num_classes=100", "train.epochs=6", "train.batch_size=64",
+                        *wide, out="source")
     target = ["data.train.seed=11", "data.train.num_classes=20", *wide]
     scratch = losses(tiny_recipe_path, tmp_path / "scratch", target)
     imprinted = losses(tiny_recipe_path, tmp_path / "imprinted",
@@ -117,23 +117,27 @@ def test_mismatch_is_one_sentence_naming_the_tensor(
         train(recipe, tmp_path / "run", progress=False)
 
 
-def test_cli_mismatch_exits_2(tmp_path: Path, tiny_recipe_path: Path, source_run: Path) -> None:
-    code, out = invoke("train", tiny_recipe_path, "--out", tmp_path / "run", "--no-progress",
-                       "--set", f"model.init_from={source_run}", "--set", "model.embedding_dim=32")
-    assert code == 2 and "'linear.weight'" in out and "Traceback" not in out
+def test_cli_mismatch_exits_2(
+    tmp_path: Path, tiny_recipe_path: Path, source_run: Path, eqm
+) -> None:
+    result = eqm("train", tiny_recipe_path, "--out", tmp_path / "run", "--no-progress",
+                 "--set", f"model.init_from={source_run}", "--set", "model.embedding_dim=32")
+    assert result.exit_code == 2, result.output
+    assert "'linear.weight'" in result.output and "Traceback" not in result.output
 
 
 def test_init_from_weights_that_are_not_finite_is_refused(
-    tmp_path: Path, tiny_recipe_path: Path, source_run: Path
+    tmp_path: Path, tiny_recipe_path: Path, source_run: Path, eqm
 ) -> None:
     state = load_checkpoint(source_run / "checkpoints" / "last.pt")
     name = next(k for k, v in state["backbone"].items() if v.is_floating_point())
     state["backbone"][name][(0,) * state["backbone"][name].ndim] = float("nan")
     save_checkpoint(state, tmp_path / "nan.pt")
-    code, out = invoke("train", tiny_recipe_path, "--out", tmp_path / "run", "--no-progress",
-                       "--set", f"model.init_from={tmp_path / 'nan.pt'}")
-    said = " ".join(out.split())
-    assert code == 2 and f"tensor '{name}' holds 1 NaN or infinite value(s)" in said, said
+    result = eqm("train", tiny_recipe_path, "--out", tmp_path / "run", "--no-progress",
+                 "--set", f"model.init_from={tmp_path / 'nan.pt'}")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert f"tensor '{name}' holds 1 NaN or infinite value(s)" in said, said
 
 
 def test_resume_restores_the_run_not_the_init_source(

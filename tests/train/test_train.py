@@ -13,15 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from eqmcli.cli import app
 from eqmcli.errors import TrainingStopped, UserError
 from eqmcli.run.checkpoint import load_checkpoint
 from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train
-
-runner = CliRunner()
 
 
 def weights_equal(a: dict, b: dict) -> bool:
@@ -76,18 +72,18 @@ def test_resume_continues_bitwise_exactly(tiny_recipe_path, tmp_path):
     assert weights_equal(a["head"], b["head"])
 
 
-def test_non_empty_run_dir_is_refused_without_resume_or_force(tiny_recipe_path, tmp_path):
+def test_non_empty_run_dir_is_refused_without_resume_or_force(tiny_recipe_path, tmp_path, eqm):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out)])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out))
     assert result.exit_code == 2
     assert "not empty" in result.output and "--resume" in result.output
     assert (out / "notes.txt").read_text() == "mine", "nothing already written is lost"
 
 
-def test_resume_refuses_a_changed_model(tiny_recipe_path, one_epoch_run):
-    out = one_epoch_run
+def test_resume_refuses_a_changed_model(tiny_recipe_path, tiny_run_copy):
+    out = tiny_run_copy
     with pytest.raises(UserError, match="model"):
         train(load_recipe(tiny_recipe_path, ["model.embedding_dim=8"]), out, resume=True,
               progress=False)
@@ -123,17 +119,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_recipe_path, tmp_pat
         ("train: [\n", "YAML syntax error"),
     ],
 )
-def test_bad_recipe_exits_2_with_one_clear_message(tmp_path, text, expected):
+def test_bad_recipe_exits_2_with_one_clear_message(tmp_path, text, expected, eqm):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    result = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "run")])
+    result = eqm("train", str(path), "--out", str(tmp_path / "run"))
     assert result.exit_code == 2
     assert expected in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
 
 
-def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tiny_recipe_path, tmp_path):
+def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tiny_recipe_path, tmp_path, eqm):
     overrides = ["train.epochs=6", "eval.every_epochs=0"]
     out = tmp_path / "interrupted"
     command = [sys.executable, "-m", "eqmcli", "train", str(tiny_recipe_path), "--out", str(out),
@@ -155,7 +151,7 @@ def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tiny_recipe_path, 
 
     straight = tmp_path / "straight"
     with one_thread():  # the resume and the uninterrupted run, in this process
-        resumed = runner.invoke(app, [*command[3:], "--resume"])
+        resumed = eqm(*command[3:], "--resume")
         train(load_recipe(tiny_recipe_path, overrides), straight, progress=False)
     assert resumed.exit_code == 0, resumed.output
     a = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -168,9 +164,9 @@ def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tiny_recipe_path, 
     assert steps == sorted(set(steps)), "metrics.jsonl has no duplicated or missing steps"
 
 
-def test_dry_run_validates_without_training(tiny_recipe_path, tmp_path):
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--dry-run",
-                                 "--out", str(tmp_path / "run")])
+def test_dry_run_validates_without_training(tiny_recipe_path, tmp_path, eqm):
+    result = eqm("train", str(tiny_recipe_path), "--dry-run",
+                 "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     assert "is valid" in result.output
     assert not (tmp_path / "run").exists()

@@ -10,23 +10,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from click.testing import Result
 from PIL import Image
-from typer.testing import CliRunner
 
 import eqmcli.atomic
-from eqmcli.cli import app
 from eqmcli.errors import TrainingStopped, UserError
 from eqmcli.run.checkpoint import load_checkpoint, save_checkpoint
 from eqmcli.run.recipe import load_recipe
 from eqmcli.run.rundir import load_trained
 from eqmcli.train import train
 
-runner = CliRunner()
 QUICK = ["--set", "eval.every_epochs=0", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -43,7 +42,7 @@ def flat(text: str) -> str:
 
 # --------------------------------------------------------------------------- signals
 def test_sigterm_to_the_job_checkpoints_and_the_printed_command_resumes(tiny_recipe_path,
-                                                                          tmp_path):
+                                                                          tmp_path, eqm):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "eqmcli", "train", str(tiny_recipe_path), "--out", str(out),
                "--no-progress", "--set", "train.epochs=4", "--set", "eval.every_epochs=0",
@@ -68,19 +67,19 @@ def test_sigterm_to_the_job_checkpoints_and_the_printed_command_resumes(tiny_rec
     printed = stderr.split("Resume with:", 1)[1].strip().splitlines()[0]
     words = shlex.split(printed)
     assert words[:2] == ["eqm", "train"]
-    resumed = runner.invoke(app, words[1:])  # the CLI in this process: no second torch start
+    resumed = eqm(*words[1:])  # the CLI in this process: no second torch start
     assert resumed.exit_code == 0, resumed.output
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 4
 
 
 # ------------------------------------------------------------------ crashes and disks
-def test_cut_off_last_metrics_line_does_not_block_resume(tiny_recipe_path, tmp_path):
+def test_cut_off_last_metrics_line_does_not_block_resume(tiny_recipe_path, tmp_path, eqm):
     out = tmp_path / "run"
     one_epoch(tiny_recipe_path, out)
     with (out / "metrics.jsonl").open("a") as stream:
         stream.write('{"kind": "step", "epoch": 2, "st')  # power lost mid-line
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
-                                 "--set", "train.epochs=2", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out), "--resume",
+                 "--set", "train.epochs=2", *QUICK)
     assert result.exit_code == 0, result.output
     assert "dropped 1 unreadable line" in flat(result.output)
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -88,7 +87,7 @@ def test_cut_off_last_metrics_line_does_not_block_resume(tiny_recipe_path, tmp_p
 
 
 def test_disk_full_while_checkpointing_is_one_sentence_and_keeps_the_last_one(
-    tiny_recipe_path, tmp_path, monkeypatch
+    tiny_recipe_path, tmp_path, monkeypatch, eqm
 ):
     out = tmp_path / "run"
     good = one_epoch(tiny_recipe_path, out)
@@ -97,8 +96,8 @@ def test_disk_full_while_checkpointing_is_one_sentence_and_keeps_the_last_one(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(eqmcli.atomic.os, "fsync", full_disk)
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
-                                 "--set", "train.epochs=2", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out), "--resume",
+                 "--set", "train.epochs=2", *QUICK)
     assert result.exit_code == 2, result.output
     said = flat(result.output)
     assert "no space left on device" in said and "the previous last.pt is intact" in said
@@ -110,7 +109,7 @@ def test_disk_full_while_checkpointing_is_one_sentence_and_keeps_the_last_one(
 
 @pytest.mark.parametrize("failure", ["no space", "torch's message only"])
 def test_disk_full_inside_torch_save_is_one_sentence_and_keeps_the_last_one(
-    tiny_recipe_path, tmp_path, monkeypatch, full_disk, failure
+    tiny_recipe_path, tmp_path, monkeypatch, full_disk, failure, eqm
 ):
     """The disk fills while torch's zip writer writes the checkpoint (it raises
     "[enforce fail at inline_container.cc ...] unexpected pos ...", a RuntimeError, which
@@ -131,8 +130,8 @@ def test_disk_full_inside_torch_save_is_one_sentence_and_keeps_the_last_one(
 
         monkeypatch.setattr(torch, "save", failing_save)
         expected = "the write failed (torch: [enforce fail at inline_container.cc:672]"
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
-                                 "--set", "train.epochs=2", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out), "--resume",
+                 "--set", "train.epochs=2", *QUICK)
     monkeypatch.undo()
     assert result.exit_code == 2, result.output
     said = flat(result.output)
@@ -142,13 +141,13 @@ def test_disk_full_inside_torch_save_is_one_sentence_and_keeps_the_last_one(
     assert not list((out / "checkpoints").glob("*.tmp")), "the partial file is removed"
 
 
-def test_stale_temporary_checkpoints_are_removed_at_the_next_start(tiny_recipe_path, tmp_path):
+def test_stale_temporary_checkpoints_are_removed_at_the_next_start(tiny_recipe_path, tmp_path, eqm):
     out = tmp_path / "run"
     one_epoch(tiny_recipe_path, out)
     stale = out / "checkpoints" / ".last.pt.0123456789ab.tmp"
     stale.write_bytes(b"half a checkpoint from a kill -9")
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--resume",
-                                 "--set", "train.epochs=2", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out), "--resume",
+                 "--set", "train.epochs=2", *QUICK)
     assert result.exit_code == 0, result.output
     assert not stale.exists()
     assert "removed 1 temporary file" in flat(result.output)
@@ -198,7 +197,7 @@ def test_checkpoint_whose_recipe_disagrees_with_its_weights_is_one_sentence(tiny
 
 
 def test_checkpoint_with_weights_that_are_not_finite_is_one_sentence(tiny_recipe_path,
-                                                                       tmp_path):
+                                                                       tmp_path, eqm):
     """`eqm embed` used to write NaN rows (exit 0) from such a checkpoint."""
     state = one_epoch(tiny_recipe_path, tmp_path / "run")
     name = next(k for k, v in state["backbone"].items() if v.is_floating_point())
@@ -206,8 +205,8 @@ def test_checkpoint_with_weights_that_are_not_finite_is_one_sentence(tiny_recipe
     save_checkpoint(state, tmp_path / "inf.pt")
     (tmp_path / "faces").mkdir()
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "faces" / "a.png")
-    result = runner.invoke(app, ["embed", str(tmp_path / "inf.pt"), str(tmp_path / "faces"),
-                                 "--out", str(tmp_path / "f.npy"), "--device", "cpu"])
+    result = eqm("embed", str(tmp_path / "inf.pt"), str(tmp_path / "faces"),
+                 "--out", str(tmp_path / "f.npy"), "--device", "cpu")
     said = flat(result.output)
     assert result.exit_code == 2, said
     assert f"tensor 'backbone.{name}' holds 1 NaN or infinite value(s)" in said
@@ -239,7 +238,7 @@ class Payload:
 
 
 def test_a_pickle_that_needs_code_execution_is_refused_in_plain_words(tiny_recipe_path,
-                                                                         tmp_path):
+                                                                         tmp_path, eqm):
     """A checkpoint, an init_from source and an imported .pth holding an object besides
     tensors: torch's advice used to be cut at 200 characters mid-sentence."""
     import torch
@@ -254,7 +253,7 @@ def test_a_pickle_that_needs_code_execution_is_refused_in_plain_words(tiny_recip
          "--out", str(tmp_path / "imported")],
     ]
     for command in commands:
-        result = runner.invoke(app, command)
+        result = eqm(*command)
         said = flat(result.output)
         assert result.exit_code == 2, said
         assert "holds Python objects besides tensors (it asks for io.open)" in said, said
@@ -283,90 +282,90 @@ def image_folder_recipe(tmp_path: Path, root: str) -> Path:
     return path
 
 
-def refused(recipe: Path, out: Path | str) -> str:
-    result = runner.invoke(app, ["train", str(recipe), "--out", str(out), *QUICK])
+def refused(eqm: Callable[..., Result], recipe: Path, out: Path | str) -> str:
+    result = eqm("train", str(recipe), "--out", str(out), *QUICK)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     return flat(result.output)
 
 
-def test_out_inside_the_training_data_is_refused_before_anything_is_created(tmp_path):
+def test_out_inside_the_training_data_is_refused_before_anything_is_created(tmp_path, eqm):
     recipe = image_folder_recipe(tmp_path, str(tmp_path / "faces"))
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "faces").rglob("*"))
-    assert "inside the training data" in refused(recipe, tmp_path / "faces" / "runs" / "x")
+    assert "inside the training data" in refused(eqm, recipe, tmp_path / "faces" / "runs" / "x")
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "faces").rglob("*")) == before
 
 
-def test_out_below_a_file_or_too_long_is_refused(tiny_recipe_path, tmp_path):
+def test_out_below_a_file_or_too_long_is_refused(tiny_recipe_path, tmp_path, eqm):
     (tmp_path / "afile").write_text("x")
-    assert "a file is in the way" in refused(tiny_recipe_path, tmp_path / "afile" / "run")
+    assert "a file is in the way" in refused(eqm, tiny_recipe_path, tmp_path / "afile" / "run")
     long = tmp_path / "deep" / ("n" * 300)
-    assert "too long" in refused(tiny_recipe_path, long)
+    assert "too long" in refused(eqm, tiny_recipe_path, long)
     assert not (tmp_path / "deep").exists(), "no parent folder was created"
 
 
-def test_out_on_a_read_only_place_is_one_sentence(tiny_recipe_path, tmp_path, monkeypatch):
+def test_out_on_a_read_only_place_is_one_sentence(tiny_recipe_path, tmp_path, monkeypatch, eqm):
     def read_only(self: Path, *args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    assert "Read-only file system" in refused(tiny_recipe_path, tmp_path / "ro" / "run")
+    assert "Read-only file system" in refused(eqm, tiny_recipe_path, tmp_path / "ro" / "run")
     monkeypatch.undo()
     if os.geteuid() != 0:  # root may write anywhere: the chmod below binds others only
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
-        assert "Permission denied" in refused(tiny_recipe_path, locked / "run")
+        assert "Permission denied" in refused(eqm, tiny_recipe_path, locked / "run")
 
 
-def test_relative_data_root_is_recorded_as_absolute(tmp_path, monkeypatch):
+def test_relative_data_root_is_recorded_as_absolute(tmp_path, monkeypatch, eqm):
     monkeypatch.chdir(tmp_path)
     recipe = image_folder_recipe(tmp_path, "faces")
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(recipe), "--out", str(out), *QUICK])
+    result = eqm("train", str(recipe), "--out", str(out), *QUICK)
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "recipe.yaml").read_text())["data"]["train"]["root"]
     assert saved == str(tmp_path / "faces")
     stored = yaml.safe_load(load_checkpoint(out / "checkpoints" / "last.pt")["recipe"])
     assert stored["data"]["train"]["root"] == saved
-    again = runner.invoke(app, ["train", str(recipe), "--out", str(out), "--resume",
-                                "--set", "train.epochs=2", *QUICK])
+    again = eqm("train", str(recipe), "--out", str(out), "--resume",
+                "--set", "train.epochs=2", *QUICK)
     assert again.exit_code == 0, again.output
 
 
-def test_a_class_folder_name_that_is_not_utf8_is_one_sentence_and_leaves_nothing(tmp_path):
+def test_a_class_folder_name_that_is_not_utf8_is_one_sentence_and_leaves_nothing(tmp_path, eqm):
     recipe = image_folder_recipe(tmp_path, str(tmp_path / "faces"))
     os.rename(tmp_path / "faces" / "id1", os.fsencode(tmp_path / "faces") + b"/id\xff1")
-    said = refused(recipe, tmp_path / "new" / "run")
+    said = refused(eqm, recipe, tmp_path / "new" / "run")
     assert "id\\udcff1" in said and "does not have a UTF-8 name" in said, said
     assert not (tmp_path / "new").exists(), "the folders the refused run made are removed"
 
 
 def test_a_refused_train_leaves_no_empty_run_folder_but_keeps_an_existing_one(
-    tiny_recipe_path, tmp_path, monkeypatch
+    tiny_recipe_path, tmp_path, monkeypatch, eqm
 ):
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out",
-                                 str(tmp_path / "a" / "b"), "--resume", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out",
+                 str(tmp_path / "a" / "b"), "--resume", *QUICK)
     assert result.exit_code == 2 and "cannot resume" in flat(result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"], "a/ and a/b/ removed"
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(tmp_path / "new"),
-                                 "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(tmp_path / "new"),
+                 "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK)
     assert result.exit_code == 2 and "gone.pt" in flat(result.output), result.output
     assert not (tmp_path / "new").exists(), "refused in set-up: the new folder is removed"
     (tmp_path / "mine").mkdir()
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(tmp_path / "mine"),
-                                 "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(tmp_path / "mine"),
+                 "--set", f"model.init_from={tmp_path / 'gone.pt'}", *QUICK)
     assert result.exit_code == 2 and "gone.pt" in flat(result.output), result.output
     assert (tmp_path / "mine").is_dir(), "a folder that existed before is kept"
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)  # a relative --out below an empty folder that existed
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", "empty/new",
-                                 "--resume", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", "empty/new",
+                 "--resume", *QUICK)
     assert result.exit_code == 2 and "cannot resume" in flat(result.output)
     assert (tmp_path / "empty").is_dir() and not (tmp_path / "empty" / "new").exists()
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_restarted_with_force(
-    tiny_recipe_path, tmp_path
+    tiny_recipe_path, tmp_path, eqm
 ):
     """What kill -9 in the first epoch leaves (marker, recipe.yaml, metrics.jsonl, no
     checkpoint): --resume and a plain re-run both name --force, which then starts over."""
@@ -376,10 +375,10 @@ def test_a_run_killed_before_its_first_checkpoint_is_restarted_with_force(
     one_epoch(tiny_recipe_path, out)
     shutil.rmtree(out / "checkpoints")
     for flags in (["--resume"], []):
-        said = flat(runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out),
-                                        *flags, *QUICK]).output)
+        said = flat(eqm("train", str(tiny_recipe_path), "--out", str(out),
+                        *flags, *QUICK).output)
         assert "stopped before its first checkpoint" in said and "pass --force" in said, said
-    result = runner.invoke(app, ["train", str(tiny_recipe_path), "--out", str(out), "--force",
-                                 "--set", "train.epochs=1", *QUICK])
+    result = eqm("train", str(tiny_recipe_path), "--out", str(out), "--force",
+                 "--set", "train.epochs=1", *QUICK)
     assert result.exit_code == 0, result.output
     assert (out / "checkpoints" / "last.pt").is_file()
