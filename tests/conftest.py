@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import Result
 from pair_files import write_pairs_missing_an_image
 from tiny_runs import run_eqm, tiny_recipe, train_tiny_run, write_untrained_run
+from typer.testing import Result
 
 from eqmcli.run.recipe import load_recipe
 from eqmcli.train import train

@@ -8,8 +8,7 @@ import copy
 from pathlib import Path
 
 import torch
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from eqmcli.cli import app
 

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from click.testing import Result
+from typer.testing import Result
 
 
 def _analyze(eqm: Callable[..., Result], model: Path) -> Result:

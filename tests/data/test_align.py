@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import Result
 from PIL import Image
+from typer.testing import Result
 
 from eqmcli.data.align import (
     TEMPLATES,

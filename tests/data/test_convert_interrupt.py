@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import Result
 from PIL import Image
 from record_files import face_dataset, hand_file
+from typer.testing import Result
 
 from eqmcli.data.staging import INCOMPLETE_MARKER, staged_output_dir
 from eqmcli.errors import UserError

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from click.testing import Result
 from pair_files import LACKING, PAIRS
+from typer.testing import Result
 
 from eqmcli.evaluation.pair_outcomes import pair_correctness
 

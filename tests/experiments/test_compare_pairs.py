@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import Result
 from fake_runs import fake_run
 from PIL import Image
 from tiny_runs import write_untrained_run
+from typer.testing import Result
 
 from eqmcli.evaluation.pair_sets import read_bin, read_pairs, write_bin
 from eqmcli.experiments.compare import compare

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import Result
 from pair_files import write_bin
 from PIL import Image
+from typer.testing import Result
 
 COLOUR = (200, 100, 50)  # RGB of the test image
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import Result
 from PIL import Image
+from typer.testing import Result
 
 import eqmcli.atomic
 from eqmcli.errors import TrainingStopped, UserError
